@@ -1,0 +1,3 @@
+from voiceclone.cli import main
+
+main()

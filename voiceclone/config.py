@@ -1,0 +1,376 @@
+"""Configuration: frozen dataclasses, loaded from TOML recipes, overridden with `--set key=value`.
+
+A recipe is a TOML file whose sections mirror `Recipe` below (`[audio]`, `[prepare]`, `[acoustic.model]`,
+`[acoustic.train]`, `[acoustic.loss]`, ...). Every key is checked: an unknown key or a value of the wrong
+type is a `UserError` naming the key and the file. A model section may name a `size` preset (`tiny`,
+`base`); keys given beside it override the preset's values. The resolved recipe is saved as JSON beside
+every dataset and checkpoint and read back with `recipe_from_dict`, so a run never depends on the TOML
+file that started it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from voiceclone.errors import UserError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The one audio front end: every mel, F0 and energy frame in the project comes from these values."""
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    f0_min: float = 50.0  # Hz; 50-1100 covers bass speech to soprano singing
+    f0_max: float = 1100.0
+
+    def __post_init__(self) -> None:
+        _require(self.sample_rate >= 8000, "audio.sample_rate", "must be at least 8000")
+        _require(self.win_length <= self.n_fft, "audio.win_length", "must not exceed audio.n_fft")
+        _require(0 < self.hop_length <= self.win_length, "audio.hop_length", "must be in (0, win_length]")
+        _require(self.fmax <= self.sample_rate / 2, "audio.fmax", "must not exceed sample_rate / 2")
+        _require(0 <= self.fmin < self.fmax, "audio.fmin", "must be in [0, fmax)")
+        _require(0 < self.f0_min < self.f0_max, "audio.f0_min", "must be in (0, f0_max)")
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of every feature track."""
+        return self.sample_rate / self.hop_length
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    max_seconds: float = 15.0  # longer files are split at their quietest points
+    min_seconds: float = 0.5  # shorter pieces are dropped
+    trim_top_db: float = 40.0  # silence threshold below the peak, for trimming the ends
+    loudness_db: float = -23.0  # target RMS level (dBFS) of the voiced part of each utterance
+    val_per_speaker: int = 2  # utterances of each seen speaker held out for validation
+    unseen_fraction: float = 0.1  # share of speakers held out entirely (at least one when >= 3)
+    unseen_speakers: tuple[str, ...] = ()  # named unseen speakers; overrides the fraction
+    split_salt: str = "voiceclone"  # part of the stable split hash; change it to draw other splits
+
+    def __post_init__(self) -> None:
+        _require(self.min_seconds > 0, "prepare.min_seconds", "must be positive")
+        _require(self.max_seconds > 2 * self.min_seconds, "prepare.max_seconds", "must exceed 2 * min_seconds")
+        _require(0 <= self.unseen_fraction < 1, "prepare.unseen_fraction", "must be in [0, 1)")
+        _require(self.val_per_speaker >= 0, "prepare.val_per_speaker", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class AcousticModelConfig:
+    """Sizes of the zero-shot conversion model (see models/acoustic.py)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(hidden=96, content_dim=16, speaker_dim=64, encoder_layers=3, decoder_layers=4,
+                     speaker_layers=2, kernel_size=5),
+        "base": dict(hidden=256, content_dim=32, speaker_dim=192, encoder_layers=6, decoder_layers=8,
+                     speaker_layers=4, kernel_size=5),
+    }
+    size: str = "tiny"
+    hidden: int = 96
+    content_dim: int = 16  # the bottleneck that keeps the speaker out of the content code
+    speaker_dim: int = 64
+    encoder_layers: int = 3
+    decoder_layers: int = 4
+    speaker_layers: int = 2
+    kernel_size: int = 5
+    dropout: float = 0.05
+    n_speakers: int = 0  # training speakers for the auxiliary classifier; 0 = taken from the dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one stage is trained. One epoch = one random segment from every training utterance."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    segment_frames: int = 128
+    lr: float = 2e-3
+    lr_min_ratio: float = 0.05  # cosine decay ends at lr * lr_min_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    beta1: float = 0.8
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    num_workers: int = 0  # data-loader worker processes
+    seed: int = 1234
+    max_bad_steps: int = 5  # consecutive non-finite losses before reloading the last good state
+    lr_backoff: float = 0.5  # learning-rate factor applied on such a reload
+    bf16: bool = True  # autocast on CUDA only
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.segment_frames >= 8, "train.segment_frames", "must be >= 8")
+        _require(self.lr > 0, "train.lr", "must be positive")
+
+
+@dataclass(frozen=True)
+class AcousticLossWeights:
+    """Each named loss of the acoustic task times its same-named weight."""
+
+    mel: float = 1.0  # L1 between predicted and target log-mel
+    speaker: float = 0.05  # cross-entropy of the auxiliary speaker classifier
+
+
+@dataclass(frozen=True)
+class AcousticStage:
+    model: AcousticModelConfig = field(default_factory=AcousticModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: AcousticLossWeights = field(default_factory=AcousticLossWeights)
+    augment: bool = True  # content perturbation and virtual speakers; off only for ablations
+
+
+@dataclass(frozen=True)
+class VocoderModelConfig:
+    """Sizes of the Vocos-style generator and its discriminators (see models/vocoder.py)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(dim=64, intermediate_dim=192, layers=3, mpd_periods=(2, 3, 5), mrd_channels=16),
+        "base": dict(dim=512, intermediate_dim=1536, layers=8, mpd_periods=(2, 3, 5, 7, 11), mrd_channels=32),
+    }
+    size: str = "tiny"
+    dim: int = 64
+    intermediate_dim: int = 192
+    layers: int = 3
+    mpd_periods: tuple[int, ...] = (2, 3, 5)
+    mrd_channels: int = 16
+    mrd_resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (256, 64, 256))
+
+
+@dataclass(frozen=True)
+class VocoderLossWeights:
+    mel: float = 45.0  # L1 between mels of generated and real audio (HiFi-GAN's balance)
+    feature: float = 2.0  # feature matching over discriminator layers
+    adversarial: float = 1.0  # least-squares generator loss
+    discriminator: float = 1.0  # least-squares discriminator loss
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    mel_only_steps: int = 500  # generator warm-up on the mel loss before the discriminators join
+    disc_lr: float = 2e-4
+
+
+@dataclass(frozen=True)
+class VocoderStage:
+    model: VocoderModelConfig = field(default_factory=VocoderModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(segment_frames=32, lr=5e-4, beta1=0.8))
+    loss: VocoderLossWeights = field(default_factory=VocoderLossWeights)
+    gan: GanConfig = field(default_factory=GanConfig)
+
+
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    """The detector of DESIGN.md section 8, used by early stopping and by `evaluate`."""
+
+    window: int = 3  # epochs over which trends are measured
+    patience: int = 5  # epochs without relative improvement above min_delta before `converged`
+    min_delta: float = 0.005  # relative improvement that counts (0.005 = 0.5%)
+    diverge_factor: float = 1.5  # validation this far above its best and rising = `diverged`
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 2, "convergence.window", "must be >= 2")
+        _require(self.patience >= 1, "convergence.patience", "must be >= 1")
+        _require(self.min_delta >= 0, "convergence.min_delta", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Adapting a trained model to one voice: fewer epochs, smaller and layer-wise learning rates."""
+
+    freeze: tuple[str, ...] = ("content_encoder",)  # parts kept frozen throughout
+    unfreeze_every: int = 2  # epochs between unfreezing one more decoder block (0 = all trainable)
+    frozen_blocks: int = 2  # decoder blocks frozen at the start, unfrozen from the first one upwards
+    layer_lr_decay: float = 0.7  # each block's lr = the next block's * this; early layers learn slower
+    lr: float = 3e-4
+    epochs: int = 15
+    learn_speaker: bool = True  # learn the new voice's speaker vector, initialized from its references
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "default"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    acoustic: AcousticStage = field(default_factory=AcousticStage)
+    vocoder: VocoderStage = field(default_factory=VocoderStage)
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise UserError(f"setting {key} {why}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with every key and type checked.
+
+
+def build(cls: type, data: dict[str, Any], where: str = "", source: str = "config") -> Any:
+    """Build dataclass `cls` from `data`, applying a `size` preset first if the class has presets."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: '{where or 'top level'}' must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = dict(data)
+    presets = getattr(cls, "PRESETS", None)
+    if presets and "size" in data:
+        size = data["size"]
+        if size not in presets:
+            raise UserError(f"{source}: {where}.size = {size!r} is not one of {sorted(presets)}")
+        data = {**presets[size], **data}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+            raise UserError(f"{source}: unknown key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path, source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
+    def bad() -> UserError:
+        return UserError(f"{source}: '{path}' must be {_type_name(tp)}, got {value!r}")
+
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, source)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, path, source) for v in value)
+        if len(args) != len(value):
+            raise bad()
+        return tuple(_coerce(a, v, path, source) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, path, source)
+            except UserError:
+                continue
+        raise bad()
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipes and overrides.
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe is a path to a TOML file or the name of one in `recipes/`."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise UserError(f"{p}: recipe file not found")
+        return p
+    for folder in (Path.cwd() / "recipes", RECIPES_DIR):
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+    raise UserError(f"recipe '{name_or_path}' not found (known: {', '.join(known) or 'none'})")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`acoustic.train.lr=1e-3` -> (['acoustic', 'train', 'lr'], 0.001). Values are TOML; bare words are strings."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise UserError(f"--set {item!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: '{k}' is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_recipe(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Recipe:
+    path = recipe_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    data.setdefault("name", path.stem)
+    return build(Recipe, merge_overrides(data, overrides), source=str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: Sequence[str] = (), source: str = "config") -> Recipe:
+    """Read back a recipe saved as JSON (beside a dataset, a checkpoint or inside a bundle)."""
+    return build(Recipe, merge_overrides(data, overrides), source=source)
+
+
+def read_recipe_json(path: Path) -> Recipe:
+    try:
+        return recipe_from_dict(json.loads(Path(path).read_text()), source=str(path))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read configuration ({e})") from None
