@@ -89,7 +89,6 @@ class AcousticModelConfig:
     decoder_layers: int = 4
     speaker_layers: int = 2
     kernel_size: int = 5
-    dropout: float = 0.05
     n_speakers: int = 0  # training speakers for the auxiliary classifier; 0 = taken from the dataset
 
 
@@ -141,15 +140,18 @@ class VocoderModelConfig:
     """Sizes of the Vocos-style generator and its discriminators (see models/vocoder.py)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(dim=64, intermediate_dim=192, layers=3, mpd_periods=(2, 3, 5), mrd_channels=16),
-        "base": dict(dim=512, intermediate_dim=1536, layers=8, mpd_periods=(2, 3, 5, 7, 11), mrd_channels=32),
+        "tiny": dict(dim=64, intermediate_dim=192, layers=3, mpd_periods=(2, 3, 5), mpd_channels=4,
+                     mrd_channels=8),
+        "base": dict(dim=512, intermediate_dim=1536, layers=8, mpd_periods=(2, 3, 5, 7, 11), mpd_channels=32,
+                     mrd_channels=32),
     }
     size: str = "tiny"
     dim: int = 64
     intermediate_dim: int = 192
     layers: int = 3
     mpd_periods: tuple[int, ...] = (2, 3, 5)
-    mrd_channels: int = 16
+    mpd_channels: int = 4  # first layer's; HiFi-GAN's 32-128-512-1024-1024 at 32
+    mrd_channels: int = 8
     mrd_resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (256, 64, 256))
 
 

@@ -1,0 +1,214 @@
+"""The training engine and the zero-shot acoustic model, on generated voices, on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from voiceclone.cli import app
+from voiceclone.config import load_recipe
+from voiceclone.data.prepare import prepare
+from voiceclone.data.store import Dataset
+from voiceclone.train import checkpoint
+from voiceclone.train.tasks import AcousticTask
+from voiceclone.train.trainer import lr_factor, train
+
+QUIET = Console(quiet=True)
+FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
+        "acoustic.train.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """10 synthetic voices (1 held out as unseen), 8 utterances each, prepared with the demo recipe."""
+    from voiceclone.synthetic import write_corpus
+
+    root = tmp_path_factory.mktemp("train")
+    write_corpus(root / "corpus", n_speakers=10, utterances=8, seconds=1.6, sample_rate=16000, seed=3)
+    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    """One run of 30 short epochs, shared by the tests that need a trained model."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(dataset, run, overrides=FAST, epochs=30, early_stop=False, console=QUIET)
+    return run
+
+
+def history(run: Path, stage: str = "acoustic") -> list[dict]:
+    return [json.loads(line) for line in (run / stage / "history.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step():
+    assert lr_factor(1, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert 0.1 < lr_factor(55, 10, 100, 0.1) < 1.0
+    assert lr_factor(55, 10, 100, 0.1) == lr_factor(55, 10, 100, 0.1)
+
+
+def test_training_lowers_unseen_loss_and_writes_history(trained):
+    rows = history(trained)
+    assert [r["epoch"] for r in rows] == list(range(1, 31))
+    for key in ("epoch", "step", "train_loss", "val_loss", "unseen_loss", "lr", "seconds", "samples_per_second",
+                "train_mel", "train_speaker", "status"):
+        assert key in rows[-1], key
+    assert min(r["unseen_loss"] for r in rows) < 0.5 * rows[0]["unseen_loss"], [r["unseen_loss"] for r in rows]
+    assert (trained / "acoustic/best.pt").is_file() and (trained / "acoustic/last.pt").is_file()
+    assert json.loads((trained / "acoustic/config.json").read_text())["audio"]["sample_rate"] == 16000
+    best = checkpoint.load(trained / "acoustic/best.pt")
+    assert best["value"] == pytest.approx(min(r["unseen_loss"] for r in rows))
+
+
+def test_the_model_really_uses_the_reference(dataset, trained):
+    """Same source, two reference speakers: outputs differ, and each is nearer (by the model's own speaker
+    encoder) to the reference it was made from."""
+    ds = Dataset.open(dataset)
+    task = AcousticTask(ds.recipe, ds, torch.device("cpu"))
+    task.model.load_state_dict(checkpoint.load(trained / "acoustic/best.pt")["modules"]["model"])
+    model = task.model.eval()
+    unseen, train_split = ds.split("unseen"), ds.split("train")
+    by_speaker: dict[str, list[int]] = {}
+    for i in range(len(train_split)):
+        by_speaker.setdefault(train_split.speaker(i), []).append(i)
+    names = sorted(by_speaker)
+    lo, hi = names[0], names[-1]  # the lowest and highest synthetic registers: clearly different voices
+
+    def mel(split, i):
+        return torch.from_numpy(split.mel(i).astype("float32")).T
+
+    refs = [model.embed([mel(train_split, i) for i in by_speaker[spk][:3]]) for spk in (lo, hi)]
+    cos = torch.nn.functional.cosine_similarity
+    for src in range(0, len(unseen), 3):  # several sources of the held-out speakers
+        source_mel = mel(unseen, src)
+        f0, energy = torch.tensor(unseen.f0(src)), torch.tensor(unseen.energy(src))
+        outs = [model.convert(source_mel, f0, energy, ref) for ref in refs]
+        assert (outs[0] - outs[1]).abs().mean() > 0.2  # log-mel units: clearly different spectra
+        emb = [model.embed([o]) for o in outs]
+        assert cos(emb[0], refs[0], dim=0) > cos(emb[0], refs[1], dim=0)
+        assert cos(emb[1], refs[1], dim=0) > cos(emb[1], refs[0], dim=0)
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(dataset, tmp_path):
+    train(dataset, tmp_path / "a", overrides=FAST, epochs=3, early_stop=False, console=QUIET)
+    train(dataset, tmp_path / "b", overrides=FAST, epochs=1, early_stop=False, console=QUIET)
+    train(dataset, tmp_path / "b", overrides=FAST, epochs=3, resume=True, early_stop=False, console=QUIET)
+    a, b = history(tmp_path / "a"), history(tmp_path / "b")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss", "unseen_loss", "step"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (key, ra["epoch"])
+
+
+def test_early_stopping_on_a_plateau_restores_the_best(dataset, tmp_path):
+    # a learning rate of ~0 makes every epoch the same: a perfect plateau
+    overrides = FAST + ["acoustic.train.lr=1e-12", "convergence.patience=2", "convergence.window=2"]
+    results = train(dataset, tmp_path / "run", overrides=overrides, epochs=20, console=QUIET)
+    r = results["acoustic"]
+    assert r["early_stopped"] and r["epochs"] < 20
+    assert r["assessment"].status == "converged"
+    assert history(tmp_path / "run")[-1]["status"] == "converged"
+
+
+def test_non_finite_losses_are_skipped_then_the_last_good_state_is_reloaded(dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = AcousticTask.losses
+
+    def poisoned(self, group, batch, step):
+        out = original(self, group, batch, step)
+        calls["n"] += 1
+        if 3 <= calls["n"] <= 9:  # 7 NaN batches in a row: skipped, and a reload after max_bad_steps (5)
+            out["mel"] = out["mel"] * float("nan")
+        return out
+
+    monkeypatch.setattr(AcousticTask, "losses", poisoned)
+    train(dataset, tmp_path / "run", overrides=FAST, epochs=2, early_stop=False, console=QUIET)
+    rows = history(tmp_path / "run")
+    assert rows[-1]["nonfinite_skipped"] == 7
+    state = checkpoint.load(tmp_path / "run/acoustic/last.pt")
+    assert state["progress"]["lr_scale"] == pytest.approx(0.5)
+    assert all(torch.isfinite(t).all() for t in state["modules"]["model"].values())
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_code_2(dataset, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--run", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "nope" in r.output
+    # a dataset made with another audio config than the named recipe
+    r = runner.invoke(app, ["train", "--data", str(dataset), "--run", str(tmp_path / "r"), "--recipe", "vctk"])
+    assert r.exit_code == 2 and "audio" in r.output
+    # an existing run is never overwritten without --resume
+    train(dataset, tmp_path / "r", overrides=FAST, epochs=1, early_stop=False, console=QUIET)
+    before = (tmp_path / "r/acoustic/last.pt").read_bytes()
+    r = runner.invoke(app, ["train", "--data", str(dataset), "--run", str(tmp_path / "r"), "--epochs", "1"])
+    assert r.exit_code == 2 and "--resume" in r.output
+    assert (tmp_path / "r/acoustic/last.pt").read_bytes() == before
+    # resuming with a different model is refused
+    r = runner.invoke(app, ["train", "--data", str(dataset), "--run", str(tmp_path / "r"), "--resume",
+                            "--set", "acoustic.model.size=base"])
+    assert r.exit_code == 2 and "other settings" in r.output
+    # too few speakers for speaker-disjoint validation
+    from voiceclone.synthetic import write_corpus
+
+    write_corpus(tmp_path / "two", n_speakers=2, utterances=4, seconds=1.0, sample_rate=16000)
+    prepare([tmp_path / "two"], tmp_path / "ds2", load_recipe("demo"), workers=1, console=QUIET)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "ds2"), "--run", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "speaker" in r.output and len(r.output.strip().splitlines()) == 1
+    assert "Traceback" not in r.output
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "voiceclone", *args]
+
+
+def test_ctrl_c_saves_and_prints_how_to_resume(dataset, tmp_path):
+    run = tmp_path / "run"
+    cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "200", "--no-early-stop",
+               *sum((["--set", o] for o in FAST), []))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "--resume" in out and "Traceback" not in out
+    state = checkpoint.load(run / "acoustic/last.pt")
+    assert state["progress"]["step"] >= 1
+    r = subprocess.run(cmd[:-2 * len(FAST)] + sum((["--set", o] for o in FAST), []) + ["--resume", "--epochs",
+                       str(state["progress"]["epoch"] + 1)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert history(run)[-1]["epoch"] == state["progress"]["epoch"] + 1
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_process_ddp_run_with_gloo(dataset, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["torchrun", "--nproc_per_node=2", "--master_port=29517", "-m", "voiceclone", "train", "--data",
+           str(dataset), "--run-dir", str(run), "--epochs", "2", "--no-early-stop", "--device", "cpu",
+           *sum((["--set", o] for o in FAST), [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = history(run)
+    assert [row["epoch"] for row in rows] == [1, 2]  # rank 0 alone wrote: one row per epoch
+    single = Dataset.open(dataset)
+    steps_single = (len(single.split("train")) // 8)
+    assert rows[0]["step"] == (len(single.split("train")) // 2) // 8  # each rank takes half of every epoch
+    assert rows[0]["step"] < steps_single
+    assert all(math.isfinite(row["unseen_loss"]) for row in rows)

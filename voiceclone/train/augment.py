@@ -1,0 +1,67 @@
+"""Training-time perturbations of log-mel spectrograms (training only; inference never imports this).
+
+Two different jobs (DESIGN.md section 5):
+- content perturbation: the content encoder's input is warped along frequency (a formant shift, FreeVC's
+  spectrogram-resize idea), tilted by a random EQ and a random gain, so the encoder cannot pass the source
+  voice through to the decoder;
+- virtual speakers: one random warp applied to both the target and the reference (and F0 scaled to
+  match), so the decoder sees a continuum of timbres instead of a few dozen points.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+import torch
+from torch import Tensor
+
+from voiceclone.audio import LOG_FLOOR
+from voiceclone.config import AudioConfig
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_centres(cfg: AudioConfig) -> np.ndarray:
+    return librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax, htk=False)[1:-1]
+
+
+def warp_frequency(mel: Tensor, ratio: Tensor, cfg: AudioConfig) -> Tensor:
+    """Move the spectral content of each item from f to f * ratio (ratio > 1: smaller vocal tract).
+
+    mel [B, n_mels, T] log-mel, ratio [B] -> [B, n_mels, T]. Bands whose source lies above fmax get the floor.
+    """
+    centres = torch.as_tensor(_mel_centres(cfg), dtype=torch.float32, device=mel.device)  # [M]
+    src_hz = centres[None, :] / ratio[:, None].float()  # [B, M]: where each output band reads from
+    # fractional band index of src_hz, by linear interpolation over the (monotonic) band centres
+    idx = torch.searchsorted(centres, src_hz.contiguous()).clamp(1, len(centres) - 1)
+    lo_hz, hi_hz = centres[idx - 1], centres[idx]
+    frac = ((src_hz - lo_hz) / (hi_hz - lo_hz)).clamp(0, 1)
+    lo = torch.gather(mel, 1, (idx - 1).unsqueeze(-1).expand(-1, -1, mel.shape[-1]))
+    hi = torch.gather(mel, 1, idx.unsqueeze(-1).expand(-1, -1, mel.shape[-1]))
+    out = lo + (hi - lo) * frac.unsqueeze(-1).to(mel.dtype)
+    beyond = (src_hz > centres[-1]).unsqueeze(-1)
+    return torch.where(beyond, torch.full_like(out, float(np.log(LOG_FLOOR))), out)
+
+
+def random_ratio(batch: int, max_semitones: float, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Log-uniform ratios within +-max_semitones: [B]."""
+    u = torch.rand(batch, generator=generator) * 2 - 1
+    return (2 ** (u * max_semitones / 12)).to(device)
+
+
+def perturb_content(mel: Tensor, cfg: AudioConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Formant shift (+-3 semitones), random EQ (a smooth curve of +-6 dB over frequency), gain (+-6 dB).
+
+    mel [B, n_mels, T] -> [B, n_mels, T]
+    """
+    b, m, _ = mel.shape
+    out = warp_frequency(mel, random_ratio(b, 3.0, generator, mel.device), cfg)
+    # smooth EQ: a random combination of low-order cosines over the band axis
+    k = torch.arange(1, 4, dtype=torch.float32)
+    basis = torch.cos(torch.pi * k[:, None] * torch.linspace(0, 1, m)[None, :])  # [3, M]
+    coeffs = (torch.rand(b, 3, generator=generator) * 2 - 1) * 0.35
+    eq = (coeffs @ basis).to(mel.device)  # [B, M] in ln units; 0.35 * 3 ~ 1 neper max
+    gain = ((torch.rand(b, 1, generator=generator) * 2 - 1) * 0.7).to(mel.device)  # +-0.7 neper = +-6 dB
+    return out + (eq + gain).unsqueeze(-1).to(mel.dtype)

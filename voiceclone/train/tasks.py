@@ -1,0 +1,280 @@
+"""What differs between the models trained by the one loop in trainer.py.
+
+A task owns its networks and data, names its optimizer groups (stepped in order on every batch), and
+returns *named* losses; the trainer multiplies each by the same-named weight from the recipe. `monitor`
+names the validation loss that early stopping, `best` and the convergence status follow; the same
+quantity measured on training batches is reported as `train_loss`, so the two curves are comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from voiceclone import audio as A
+from voiceclone import metrics
+from voiceclone.config import FinetuneConfig, Recipe
+from voiceclone.data.dataset import Segments, reference_pool
+from voiceclone.data.store import Dataset
+from voiceclone.models.acoustic import AcousticModel
+from voiceclone.models.discriminators import Discriminators
+from voiceclone.models.vocoder import Vocoder
+from voiceclone.train import augment
+from voiceclone.train import finetune as ft
+from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+
+def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """pred, target [B, M, T], mask [B, T] -> per-item mean absolute error [B]."""
+    err = (pred.float() - target.float()).abs().mean(1) * mask
+    return err.sum(1) / mask.sum(1).clamp(min=1)
+
+
+class Task(ABC):
+    stage: str
+    monitor = "mel"
+    groups: tuple[str, ...]
+
+    def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device) -> None:
+        self.recipe, self.dataset, self.device = recipe, dataset, device
+        self.wrapped: dict[str, nn.Module] = {}
+
+    @property
+    def train_cfg(self):
+        return getattr(self.recipe, self.stage).train
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dataclasses.asdict(getattr(self.recipe, self.stage).loss)
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Checkpointed networks by name (unwrapped)."""
+
+    @abstractmethod
+    def param_groups(self) -> dict[str, list[dict[str, Any]]]:
+        """Optimizer name -> torch param groups, each with a `base_lr` (the schedule multiplies it)."""
+
+    def meta(self) -> dict[str, Any]:
+        """What is needed, beside the recipe, to rebuild the networks (saved in checkpoints and bundles)."""
+        return {}
+
+    @abstractmethod
+    def train_segments(self) -> Segments:
+        """Random training segments of the `train` split."""
+
+    @abstractmethod
+    def val_segments(self, split: str) -> Segments | None:
+        """Fixed validation segments of a split, or None when the split is empty."""
+
+    @abstractmethod
+    def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Named scalar losses of one optimizer group for one batch ({} = skip this group now)."""
+
+    @abstractmethod
+    def val_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-item validation values [B] by name (NaN where undefined); must include `monitor`."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before every epoch (1-based): fine-tuning's unfreezing schedule lives here."""
+
+    def wrap(self, wrapper) -> None:
+        """Let the trainer wrap the networks used in forward passes (DDP); `modules()` stays unwrapped."""
+        self.wrapped = {name: wrapper(m) for name, m in self.modules().items()}
+
+    def net(self, name: str) -> nn.Module:
+        return self.wrapped[name] if name in self.wrapped else self.modules()[name]
+
+
+class AcousticTask(Task):
+    stage = "acoustic"
+    groups = ("model",)
+
+    def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device,
+                 speakers: list[str] | None = None, base: AcousticModel | None = None,
+                 finetune: FinetuneConfig | None = None, base_source: str = "") -> None:
+        """base + finetune: adapt a trained model to the dataset's voice instead of training from scratch."""
+        super().__init__(recipe, dataset, device)
+        train = dataset.split("train")
+        self.speakers = speakers or sorted({train.speaker(i) for i in range(len(train))})
+        self.speaker_ids = {s: i for i, s in enumerate(self.speakers)}
+        cfg = recipe.acoustic
+        self.finetune, self.base_source = finetune, base_source
+        if base is not None:
+            self.model = copy.deepcopy(base).to(device)
+        else:
+            self.model = AcousticModel(cfg.model, recipe.audio, len(self.speakers)).to(device)
+        if finetune is not None and finetune.learn_speaker and self.model.voice is None:
+            mels = [torch.from_numpy(train.mel(i).astype(np.float32).T).to(device) for i in range(min(len(train), 16))]
+            self.model.learn_voice(ft.initial_voice(self.model, mels))
+        self.ref_frames = 2 * cfg.train.segment_frames
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"speakers": self.speakers, "learned_voice": self.model.voice is not None}
+        if self.finetune is not None:
+            meta["finetuned_from"] = self.base_source
+        return meta
+
+    def param_groups(self) -> dict[str, list[dict[str, Any]]]:
+        if self.finetune is not None:
+            return {"model": ft.param_groups(self.model, self.finetune)}
+        return {"model": [{"params": list(self.model.parameters()), "base_lr": self.train_cfg.lr}]}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.finetune is not None:
+            ft.apply_schedule(self.model, self.finetune, epoch)
+
+    def train_segments(self) -> Segments:
+        train = self.dataset.split("train")
+        return Segments(train, self.train_cfg.segment_frames, self.recipe.audio.hop_length, self.train_cfg.seed,
+                        train=True, references=reference_pool(train), ref_frames=self.ref_frames,
+                        speaker_ids=self.speaker_ids)
+
+    def val_segments(self, split: str) -> Segments | None:
+        s = self.dataset.split(split)
+        if len(s) == 0:
+            return None
+        # seen speakers' references come from their training utterances too; unseen ones only from their own
+        pool = reference_pool(s, self.dataset.split("train")) if split == "val" else reference_pool(s)
+        return Segments(s, self.train_cfg.segment_frames, self.recipe.audio.hop_length, self.train_cfg.seed,
+                        train=False, references=pool, ref_frames=self.ref_frames, speaker_ids=self.speaker_ids)
+
+    def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        mel, ref = batch["mel"].transpose(1, 2), batch["ref_mel"].transpose(1, 2)  # [B, M, T], [B, M, R]
+        f0, energy, mask = batch["f0"], batch["energy"], batch["mask"]
+        known = batch["speaker"] >= 0
+        if getattr(self.recipe, self.stage).augment:
+            # virtual speakers: half the batch gets one warp on target and reference alike (F0 follows)
+            b = mel.shape[0]
+            warp = torch.rand(b, device=mel.device) < 0.5
+            ratio = torch.where(warp, augment.random_ratio(b, 4.0, device=mel.device), torch.ones(b, device=mel.device))
+            source = augment.perturb_content(mel, self.recipe.audio)
+            target = augment.warp_frequency(mel, ratio, self.recipe.audio)
+            ref = augment.warp_frequency(ref, ratio, self.recipe.audio)
+            f0 = f0 * ratio[:, None]
+            known = known & ~warp  # a warped voice is no longer the labelled speaker
+        else:
+            source, target = mel, mel
+        if self.model.voice is not None:
+            ref = None  # a fine-tuned voice is its learned vector, not a reference
+        pred, speaker = self.net("model")(source, f0, energy, ref, batch["ref_mask"], mask)
+        out = {"mel": masked_l1(pred, target, mask).mean()}
+        logits = self.model.classifier(speaker.float())
+        if known.any():
+            out["speaker"] = F.cross_entropy(logits[known], batch["speaker"][known])
+        else:
+            out["speaker"] = logits.sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+        return out
+
+    @torch.no_grad()
+    def val_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mel = batch["mel"].transpose(1, 2)
+        ref = None if self.model.voice is not None else batch["ref_mel"].transpose(1, 2)
+        pred, _ = self.model(mel, batch["f0"], batch["energy"], ref, batch["ref_mask"], batch["mask"])
+        return {"mel": masked_l1(pred, mel, batch["mask"])}
+
+
+class VocoderTask(Task):
+    """GAN vocoder: the discriminators step first on each batch, then the generator."""
+
+    stage = "vocoder"
+    groups = ("discriminator", "generator")
+
+    def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device,
+                 acoustic: AcousticModel | None = None, base: Vocoder | None = None,
+                 finetune: FinetuneConfig | None = None, base_source: str = "") -> None:
+        super().__init__(recipe, dataset, device)
+        cfg = recipe.vocoder
+        self.generator = (copy.deepcopy(base) if base is not None else Vocoder(cfg.model, recipe.audio)).to(device)
+        self.finetune, self.base_source = finetune, base_source
+        self.discriminators = Discriminators(cfg.model).to(device)
+        self.acoustic = acoustic.eval().requires_grad_(False) if acoustic is not None else None
+        self.val_frames = max(cfg.train.segment_frames, 128)  # F0 needs a few voiced syllables to be measured
+        self._fake: Tensor | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminators": self.discriminators}
+
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"finetuned_on_acoustic": self.acoustic is not None}
+        if self.finetune is not None:
+            meta["finetuned_from"] = self.base_source
+        return meta
+
+    def param_groups(self) -> dict[str, list[dict[str, Any]]]:
+        gen_lr = self.finetune.lr if self.finetune is not None else self.train_cfg.lr
+        return {"discriminator": [{"params": list(self.discriminators.parameters()),
+                                   "base_lr": self.recipe.vocoder.gan.disc_lr}],
+                "generator": [{"params": list(self.generator.parameters()), "base_lr": gen_lr}]}
+
+    def _segments(self, split: str, frames: int, train: bool) -> Segments | None:
+        s = self.dataset.split(split)
+        if len(s) == 0:
+            return None
+        refs = reference_pool(s, self.dataset.split("train")) if self.acoustic is not None else None
+        return Segments(s, frames, self.recipe.audio.hop_length, self.train_cfg.seed, train=train,
+                        references=refs, ref_frames=2 * frames if refs else 0, with_audio=True)
+
+    def train_segments(self) -> Segments:
+        return self._segments("train", self.train_cfg.segment_frames, True)
+
+    def val_segments(self, split: str) -> Segments | None:
+        return self._segments(split, self.val_frames, False)
+
+    def _input_mel(self, batch: dict[str, Tensor]) -> Tensor:
+        mel = batch["mel"].transpose(1, 2)
+        if self.acoustic is None:
+            return mel
+        with torch.no_grad():  # the acoustic model's own output for this very segment: time-aligned
+            pred, _ = self.acoustic(mel, batch["f0"], batch["energy"], batch["ref_mel"].transpose(1, 2),
+                                    batch["ref_mask"], batch["mask"])
+        return pred.float()
+
+    def _adversarial(self, step: int) -> bool:
+        return step > self.recipe.vocoder.gan.mel_only_steps
+
+    def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        real = batch["audio"]
+        if group == "discriminator":
+            self._fake = self.net("generator")(self._input_mel(batch), batch["f0"])
+            if not self._adversarial(step):
+                return {}
+            logits, _ = self.net("discriminators")(torch.cat([real, self._fake.detach()]))
+            half = real.shape[0]
+            return {"discriminator": discriminator_loss([x[:half] for x in logits], [x[half:] for x in logits])}
+        fake, self._fake = self._fake, None
+        out = {"mel": masked_l1(A.log_mel(fake, self.recipe.audio), A.log_mel(real, self.recipe.audio),
+                                batch["mask"]).mean()}
+        if self._adversarial(step):
+            half = real.shape[0]
+            logits, feats = self.net("discriminators")(torch.cat([real, fake]))
+            out["adversarial"] = generator_adversarial_loss([x[half:] for x in logits])
+            out["feature"] = feature_matching_loss([[f[:half].detach() for f in fs] for fs in feats],
+                                                   [[f[half:] for f in fs] for fs in feats])
+        return out
+
+    @torch.no_grad()
+    def val_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        fake = self.generator(self._input_mel(batch), batch["f0"]).float()
+        cfg = self.recipe.audio
+        mel = masked_l1(A.log_mel(fake, cfg), A.log_mel(batch["audio"], cfg), batch["mask"])
+        cents = []
+        for given, wav in zip(batch["f0"].cpu().numpy(), fake.cpu().numpy()):
+            m = metrics.f0_metrics(given, A.f0(wav, cfg))
+            cents.append(np.nan if m["rmse_cents"] is None else m["rmse_cents"])
+        return {"mel": mel, "f0_rmse_cents": torch.tensor(cents, dtype=torch.float32, device=mel.device)}
+
+
+def make_task(stage: str, recipe: Recipe, dataset: Dataset, device: torch.device, **kwargs) -> Task:
+    tasks = {"acoustic": AcousticTask, "vocoder": VocoderTask}
+    return tasks[stage](recipe, dataset, device, **kwargs)
