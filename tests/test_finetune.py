@@ -1,0 +1,119 @@
+"""Fine-tuning a trained zero-shot model to one new voice."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from voiceclone.bundle import load_checkpoint, load_model
+from voiceclone.cli import app
+from voiceclone.config import FinetuneConfig, load_recipe
+from voiceclone.data.prepare import prepare
+from voiceclone.synthetic import Speaker, synth_utterance, write_corpus
+from voiceclone.train import finetune as ft
+from voiceclone.train.trainer import train
+
+QUIET = Console(quiet=True)
+BASE = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """A base model trained on 8 voices, and a dataset of one new voice (12 utterances, 3 held out)."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("finetune")
+    write_corpus(root / "corpus", n_speakers=8, utterances=6, seconds=1.8, sample_rate=16000, seed=11)
+    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
+    train(root / "ds", root / "base", stage="all", overrides=BASE, epochs=8, early_stop=False, console=QUIET)
+    # the new voice: a register and vocal tract outside the base corpus's range
+    voice = Speaker("newvoice", f0_hz=330.0, formant_scale=1.32, tilt_db=-5.0, breath=0.01, bandwidth=0.9)
+    (root / "voice/newvoice").mkdir(parents=True)
+    for u in range(12):
+        y, _ = synth_utterance(voice, 1.8, 16000, seed=100 + u)
+        sf.write(root / "voice/newvoice" / f"n{u:02d}.wav", y, 16000)
+    prepare([root / "voice"], root / "vds", load_recipe("demo", ["prepare.val_per_speaker=3"]), workers=2,
+            console=QUIET)
+    return {"root": root, "base": root / "base", "voice_ds": root / "vds"}
+
+
+def test_schedule_and_layer_learning_rates_are_as_configured():
+    cfg = load_recipe("demo")
+    from voiceclone.models.acoustic import AcousticModel
+
+    model = AcousticModel(cfg.acoustic.model, cfg.audio, 4)
+    f = FinetuneConfig(freeze=("content_encoder",), unfreeze_every=2, frozen_blocks=3, layer_lr_decay=0.5, lr=1e-3)
+    n = len(model.decoder.blocks)
+    assert [ft.frozen_decoder_blocks(e, f, n) for e in range(1, 9)] == [3, 3, 2, 2, 1, 1, 0, 0]
+    assert ft.frozen_decoder_blocks(1, dataclasses.replace(f, unfreeze_every=0), n) == 0
+    lrs = ft.layer_lrs(model, f)
+    names = [name for name, _ in ft.named_blocks(model)]
+    assert lrs[names[-1]] == pytest.approx(1e-3)
+    for earlier, later in zip(names, names[1:]):
+        assert lrs[earlier] == pytest.approx(0.5 * lrs[later])
+    frozen = ft.apply_schedule(model, f, epoch=1)
+    assert "content_encoder" in frozen and "decoder.blocks.0" in frozen and "decoder.blocks.2" in frozen
+    assert "decoder.blocks.3" not in frozen
+    assert not any(p.requires_grad for p in model.content_encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.blocks[3].parameters())
+    frozen = ft.apply_schedule(model, f, epoch=3)  # one more block released, nearest the output first
+    assert "decoder.blocks.2" not in frozen and "decoder.blocks.1" in frozen
+    with pytest.raises(Exception, match="unknown part"):
+        ft.check(dataclasses.replace(f, freeze=("encoder",)))
+
+
+def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup, tmp_path):
+    run = tmp_path / "ft"
+    results = train(setup["voice_ds"], run, stage="all", init_from=setup["base"], finetune=True,
+                    overrides=["finetune.epochs=12", "finetune.lr=2e-3"], console=QUIET)
+    ac = results["acoustic"]
+    assert ac["best_value"] < ac["baseline_val_loss"], (ac["best_value"], ac["baseline_val_loss"])
+    assert results["vocoder"]["best_value"] <= results["vocoder"]["baseline_val_loss"]
+    base = load_model(setup["base"])
+    tuned = load_model(run)
+    for name in ("content_encoder", "speaker_encoder"):  # frozen by default / with a learned voice
+        a, b = getattr(base.acoustic, name).state_dict(), getattr(tuned.acoustic, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert not torch.equal(base.acoustic.decoder.out.weight, tuned.acoustic.decoder.out.weight)
+    assert tuned.acoustic.voice is not None
+    state = load_checkpoint(run / "acoustic/last.pt")
+    groups = state["optimizers"]["model"]["param_groups"]
+    f = tuned.recipe.finetune
+    assert max(g["base_lr"] for g in groups) == pytest.approx(f.lr)
+    assert min(g["base_lr"] for g in groups) < f.lr * f.layer_lr_decay ** 5
+    assert state["meta"]["finetuned_from"] == str(setup["base"])
+
+
+def test_finetuning_stops_early_when_the_held_out_loss_turns_up(setup, tmp_path):
+    # a high rate, everything unfrozen, many epochs, on 9 utterances: overfitting comes fast
+    overrides = ["finetune.epochs=60", "finetune.lr=1e-2", "finetune.unfreeze_every=0", "finetune.freeze=[]",
+                 "convergence.window=3", "convergence.patience=4"]
+    results = train(setup["voice_ds"], tmp_path / "ft", stage="acoustic", init_from=setup["base"],
+                    finetune=True, overrides=overrides, console=QUIET)
+    r = results["acoustic"]
+    assert r["early_stopped"] and r["epochs"] < 60
+    assert r["assessment"].status in ("overfitting", "converged")
+    assert r["best_epoch"] < r["epochs"]
+
+
+def test_bad_finetune_inputs(setup, tmp_path):
+    runner = CliRunner()
+    # a voice dataset prepared with another audio config than the base model's
+    prepare([setup["root"] / "voice"], tmp_path / "v22", load_recipe("demo", ["audio.sample_rate=22050"]),
+            workers=1, console=QUIET)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "v22"), "--run", str(tmp_path / "a"),
+                            "--init-from", str(setup["base"]), "--finetune"])
+    assert r.exit_code == 2 and "audio config" in r.output
+    # no held-out utterances
+    prepare([setup["root"] / "voice"], tmp_path / "v0", load_recipe("demo", ["prepare.val_per_speaker=0"]),
+            workers=1, console=QUIET)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "v0"), "--run", str(tmp_path / "b"),
+                            "--init-from", str(setup["base"]), "--finetune"])
+    assert r.exit_code == 2 and "validation" in r.output
+    r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "c"), "--finetune"])
+    assert r.exit_code == 2 and "--init-from" in r.output

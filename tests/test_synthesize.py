@@ -1,0 +1,230 @@
+"""`voiceclone export` and `voiceclone synthesize`, on a briefly trained tiny run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from voiceclone import audio as A
+from voiceclone.bundle import export, load_model
+from voiceclone.cli import app
+from voiceclone.config import AudioConfig
+from voiceclone.synthesize import Reference, convert, embed_references
+
+QUIET = Console(quiet=True)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A corpus, and a run with both stages trained for a few short epochs."""
+    from voiceclone.config import load_recipe
+    from voiceclone.data.prepare import prepare
+    from voiceclone.synthetic import write_corpus
+    from voiceclone.train.trainer import train
+
+    root = tmp_path_factory.mktemp("synth")
+    write_corpus(root / "corpus", n_speakers=6, utterances=6, seconds=2.0, sample_rate=16000, seed=5)
+    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
+    overrides = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=8"]
+    train(root / "ds", root / "run", stage="all", overrides=overrides, epochs=3, early_stop=False, console=QUIET)
+    return {"root": root, "corpus": root / "corpus", "run": root / "run"}
+
+
+def wav(corpus: Path, speaker: int, utt: int) -> Path:
+    return corpus / f"spk{speaker:03d}" / f"spk{speaker:03d}_{utt:03d}.wav"
+
+
+def synth(*args: str):
+    return runner.invoke(app, ["synthesize", *args])
+
+
+def test_bundle_round_trip_gives_the_same_output_as_the_run_folder(trained, tmp_path):
+    bundle = export(trained["run"], tmp_path / "model.safetensors")
+    args = ["--reference", str(wav(trained["corpus"], 0, 0)), "--source", str(wav(trained["corpus"], 5, 1))]
+    assert synth("--model", str(trained["run"]), *args, "--out", str(tmp_path / "a.wav")).exit_code == 0
+    r = synth("--model", str(bundle), *args, "--out", str(tmp_path / "b.wav"))
+    assert r.exit_code == 0, r.output
+    a, sr_a = sf.read(tmp_path / "a.wav")
+    b, sr_b = sf.read(tmp_path / "b.wav")
+    assert sr_a == sr_b == 16000
+    np.testing.assert_array_equal(a, b)
+    header = json.loads(tmp_path.joinpath("model.safetensors").read_bytes()[8:8 + struct.unpack(
+        "<Q", tmp_path.joinpath("model.safetensors").read_bytes()[:8])[0]])["__metadata__"]
+    assert header["format"] == "voiceclone-bundle" and json.loads(header["recipe"])["audio"]["sample_rate"] == 16000
+
+
+class _Evil:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("name", ["evil.safetensors", "evil.pt", "run/acoustic/best.pt"])
+def test_a_malicious_pickle_never_runs(trained, tmp_path, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"modules": _Evil(marker)}, f)
+    torch.save({"x": _Evil(marker)}, tmp_path / "zip.pt")  # torch's own zip format, same payload
+    model = tmp_path / "run" if name.startswith("run/") else path
+    for candidate in (model, tmp_path / "zip.pt"):
+        r = synth("--model", str(candidate), "--reference", str(wav(trained["corpus"], 0, 0)),
+                  "--source", str(wav(trained["corpus"], 1, 0)), "--out", str(tmp_path / "o.wav"))
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) <= 2 and "Traceback" not in r.output
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        load_model(tmp_path / "zip.pt")
+    assert not marker.exists()
+
+
+def test_a_bundle_that_is_truncated_or_mismatched_is_refused(trained, tmp_path):
+    bundle = export(trained["run"], tmp_path / "m.safetensors")
+    data = bundle.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    args = ["--reference", str(wav(trained["corpus"], 0, 0)), "--source", str(wav(trained["corpus"], 1, 0)),
+            "--out", str(tmp_path / "o.wav")]
+    r = synth("--model", str(tmp_path / "cut.safetensors"), *args)
+    assert r.exit_code == 2 and "cut.safetensors" in r.output
+    # tensors that do not match the configuration's shapes
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(bundle), "pt") as f:
+        meta = f.metadata()
+    recipe = json.loads(meta["recipe"])
+    recipe["acoustic"]["model"]["hidden"] = 128
+    save_file(load_file(str(bundle)), str(tmp_path / "bad.safetensors"), metadata={**meta, "recipe": json.dumps(recipe)})
+    r = synth("--model", str(tmp_path / "bad.safetensors"), *args)
+    assert r.exit_code == 2 and "do not match" in r.output
+
+
+def test_chunked_and_unchunked_conversion_agree(trained):
+    model = load_model(trained["run"])
+    cfg: AudioConfig = model.recipe.audio
+    ref = embed_references(model, [wav(trained["corpus"], 0, 0)])
+    # a 6 s source with pauses: three utterances of one speaker joined by silence
+    parts = [A.load_audio(wav(trained["corpus"], 4, u), cfg.sample_rate) for u in range(3)]
+    gap = np.zeros(cfg.sample_rate // 4, np.float32)
+    y = np.concatenate([parts[0], gap, parts[1], gap, parts[2]])
+    whole_blocks, info_whole = convert(model, y, ref, chunk_seconds=60.0)
+    whole = np.concatenate(list(whole_blocks))
+    chunk_blocks, info_chunk = convert(model, y, ref, chunk_seconds=2.5)
+    chunked = np.concatenate(list(chunk_blocks))
+    assert info_whole["chunks"] == 1 and info_chunk["chunks"] >= 3
+    assert len(whole) == len(chunked) == len(y)
+    mel_w = A.log_mel(torch.from_numpy(whole), cfg)
+    mel_c = A.log_mel(torch.from_numpy(chunked), cfg)
+    mel_src = A.log_mel(torch.from_numpy(y), cfg)
+    # the two conversions are far closer to each other than either is to the source voice
+    assert (mel_w - mel_c).abs().mean() < 0.35 * (mel_w - mel_src).abs().mean()
+
+
+def test_folder_mode_converts_every_file_and_skips_a_corrupt_one(trained, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(wav(trained["corpus"], 3, 0), src / "a.wav")
+    shutil.copy(wav(trained["corpus"], 4, 0), src / "sub" / "b.wav")
+    (src / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    r = synth("--model", str(trained["run"]), "--reference", str(wav(trained["corpus"], 0, 0)),
+              "--source", str(src), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out/a.wav").is_file() and (tmp_path / "out/sub/b.wav").is_file()
+    assert not (tmp_path / "out/broken.wav").exists()
+    assert "broken.wav" in r.output
+
+
+def _median_f0(path: Path, cfg: AudioConfig) -> float:
+    f0 = A.f0(A.load_audio(path, cfg.sample_rate), cfg)
+    return float(np.median(f0[f0 > 0]))
+
+
+def test_pitch_options_move_the_output_f0_by_the_asked_interval(trained, tmp_path):
+    model = load_model(trained["run"])
+    cfg = model.recipe.audio
+    ref = embed_references(model, [wav(trained["corpus"], 2, 0)])
+    source = wav(trained["corpus"], 3, 1)
+    y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare)
+    src_f0 = A.f0(y, cfg)
+    src_median = float(np.median(src_f0[src_f0 > 0]))
+
+    def out_median(**kw) -> tuple[float, dict]:
+        blocks, info = convert(model, y, ref, **kw)
+        out = np.concatenate(list(blocks))
+        f0 = A.f0(out, cfg)
+        return float(np.median(f0[f0 > 0])), info
+
+    kept, info = out_median(keep_pitch=True)
+    assert info["pitch_shift_semitones"] == pytest.approx(0.0)
+    assert abs(1200 * np.log2(kept / src_median)) < 30
+    up, info = out_median(keep_pitch=True, transpose=3.0)
+    assert info["pitch_shift_semitones"] == pytest.approx(3.0)
+    assert abs(1200 * np.log2(up / kept) - 300) < 30
+    moved, info = out_median()
+    expected = 1200 * np.log2(ref.f0_median / src_median)
+    assert info["pitch_shift_semitones"] * 100 == pytest.approx(expected, abs=1e-3)
+    assert abs(1200 * np.log2(moved / src_median) - expected) < 30
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_text_is_spoken_by_a_base_voice_then_converted(trained, tmp_path):
+    r = synth("--model", str(trained["run"]), "--reference", str(wav(trained["corpus"], 0, 0)),
+              "--text", "Hello there, this is a test.", "--out", str(tmp_path / "t.wav"))
+    assert r.exit_code == 0, r.output
+    y, sr = sf.read(tmp_path / "t.wav")
+    assert sr == 16000 and len(y) > sr  # more than a second of speech
+
+
+def test_text_without_espeak_is_a_clear_error(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    r = synth("--model", str(trained["run"]), "--reference", str(wav(trained["corpus"], 0, 0)),
+              "--text", "hi", "--out", str(tmp_path / "t.wav"))
+    assert r.exit_code == 2 and "espeak-ng" in r.output and "install" in r.output
+
+
+def test_bad_references_and_sources_are_one_line_errors(trained, tmp_path):
+    good = str(wav(trained["corpus"], 0, 0))
+    src = str(wav(trained["corpus"], 1, 0))
+    sr = 16000
+    sf.write(tmp_path / "silent.wav", np.zeros(sr * 3, np.float32), sr)
+    short, _ = sf.read(wav(trained["corpus"], 0, 1))
+    sf.write(tmp_path / "short.wav", short[: int(0.6 * sr)], sr)
+    model = str(trained["run"])
+    cases = [
+        (["--reference", str(tmp_path / "nope.wav"), "--source", src], "nope.wav"),
+        (["--reference", str(tmp_path / "silent.wav"), "--source", src], "silent"),
+        (["--reference", str(tmp_path / "short.wav"), "--source", src], "at least 1 s"),
+        (["--reference", good, "--source", str(tmp_path / "missing.wav")], "missing.wav"),
+        (["--reference", good, "--source", src, "--text", "hi"], "exactly one"),
+    ]
+    for args, expected in cases:
+        r = synth("--model", model, *args, "--out", str(tmp_path / "o.wav"))
+        assert r.exit_code == 2, (args, r.output)
+        assert expected in r.output and "Traceback" not in r.output
+    r = synth("--model", str(tmp_path / "nomodel"), "--reference", good, "--source", src, "--out",
+              str(tmp_path / "o.wav"))
+    assert r.exit_code == 2 and "nomodel" in r.output
+
+
+def test_a_short_reference_warns(trained, tmp_path):
+    y, sr = sf.read(wav(trained["corpus"], 0, 1))
+    sf.write(tmp_path / "two.wav", y[: int(1.8 * sr)], sr)
+    model = load_model(trained["run"])
+    ref = embed_references(model, [tmp_path / "two.wav"])
+    assert isinstance(ref, Reference) and ref.warnings and "3 s" in ref.warnings[0]

@@ -1,0 +1,163 @@
+"""Trained models for inference: loaded from a run folder or a shared bundle, never by unpickling.
+
+A bundle is one safetensors file: the acoustic model's tensors under `acoustic.`, the vocoder generator's
+under `vocoder.`, and in the metadata the format name and version, the full recipe as JSON and what else is
+needed to rebuild the networks. safetensors holds only raw tensors and a JSON header, so opening a file, even
+a hostile one, runs no code. A run folder's `best.pt` checkpoints are read with `torch.load(weights_only=True)`,
+which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from voiceclone import __version__
+from voiceclone.config import Recipe, recipe_from_dict
+from voiceclone.errors import UserError
+from voiceclone.models.acoustic import AcousticModel
+from voiceclone.models.vocoder import Vocoder
+
+FORMAT = "voiceclone-bundle"
+FORMAT_VERSION = 1
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint (ours), with weights_only=True and no fallback."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # an unpicklable payload, a truncated file, a foreign format: refuse, never fall back
+        raise UserError(f"{path}: not a voiceclone checkpoint ({str(e).splitlines()[0][:160]})") from None
+
+
+@dataclass
+class Model:
+    """What synthesis and evaluation need: both networks, the recipe and where they came from."""
+
+    recipe: Recipe
+    acoustic: AcousticModel
+    vocoder: Vocoder | None
+    meta: dict[str, Any]
+    source: str
+
+    def to(self, device: torch.device | str) -> "Model":
+        self.acoustic.to(device)
+        if self.vocoder is not None:
+            self.vocoder.to(device)
+        return self
+
+
+def build_acoustic(recipe: Recipe, meta: dict[str, Any]) -> AcousticModel:
+    model = AcousticModel(recipe.acoustic.model, recipe.audio, len(meta.get("speakers", [])))
+    if meta.get("learned_voice"):
+        model.learn_voice(torch.zeros(recipe.acoustic.model.speaker_dim))
+    return model
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{where}: tensors do not match the configuration ({first[:200]})") from None
+
+
+def load_model(path: Path | str, need_vocoder: bool = True, device: str | torch.device = "cpu") -> Model:
+    """A run folder (its best checkpoints) or a bundle file."""
+    path = Path(path)
+    if path.is_dir():
+        model = _from_run(path, need_vocoder)
+    elif path.is_file():
+        model = _from_bundle(path, need_vocoder)
+    else:
+        raise UserError(f"{path}: no such run folder or model file")
+    model.acoustic.eval()
+    if model.vocoder is not None:
+        model.vocoder.eval()
+    return model.to(device)
+
+
+def _from_run(run: Path, need_vocoder: bool) -> Model:
+    ac_path = run / "acoustic" / "best.pt"
+    if not ac_path.is_file():
+        raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
+    ac = load_checkpoint(ac_path)
+    recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
+    acoustic = build_acoustic(recipe, ac["meta"])
+    _load_state(acoustic, ac["modules"]["model"], str(ac_path))
+    meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
+    vocoder = None
+    voc_path = run / "vocoder" / "best.pt"
+    if voc_path.is_file():
+        voc = load_checkpoint(voc_path)
+        voc_recipe = recipe_from_dict(voc["recipe"], source=str(voc_path))
+        if voc_recipe.audio != recipe.audio:
+            raise UserError(f"{voc_path}: the vocoder was trained with another audio config than the acoustic model")
+        recipe = recipe_from_dict({**recipe.to_dict(), "vocoder": voc_recipe.to_dict()["vocoder"]})
+        vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
+        _load_state(vocoder, voc["modules"]["generator"], str(voc_path))
+        meta["vocoder"], meta["vocoder_epoch"] = voc["meta"], voc["epoch"]
+    elif need_vocoder:
+        raise UserError(f"{run}: no trained vocoder (expected {voc_path}; run `voiceclone train --stage vocoder`)")
+    return Model(recipe, acoustic, vocoder, meta, source=str(run))
+
+
+def _from_bundle(path: Path, need_vocoder: bool) -> Model:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a voiceclone model bundle (safetensors: {str(e)[:120]})") from None
+    if header.get("format") != FORMAT:
+        raise UserError(f"{path}: not a voiceclone model bundle (no '{FORMAT}' metadata)")
+    if int(header.get("format_version", "0")) > FORMAT_VERSION:
+        raise UserError(f"{path}: bundle format {header['format_version']} is newer than this voiceclone "
+                        f"understands ({FORMAT_VERSION}); upgrade voiceclone")
+    try:
+        recipe = recipe_from_dict(json.loads(header["recipe"]), source=str(path))
+        meta = json.loads(header.get("meta", "{}"))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged bundle metadata ({e})") from None
+    acoustic = build_acoustic(recipe, meta.get("acoustic", {}))
+    _load_state(acoustic, _prefixed(tensors, "acoustic."), str(path))
+    vocoder = None
+    if any(k.startswith("vocoder.") for k in tensors):
+        vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
+        _load_state(vocoder, _prefixed(tensors, "vocoder."), str(path))
+    elif need_vocoder:
+        raise UserError(f"{path}: the bundle has no vocoder")
+    return Model(recipe, acoustic, vocoder, meta, source=str(path))
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def export(run: Path | str, out: Path | str) -> Path:
+    """Write a run's best acoustic model and vocoder as one safetensors bundle."""
+    model = load_model(run, need_vocoder=True)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: a bundle's name must end in .safetensors")
+    tensors = {f"acoustic.{k}": v.contiguous() for k, v in model.acoustic.state_dict().items()}
+    tensors.update({f"vocoder.{k}": v.contiguous() for k, v in model.vocoder.state_dict().items()})
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "voiceclone_version": __version__,
+              "recipe": model.recipe.to_json(), "meta": json.dumps(model.meta),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source_run": str(run)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.replace(out)
+    return out
