@@ -1,0 +1,210 @@
+"""The convergence detector on constructed curves: one per status, noisy curves that must not stop early."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from voiceclone.config import ConvergenceConfig
+from voiceclone.convergence import STATUSES, Assessment, assess, should_stop
+
+CFG = ConvergenceConfig()  # window 3, patience 5, min_delta 0.5%, diverge_factor 1.5
+
+
+def history(unseen, train, val=None) -> list[dict]:
+    """Rows as the trainer writes them; val defaults to 0.95 * unseen (seen speakers are easier)."""
+    val = [0.95 * u for u in unseen] if val is None else val
+    return [{"epoch": i + 1, "step": 40 * (i + 1), "train_loss": float(t), "val_loss": float(v),
+             "unseen_loss": float(u)} for i, (u, t, v) in enumerate(zip(unseen, train, val))]
+
+
+def statuses_over_time(rows, cfg=CFG) -> list[str]:
+    """The status the trainer would have written after each epoch."""
+    return [assess(rows[:k], cfg).status for k in range(1, len(rows) + 1)]
+
+
+def first(statuses, wanted) -> int:
+    """1-based epoch of the first status in `wanted`, or 0."""
+    return next((i + 1 for i, s in enumerate(statuses) if s in wanted), 0)
+
+
+def test_too_early_with_fewer_than_window_plus_one_epochs():
+    a = assess(history([1.0, 0.9], [1.1, 1.0]), CFG)
+    assert a.status == "too early"
+    assert (a.best_epoch, a.best_value) == (2, 0.9)
+    assert not should_stop(a)
+    assert "4 epochs" in a.recommendation
+    empty = assess([], CFG)
+    assert empty.status == "too early" and empty.best_epoch is None and empty.best_value is None
+
+
+def test_exponential_decay_is_improving():
+    e = np.arange(1, 13)
+    a = assess(history(0.3 + np.exp(-e / 4), 0.25 + np.exp(-e / 4)), CFG)
+    assert a.status == "improving"
+    assert a.best_epoch == 12 and not should_stop(a)
+    assert a.evidence["change_over_window"] < -CFG.min_delta
+    assert "slowing" not in a.evidence
+    assert a.recommendation.startswith("keep training")
+    assert all(s in ("too early", "improving") for s in statuses_over_time(history(np.exp(-e / 4), np.exp(-e / 4))))
+
+
+def test_decay_then_noisy_plateau_converges_after_patience():
+    rng = np.random.default_rng(0)
+    e = np.arange(1, 31)
+    plateau_start = 12
+    unseen = np.where(e < plateau_start, 0.5 + 0.5 * (plateau_start - e) / plateau_start, 0.5)
+    unseen = unseen * (1 + 0.001 * rng.standard_normal(len(e)))
+    train = 0.4 + 0.5 * np.exp(-e / 5)
+    rows = history(unseen, train)
+    statuses = statuses_over_time(rows)
+    stop = first(statuses, {"converged", "overfitting", "diverged"})
+    assert statuses[stop - 1] == "converged"
+    # The plateau must last `patience` epochs before it counts, and not much longer.
+    assert plateau_start + CFG.patience - 1 <= stop <= plateau_start + CFG.patience + 3
+    a = assess(rows[:stop], CFG)
+    assert should_stop(a)
+    assert a.best_epoch >= plateau_start - 1
+    assert a.best_value == pytest.approx(min(unseen[:stop]))
+    assert a.evidence["epochs_since_improvement"] >= CFG.patience
+    assert f"use epoch {a.best_epoch} (best" in a.recommendation
+
+
+def test_flat_before_patience_is_improving_but_slowing():
+    unseen = [1.0, 0.8, 0.7, 0.64, 0.64, 0.64, 0.64]
+    a = assess(history(unseen, [u - 0.1 for u in unseen]), CFG)
+    assert a.status == "improving" and a.evidence["slowing"] is True
+    assert "slowed" in a.recommendation and "lower the learning rate" in a.recommendation
+
+
+def test_u_shaped_validation_with_falling_training_loss_is_overfitting():
+    e = np.arange(1, 31)
+    unseen = 0.5 + 0.002 * (e - 12.0) ** 2  # lowest at epoch 12
+    train = 0.8 / e
+    statuses = statuses_over_time(history(unseen, train))
+    stop = first(statuses, {"converged", "overfitting", "diverged"})
+    assert statuses[stop - 1] == "overfitting"
+    assert 13 <= stop <= 17, statuses
+    a = assess(history(unseen, train)[:stop], CFG)
+    assert a.best_epoch == 12 and a.best_value == pytest.approx(0.5)
+    assert should_stop(a)
+    assert "use epoch 12 (best" in a.recommendation
+    assert a.evidence["change_over_window"] > 0 > a.evidence["train_change_over_window"]
+    assert a.evidence["gap_now"] > a.evidence["gap_at_best"]
+
+
+def test_rising_validation_with_flat_training_is_not_overfitting():
+    unseen = [1.0, 0.7, 0.6, 0.55, 0.56, 0.58, 0.6, 0.62]
+    a = assess(history(unseen, [0.5] * len(unseen)), CFG)
+    assert a.status != "overfitting"
+
+
+@pytest.mark.parametrize("key", ["train_loss", "unseen_loss"])
+def test_non_finite_latest_loss_is_diverged(key):
+    rows = history([1.0, 0.8, 0.7, 0.6, 0.55], [1.0, 0.8, 0.7, 0.6, 0.55])
+    rows[-1][key] = math.nan
+    a = assess(rows, CFG)
+    assert a.status == "diverged" and should_stop(a)
+    assert (a.best_epoch, a.best_value) == ((5, 0.55) if key == "train_loss" else (4, 0.6))
+    assert a.evidence["nonfinite_epochs"] == [5]
+    assert "lower the learning rate" in a.recommendation and f"use epoch {a.best_epoch}" in a.recommendation
+
+
+def test_non_finite_loss_diverges_even_before_a_trend_exists():
+    rows = history([1.0, 0.9], [1.0, 0.9])
+    rows[1]["train_loss"] = math.inf
+    assert assess(rows, CFG).status == "diverged"
+
+
+def test_nan_survives_the_json_round_trip_and_a_recovered_nan_is_not_diverged():
+    rows = history([1.0, 0.8, 0.7, 0.6, 0.5, 0.45], [1.0, 0.8, 0.7, 0.6, 0.5, 0.45])
+    rows[2]["train_loss"] = math.nan  # the trainer reloaded a good state and carried on
+    rows = [json.loads(line) for line in map(json.dumps, rows)]
+    a = assess(rows, CFG)
+    assert a.status == "improving"
+    assert a.evidence["nonfinite_epochs"] == [3]
+
+
+def test_exploding_validation_is_diverged():
+    unseen = [1.0, 0.7, 0.55, 0.5, 0.48, 0.6, 0.9, 1.6]
+    rows = history(unseen, [0.9, 0.65, 0.5, 0.45, 0.43, 0.7, 1.2, 2.5])
+    statuses = statuses_over_time(rows)
+    assert statuses[-1] == "diverged"
+    assert first(statuses, {"diverged"}) == 8  # 0.9 at epoch 7 is 1.9x best, but only one epoch so far
+    a = assess(rows, CFG)
+    assert (a.best_epoch, a.best_value) == (5, 0.48)
+    assert a.evidence["ratio_to_best"] == pytest.approx(1.6 / 0.48)
+    assert "use epoch 5 (best" in a.recommendation and "lower the learning rate" in a.recommendation
+
+
+def test_a_single_spike_is_not_diverged():
+    unseen = [1.0, 0.7, 0.55, 0.5, 0.48, 1.5]
+    assert assess(history(unseen, unseen), CFG).status != "diverged"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_noisy_decay_never_stops_early(seed):
+    """1/epoch with 2% Gaussian noise: still falling ~10% per 5 epochs at epoch 50, far above the noise."""
+    rng = np.random.default_rng(seed)
+    e = np.arange(1, 51)
+    unseen = (1.0 / e) * (1 + 0.02 * rng.standard_normal(len(e)))
+    train = (0.8 / e) * (1 + 0.02 * rng.standard_normal(len(e)))
+    val = (0.9 / e) * (1 + 0.02 * rng.standard_normal(len(e)))
+    statuses = statuses_over_time(history(unseen, train, val))
+    assert set(statuses) <= {"too early", "improving"}, statuses
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_noisy_plateau_with_flat_training_is_never_overfitting(seed):
+    rng = np.random.default_rng(100 + seed)
+    e = np.arange(1, 41)
+    unseen = (0.5 + np.exp(-e / 3)) * (1 + 0.02 * rng.standard_normal(len(e)))
+    train = 0.4 + np.exp(-e / 3)
+    statuses = statuses_over_time(history(unseen, train))
+    assert "overfitting" not in statuses and "diverged" not in statuses
+    assert statuses[first(statuses, {"converged", "overfitting", "diverged"}) - 1] == "converged"
+
+
+def test_missing_unseen_split_falls_back_to_val_loss():
+    rows = [{"epoch": i + 1, "train_loss": 1.0 / (i + 1), "val_loss": 1.2 / (i + 1)} for i in range(6)]
+    rows[0]["unseen_loss"] = None
+    a = assess(rows, CFG)
+    assert a.monitor == "val_loss"
+    assert a.evidence["requested_monitor"] == "unseen_loss"
+    assert a.best_value == pytest.approx(0.2)
+    assert "no unseen_loss" in a.summary()
+    assert "requested_monitor" not in assess(history([1.0, 0.9, 0.8, 0.7], [1, 1, 1, 1]), CFG).evidence
+
+
+def test_repeated_epochs_from_a_resume_keep_the_last_row():
+    rows = history([1.0, 0.8, 0.7, 0.6], [1.0, 0.8, 0.7, 0.6])
+    rows.append({**rows[-1], "unseen_loss": 0.59})  # epoch 4 again, written by the resumed run
+    a = assess(rows, CFG)
+    assert a.evidence["points"] == 4
+    assert (a.best_epoch, a.best_value) == (4, 0.59)
+
+
+def test_assessment_is_serializable_and_summary_is_one_line():
+    e = np.arange(1, 9)
+    a = assess(history(1.0 / e, 0.8 / e), CFG)
+    assert isinstance(a, Assessment) and a.status in STATUSES
+    json.dumps({"status": a.status, "evidence": a.evidence, "recommendation": a.recommendation},
+               allow_nan=False)
+    line = a.summary()
+    assert "\n" not in line and line.startswith("improving (unseen_loss)")
+
+
+def test_should_stop_follows_the_status():
+    for status in STATUSES:
+        a = Assessment(status, None, None, "unseen_loss", {}, "")
+        assert should_stop(a) == (status in {"converged", "overfitting", "diverged"})
+
+
+def test_thresholds_come_from_the_config():
+    unseen = [1.0, 0.8, 0.7, 0.65, 0.64, 0.64, 0.64]
+    rows = history(unseen, unseen)
+    assert assess(rows, ConvergenceConfig(patience=2, min_delta=0.05)).status == "converged"
+    assert assess(rows, ConvergenceConfig(window=7)).status == "too early"
