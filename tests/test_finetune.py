@@ -87,6 +87,17 @@ def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup
     assert max(g["base_lr"] for g in groups) == pytest.approx(f.lr)
     assert min(g["base_lr"] for g in groups) < f.lr * f.layer_lr_decay ** 5
     assert state["meta"]["finetuned_from"] == str(setup["base"])
+    # evaluate compares it with the zero-shot base on the same held-out utterances and says which is better
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(run), "--baseline", str(setup["base"]), "--data",
+                                 str(setup["voice_ds"]), "--out", str(tmp_path / "cmp.json")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    report = json.loads((tmp_path / "cmp.json").read_text())
+    assert report["kind"] == "comparison" and report["dataset"]["utterances"] == 3
+    assert set(report["better_per_metric"]) == {"mcd_db", "f0_rmse_cents", "speaker_similarity"}
+    assert report["metrics"]["fine-tuned"]["mcd_db"]["mean"] < report["metrics"]["base"]["mcd_db"]["mean"]
+    assert report["better_per_metric"]["mcd_db"] == "fine-tuned" and "better" in r.output
 
 
 def test_finetuning_stops_early_when_the_held_out_loss_turns_up(setup, tmp_path):

@@ -145,6 +145,26 @@ def test_non_finite_losses_are_skipped_then_the_last_good_state_is_reloaded(data
     assert all(math.isfinite(r["train_loss"]) for r in rows)
 
 
+def test_an_epoch_of_only_non_finite_losses_is_diverged_and_stops(dataset, tmp_path, monkeypatch):
+    original = AcousticTask.losses
+
+    def poisoned(self, group, batch, step):
+        out = original(self, group, batch, step)
+        if step > 7:  # everything after the first epoch (7 steps) is NaN
+            out["mel"] = out["mel"] * float("nan")
+        return out
+
+    monkeypatch.setattr(AcousticTask, "losses", poisoned)
+    results = train(dataset, tmp_path / "run", overrides=FAST + ["acoustic.train.max_bad_steps=100"], epochs=5,
+                    console=QUIET)
+    rows = history(tmp_path / "run")
+    assert rows[1]["train_loss"] == "nan"  # strict JSON: the string, which float() reads back
+    assert rows[1]["status"] == "diverged"
+    assert results["acoustic"]["early_stopped"] and results["acoustic"]["epochs"] == 2
+    best = checkpoint.load(tmp_path / "run/acoustic/best.pt")
+    assert best["epoch"] == 1 and all(torch.isfinite(t).all() for t in best["modules"]["model"].values())
+
+
 def test_bad_inputs_are_one_line_errors_with_exit_code_2(dataset, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--run", str(tmp_path / "r")])

@@ -312,7 +312,8 @@ class Trainer:
                 row["status"] = assessment.status
                 self.history.append(row)
                 value = row.get(assessment.monitor)
-                improved = value is not None and math.isfinite(value) and value < p.best_value
+                value = float(value) if value is not None else math.nan
+                improved = math.isfinite(value) and value < p.best_value
                 if improved:
                     p.best_value, p.best_epoch = value, epoch
                     self._save_best(epoch, value)
@@ -357,18 +358,18 @@ class Trainer:
         monitor = self.task.monitor
         row: dict[str, Any] = {
             "epoch": epoch, "step": self.progress.step,
-            "train_loss": _finite_or_none(sums.get(monitor, math.nan) / n),
-            "val_loss": _finite_or_none(val[monitor]) if val else None,
-            "unseen_loss": _finite_or_none(unseen[monitor]) if unseen else None,
+            "train_loss": _json_number(sums.get(monitor, math.nan) / n),
+            "val_loss": _json_number(val[monitor]) if val else None,
+            "unseen_loss": _json_number(unseen[monitor]) if unseen else None,
             "lr": lr, "seconds": round(seconds, 3), "samples_per_second": round(seen / max(seconds, 1e-9), 2),
             "nonfinite_skipped": self.progress.nonfinite,
         }
         for k, v in sorted(sums.items()):
-            row[f"train_{k}"] = _finite_or_none(v / n)
+            row[f"train_{k}"] = _json_number(v / n)
         for split, values in (("val", val), ("unseen", unseen)):
             for k, v in (values or {}).items():
                 if k != monitor:
-                    row[f"{split}_{k}"] = _finite_or_none(v)
+                    row[f"{split}_{k}"] = _json_number(v)
         return row
 
 
@@ -409,9 +410,10 @@ def validation_losses(task: Task, data: Segments, batch_size: int, dist_info: Di
     return {n: float(sums[n] / counts[n]) if counts[n] > 0 else math.nan for n in names}
 
 
-def _finite_or_none(x: float) -> float | None:
-    """JSON has no NaN: a non-finite value is written as null and read back by convergence as non-finite."""
-    return float(x) if math.isfinite(x) else None
+def _json_number(x: float) -> float | str:
+    """JSON has no NaN: a non-finite loss is written as the string "nan" or "inf", which float() and the
+    convergence detector read back as non-finite (null means "not measured", e.g. no unseen split)."""
+    return float(x) if math.isfinite(x) else str(float(x))
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
@@ -460,7 +462,7 @@ class _Display:
         last = history[-1] if history else {}
         val = last.get("unseen_loss") if last.get("unseen_loss") is not None else last.get("val_loss")
         info = f"loss {running:.4f}" if running else ""
-        if val is not None:
+        if isinstance(val, float):
             info += f"  val {val:.4f}  best @{p.best_epoch}"
         self.bar.update(self.task_id, completed=p.step, epoch=p.epoch + (1 if p.batch_in_epoch else 0),
                         iter=p.batch_in_epoch, info=info)
@@ -470,7 +472,7 @@ class _Display:
             return
 
         def f(x):
-            return "-" if x is None else f"{x:.4f}"
+            return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
 
         self.console.print(f"{self.stage} epoch {row['epoch']:>3}/{self.epochs} step {row['step']:>6} | loss "
                            f"train {f(row['train_loss'])} val {f(row['val_loss'])} unseen {f(row['unseen_loss'])} | "

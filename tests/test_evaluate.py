@@ -1,0 +1,256 @@
+"""`voiceclone evaluate` end to end on a briefly trained tiny run, and its history-only mode, on CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from voiceclone import metrics
+from voiceclone.bundle import export, load_model
+from voiceclone.cli import app
+from voiceclone.config import load_recipe
+from voiceclone.convergence import STATUSES
+from voiceclone.data.prepare import prepare
+from voiceclone.data.store import Dataset
+from voiceclone.evaluate import Verifier, measure
+from voiceclone.synthetic import write_corpus
+from voiceclone.train.trainer import train
+
+QUIET = Console(quiet=True)
+FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=32", "acoustic.train.warmup_steps=2",
+        "vocoder.train.batch_size=4", "vocoder.train.segment_frames=16", "vocoder.train.warmup_steps=2"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UNSEEN = ("spk001", "spk003")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """5 synthetic voices (2 of them unseen), 4 utterances each; both stages trained for 2 epochs; a bundle."""
+    root = tmp_path_factory.mktemp("evaluate")
+    write_corpus(root / "corpus", n_speakers=5, utterances=4, seconds=1.2, sample_rate=16000, seed=5)
+    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, unseen_speakers=UNSEEN, console=QUIET)
+    train(root / "ds", root / "run", stage="all", overrides=FAST, epochs=2, early_stop=False, console=QUIET)
+    export(root / "run", root / "model.safetensors")
+    return root
+
+
+def invoke(*args) -> tuple[int, str]:
+    result = runner.invoke(app, ["evaluate", *map(str, args)])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_summary(m: dict, unit: str) -> None:
+    assert set(m) == {"mean", "std", "median", "n", "unit"} and m["unit"] == unit, m
+    assert m["n"] >= 1 and math.isfinite(m["mean"]), m
+
+
+def test_report_of_a_run(trained, tmp_path):
+    report_path, png = tmp_path / "out" / "report.json", tmp_path / "out" / "curves.png"
+    code, output = invoke("--model", trained / "run", "--data", trained / "ds", "--pairs", 5, "--max-utterances", 6,
+                          "--out", report_path, "--plot", png)
+    assert code == 0, output
+    report = json.loads(report_path.read_text())
+    assert report["format"] == "voiceclone-evaluation" and report["split"] == "unseen"
+
+    # identities: what was evaluated, exactly
+    run = trained / "run"
+    assert report["model"]["source"] == str(run) and report["model"]["kind"] == "run"
+    assert report["model"]["sha256"] == {"acoustic/best.pt": sha256(run / "acoustic/best.pt"),
+                                         "vocoder/best.pt": sha256(run / "vocoder/best.pt")}
+    acoustic_rows, vocoder_rows = history(run / "acoustic/history.jsonl"), history(run / "vocoder/history.jsonl")
+    assert report["model"]["acoustic_epoch"] in (1, 2) and report["model"]["vocoder_epoch"] in (1, 2)
+    ds = Dataset.open(trained / "ds")
+    assert report["dataset"] == {"path": str(trained / "ds"), "fingerprint": ds.fingerprint, "split": "unseen",
+                                 "utterances": len(ds.split("unseen")), "speakers": 2}
+    assert report["speaker_encoder"]["which"] == "own" and report["speaker_encoder"]["source"] == str(run)
+
+    # validation: the very number training wrote for the best epoch
+    best_acoustic = acoustic_rows[report["model"]["acoustic_epoch"] - 1]
+    best_vocoder = vocoder_rows[report["model"]["vocoder_epoch"] - 1]
+    val = report["validation"]
+    assert val["acoustic"]["losses"]["mel"]["value"] == pytest.approx(best_acoustic["unseen_loss"], rel=1e-5)
+    assert val["vocoder"]["losses"]["mel"]["value"] == pytest.approx(best_vocoder["unseen_loss"], rel=1e-5)
+    assert val["acoustic"]["losses"]["mel"]["unit"] and val["vocoder"]["losses"]["f0_rmse_cents"]["unit"] == "cents"
+    assert val["vocoder"]["input"] == "dataset mel" and val["vocoder"]["finetuned_on_acoustic"] is False
+
+    units = {"f0_rmse_cents": "cents", "f0_rmse_hz": "Hz", "vuv_error": "fraction of frames",
+             "gpe": "fraction of voiced frames", "f0_corr": "Pearson r", "mcd_db": "dB",
+             "speaker_similarity": "cosine"}
+    for section in ("reconstruction", "copy_synthesis"):
+        rec = report[section]
+        assert rec["utterances"] == 6 and rec["speakers"] == 2 and len(rec["items"]) == 6
+        assert rec["mcd"] == {"order": 13, "c0": "excluded", "alignment": "frame-aligned by construction (no DTW)"}
+        assert set(rec["metrics"]) == set(units)
+        for key in ("f0_rmse_cents", "f0_rmse_hz", "vuv_error", "mcd_db", "speaker_similarity"):
+            check_summary(rec["metrics"][key], units[key])
+        assert all(0 <= item["vuv_error"] <= 1 and item["mcd_db"] > 0 for item in rec["items"])
+    # the same utterances, with the same references, in both sections
+    assert [i["utterance"] for i in report["reconstruction"]["items"]] == \
+        [i["utterance"] for i in report["copy_synthesis"]["items"]]
+    assert all(i["reference"] != i["utterance"] for i in report["reconstruction"]["items"])
+
+    zs = report["zero_shot"]
+    assert zs["pairs"] == 5 and len(zs["items"]) == 5 and zs["speakers"] == 2
+    assert all(p["source_speaker"] != p["target_speaker"] and p["source_speaker"] in UNSEEN for p in zs["items"])
+    nearer = zs["metrics"]["nearer_target"]
+    assert nearer["unit"] == "fraction of pairs" and nearer["n"] == 5 and 0 <= nearer["share"] <= 1
+    assert nearer["share"] == pytest.approx(np.mean([p["nearer_target"] for p in zs["items"]]))
+    for key in ("similarity_to_target", "similarity_to_source"):
+        check_summary(zs["metrics"][key], "cosine")
+    check_summary(zs["metrics"]["f0_rmse_cents"], "cents")
+    check_summary(zs["metrics"]["pitch_shift"], "semitones")
+
+    conv = report["convergence"]
+    assert conv["available"] and list(conv["stages"]) == ["acoustic", "vocoder"]
+    for stage in conv["stages"].values():
+        assert stage["status"] in STATUSES and stage["epochs"] == 2 and stage["recommendation"]
+    assert report["plot"] == {"written": True, "path": str(png)}
+    data = png.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    assert set(report["timing_seconds"]) >= {"validation", "reconstruction", "copy_synthesis", "zero_shot", "total"}
+    for text in ("reconstruction", "copy_synthesis", "zero_shot", "nearer_target", "too early", "speaker encoder: own"):
+        assert text in output, text
+
+
+def test_a_bundle_judged_by_an_external_encoder(trained, tmp_path):
+    bundle = trained / "model.safetensors"
+    code, output = invoke("-m", bundle, "-d", trained / "ds", "--pairs", 2, "--max-utterances", 2,
+                          "--speaker-encoder", trained / "run", "--out", tmp_path / "r.json",
+                          "--plot", tmp_path / "c.png")
+    assert code == 0, output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"]["kind"] == "bundle" and report["model"]["sha256"] == {bundle.name: sha256(bundle)}
+    assert report["speaker_encoder"]["which"] == "external"
+    assert report["speaker_encoder"]["source"] == str(trained / "run")
+    assert report["speaker_encoder"]["sha256"]["acoustic/best.pt"] == sha256(trained / "run/acoustic/best.pt")
+    assert report["convergence"]["available"] is False and "bundle" in report["convergence"]["reason"]
+    assert report["plot"]["written"] is False and not (tmp_path / "c.png").exists()
+    assert report["zero_shot"]["pairs"] == 2 and report["reconstruction"]["utterances"] == 2
+
+
+def test_measure_is_exact_on_the_dataset_itself(trained):
+    """The utterance's own audio scored against its own features: frames line up, so the errors vanish."""
+    ds = Dataset.open(trained / "ds")
+    s, cfg = ds.split("unseen"), ds.audio
+    y, f0, mel = s.audio(0).astype(np.float32) / 32768.0, np.array(s.f0(0)), np.array(s.mel(0), dtype=np.float32)
+    same = measure(y, f0, cfg, mel)
+    assert same["f0_rmse_cents"] < 1.0 and same["vuv_error"] == 0.0 and same["gpe"] == 0.0
+    assert same["mcd_db"] < 0.2 and same["f0_corr"] > 0.999 and same["frames"] == s.n_frames(0)
+    octave = measure(y, f0 / 2, cfg)  # asked for an octave lower than it is
+    assert octave["f0_rmse_cents"] == pytest.approx(1200, abs=1.0) and octave["gpe"] == 1.0
+    assert "mcd_db" not in octave
+
+
+def test_an_external_encoder_hears_audio_at_its_own_rate(trained):
+    model = load_model(trained / "run", need_vocoder=False)
+    verifier = Verifier(model.acoustic, model.recipe.audio, {})
+    y = Dataset.open(trained / "ds").split("unseen").audio(0).astype(np.float32) / 32768.0
+    y22 = librosa.resample(y, orig_sr=16000, target_sr=22050, res_type="soxr_hq")
+    assert metrics.cosine_similarity(verifier.embed(y, 16000), verifier.embed(y22, 22050)) > 0.99
+
+
+def rows_for(status: str) -> list[dict]:
+    """A history the detector (default settings: window 3, patience 5) classifies as `status`."""
+    e = np.arange(1, 31)
+    if status == "too early":
+        unseen, train_loss = np.array([1.0, 0.9]), np.array([1.1, 1.0])
+    elif status == "improving":
+        unseen, train_loss = 0.3 + np.exp(-e[:12] / 4), 0.25 + np.exp(-e[:12] / 4)
+    elif status == "converged":
+        unseen = np.where(e < 12, 0.5 + 0.5 * (12 - e) / 12, 0.5)[:20]
+        train_loss = (0.4 + 0.5 * np.exp(-e / 5))[:20]
+    elif status == "overfitting":
+        unseen, train_loss = (0.5 + 0.002 * (e - 12.0) ** 2)[:16], (0.8 / e)[:16]
+    else:
+        unseen = np.array([1.0, 0.8, 0.7, 0.6, math.nan])
+        train_loss = np.array([1.0, 0.8, 0.7, 0.6, 0.55])
+    return [{"epoch": i + 1, "train_loss": float(t), "val_loss": float(0.95 * u), "unseen_loss": float(u)}
+            for i, (u, t) in enumerate(zip(unseen, train_loss))]
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_history_only_mode_reports_every_status(status, tmp_path):
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    rows = rows_for(status)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, output = invoke("--run", run, "--out", tmp_path / "status.json", "--plot", tmp_path / "curves.png")
+    assert code == 0, output
+    report = json.loads((tmp_path / "status.json").read_text())
+    stage = report["convergence"]["stages"]["acoustic"]
+    assert stage["status"] == status and stage["epochs"] == len(rows)
+    assert stage["recommendation"] and stage["evidence"]["epochs"] == len(rows)
+    assert (stage["stop_epoch"] is not None) == (status in ("converged", "overfitting", "diverged"))
+    assert f"{status} (unseen_loss)" in output and "train_loss" in output
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "reconstruction" not in report and "model" not in report
+
+
+def test_history_only_mode_reads_a_run_still_training(tmp_path):
+    """A last row cut short by a writer mid-line is ignored; the vocoder stage is listed after the acoustic."""
+    run = tmp_path / "run"
+    for stage in ("vocoder", "acoustic"):
+        (run / stage).mkdir(parents=True)
+        text = "".join(json.dumps(r) + "\n" for r in rows_for("improving"))
+        (run / stage / "history.jsonl").write_text(text + '{"epoch": 13, "train_lo')
+    code, output = invoke("--run", run)
+    assert code == 0, output
+    assert output.index("acoustic") < output.index("vocoder") and "improving" in output
+
+
+def one_line_error(code: int, output: str, *needles: str) -> None:
+    assert code == 2, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert output.startswith("error:"), output
+    for needle in needles:
+        assert needle in output, (needle, output)
+
+
+def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
+    ds, run = trained / "ds", trained / "run"
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    one_line_error(*invoke("--run", empty), "no training history")
+    one_line_error(*invoke("--run", tmp_path / "missing"), "run folder not found")
+    one_line_error(*invoke("--run", trained / "model.safetensors"), "bundle has no training history")
+    one_line_error(*invoke("--pairs", 3), "--data")
+    # a run whose history is gone: the models load, the convergence part cannot be made
+    bare = tmp_path / "bare_run"
+    for stage in ("acoustic", "vocoder"):
+        (bare / stage).mkdir(parents=True)
+        shutil.copy(run / stage / "best.pt", bare / stage / "best.pt")
+    one_line_error(*invoke("-m", bare, "-d", ds), "no training history")
+    one_line_error(*invoke("-m", run, "-d", ds, "--split", "test"), "--split")
+
+    # the same voices prepared at another sample rate
+    other = tmp_path / "ds22k"
+    prepare([trained / "corpus"], other, load_recipe("demo", ["audio.sample_rate=22050"]), workers=2,
+            unseen_speakers=UNSEEN, console=QUIET)
+    one_line_error(*invoke("-m", run, "-d", other), "another audio config", "audio.sample_rate: 16000 vs 22050")
+
+    # one held-out speaker: no pairs of different speakers can be drawn from it
+    few = tmp_path / "corpus3"
+    for name in ("spk000", "spk001", "spk002"):
+        shutil.copytree(trained / "corpus" / name, few / name)
+    prepare([few], tmp_path / "ds1", load_recipe("demo"), workers=2, unseen_speakers=("spk001",), console=QUIET)
+    one_line_error(*invoke("-m", run, "-d", tmp_path / "ds1"), "split 'unseen' has 1 speaker")
