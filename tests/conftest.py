@@ -1,0 +1,47 @@
+"""Shared fixtures: a small synthetic corpus and the dataset `prepare` makes of it (built once per session).
+
+Both are read-only for tests: copy them (shutil.copytree) before changing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from voiceclone.config import load_recipe
+from voiceclone.synthetic import Speaker, write_corpus
+
+CORPUS_SPEAKERS, CORPUS_UTTERANCES, CORPUS_SECONDS, CORPUS_RATE = 6, 6, 2.0, 16000
+
+
+@pytest.fixture(scope="session")
+def quiet() -> Console:
+    """A console that prints nothing, for library calls that report progress."""
+    return Console(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_voices(tmp_path_factory) -> tuple[Path, dict[str, Speaker]]:
+    """(root, speakers by name): ROOT/spk00k/spk00k_00u.wav, 6 voices x 6 utterances of about 2 s, 16 kHz."""
+    root = tmp_path_factory.mktemp("synthetic_corpus")
+    speakers = write_corpus(root, n_speakers=CORPUS_SPEAKERS, utterances=CORPUS_UTTERANCES, seconds=CORPUS_SECONDS,
+                            sample_rate=CORPUS_RATE, seed=0)
+    return root, speakers
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(synthetic_voices) -> Path:
+    """The corpus folder of `synthetic_voices` (the layout `prepare` reads)."""
+    return synthetic_voices[0]
+
+
+@pytest.fixture(scope="session")
+def prepared_dataset(synthetic_corpus, tmp_path_factory, quiet) -> Path:
+    """`synthetic_corpus` prepared with the demo recipe: a dataset folder (6 speakers, at least one unseen)."""
+    from voiceclone.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "dataset"
+    prepare([synthetic_corpus], out, load_recipe("demo"), workers=1, console=quiet)
+    return out

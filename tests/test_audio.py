@@ -1,0 +1,213 @@
+"""The audio front end: F0 against known contours, one frame grid for every feature, formats, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from voiceclone import audio as A
+from voiceclone.config import AudioConfig, PrepareConfig
+from voiceclone.synthetic import frame_f0, make_speakers, synth_utterance
+
+
+def cents_error(est: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, float]:
+    """(cents on frames voiced in both, V/UV error rate)."""
+    n = min(len(est), len(ref))
+    est, ref = est[:n], ref[:n]
+    both = (est > 0) & (ref > 0)
+    return 1200 * np.log2(est[both] / ref[both]), float(np.mean((est > 0) != (ref > 0)))
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 22050])
+def test_f0_follows_the_known_contour(sample_rate):
+    cfg = AudioConfig(sample_rate=sample_rate, fmax=min(8000.0, sample_rate / 2))
+    errors, vuv = [], []
+    for i, speaker in enumerate(make_speakers(5, seed=1)):
+        y, f0_samples = synth_utterance(speaker, 2.5, sample_rate, seed=i)
+        e, v = cents_error(A.f0(y, cfg), frame_f0(f0_samples, cfg.hop_length))
+        errors.append(e)
+        vuv.append(v)
+    e = np.concatenate(errors)
+    assert rms(e) < 10, rms(e)  # the bar is 50 cents; the extractor does far better on clean voices
+    assert np.mean(np.abs(e) > 200) < 0.01  # octave errors
+    assert np.mean(vuv) < 0.05
+
+
+@pytest.mark.parametrize("hz", [70.0, 400.0, 950.0])
+def test_f0_covers_bass_to_soprano(hz):
+    cfg = AudioConfig(sample_rate=22050)
+    n = int(2.0 * cfg.sample_rate)
+    t = np.arange(n) / cfg.sample_rate
+    contour = hz * 2 ** ((0.5 * np.sin(2 * np.pi * 0.7 * t) + 0.2 * np.sin(2 * np.pi * 5.5 * t)) / 12)
+    y, f0_samples = synth_utterance(make_speakers(3)[1], 2.0, cfg.sample_rate, seed=3, f0=contour)
+    e, vuv = cents_error(A.f0(y, cfg), frame_f0(f0_samples, cfg.hop_length))
+    assert rms(e) < 10 and vuv < 0.05, (rms(e), vuv)
+
+
+def test_fast_f0_agrees_with_praat():
+    """f0_ac re-implements Praat's method; Praat itself (parselmouth) stays the reference."""
+    cfg = AudioConfig(sample_rate=16000)
+    diffs, vuv = [], []
+    for i, speaker in enumerate(make_speakers(4, seed=7)):
+        y, _ = synth_utterance(speaker, 2.0, cfg.sample_rate, seed=10 + i)
+        e, v = cents_error(A.f0_ac(y, cfg), A.f0_praat(y, cfg))
+        diffs.append(e)
+        vuv.append(v)
+    d = np.concatenate(diffs)
+    assert np.median(np.abs(d)) < 5 and np.mean(np.abs(d) > 200) < 0.01, (np.median(np.abs(d)), rms(d))
+    assert np.mean(vuv) < 0.05
+
+
+def test_every_feature_is_on_one_frame_grid():
+    cfg = AudioConfig(sample_rate=16000)
+    hop = cfg.hop_length
+    y, _ = synth_utterance(make_speakers(2)[0], 1.3, cfg.sample_rate, seed=0)
+    y = y[: 50 * hop + 77]  # not a multiple of the hop
+    feats = A.features(y, cfg)
+    assert feats.n_frames == 50
+    assert feats.mel.shape == (50, cfg.n_mels) and feats.energy.shape == (50,) and feats.f0.shape == (50,)
+    assert len(feats.audio) == 50 * hop
+    assert feats.mel.dtype == feats.f0.dtype == feats.energy.dtype == np.float32
+
+
+def test_frame_i_is_centred_on_sample_i_plus_half_a_hop():
+    cfg = AudioConfig(sample_rate=16000)
+    hop, sr = cfg.hop_length, cfg.sample_rate
+    # a click in the middle of hop 20: mel and energy peak in frame 20
+    click = np.zeros(40 * hop, dtype=np.float32)
+    click[20 * hop + hop // 2] = 1.0
+    mel, energy = A.log_mel(torch.from_numpy(click), cfg, return_energy=True)
+    assert int(energy.argmax()) == 20 and int(mel.sum(0).argmax()) == 20
+    # a fast glide (3 octaves a second): F0 of frame i is the glide's frequency at (i + 0.5) * hop; half a
+    # frame off would be 29 cents
+    t = np.arange(int(1.2 * sr)) / sr
+    contour = 110 * 2 ** (3 * t)
+    y, f0_samples = synth_utterance(make_speakers(1)[0], 1.2, sr, seed=1, f0=contour)
+    e, _ = cents_error(A.f0(y, cfg), frame_f0(f0_samples, hop))
+    assert abs(float(np.mean(e))) < 8, np.mean(e)
+
+
+def test_log_mel_shapes():
+    cfg = AudioConfig(sample_rate=16000)
+    mel, energy = A.log_mel(torch.zeros(2, 3, 1000), cfg, return_energy=True)
+    assert mel.shape == (2, 3, cfg.n_mels, 1000 // cfg.hop_length) and energy.shape == (2, 3, 3)
+    assert A.log_mel(torch.zeros(100), cfg).shape == (cfg.n_mels, 0)  # shorter than a hop: no frame
+    assert float(mel.min()) == pytest.approx(np.log(A.LOG_FLOOR))
+
+
+FORMATS = [  # (name, extension, soundfile format, subtype, sample rate, channels)
+    ("wav16", "wav", "WAV", "PCM_16", 16000, 1), ("wav24", "wav", "WAV", "PCM_24", 22050, 1),
+    ("wav32", "wav", "WAV", "PCM_32", 24000, 1), ("wavfloat", "wav", "WAV", "FLOAT", 44100, 1),
+    ("flac", "flac", "FLAC", "PCM_16", 16000, 1), ("ogg", "ogg", "OGG", "VORBIS", 22050, 1),
+    ("mp3", "mp3", "MP3", "MPEG_LAYER_III", 16000, 1), ("wav8k", "wav", "WAV", "PCM_16", 8000, 1),
+    ("flac48k-stereo", "flac", "FLAC", "PCM_24", 48000, 2),
+]
+
+
+@pytest.mark.parametrize("name,ext,fmt,subtype,rate,channels", FORMATS, ids=[f[0] for f in FORMATS])
+def test_load_audio_reads_every_format_to_mono_at_the_target_rate(tmp_path, name, ext, fmt, subtype, rate, channels):
+    target = 16000
+    y, f0_samples = synth_utterance(make_speakers(3)[2], 1.5, rate, seed=4)
+    data = np.stack([y, 0.5 * y], axis=1) if channels == 2 else y
+    path = tmp_path / f"{name}.{ext}"
+    sf.write(path, data, rate, format=fmt, subtype=subtype)
+    x = A.load_audio(path, target)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 1.5 * target) < 0.03 * target  # mp3 and ogg pad a little
+    cfg = AudioConfig(sample_rate=target)
+    e, vuv = cents_error(A.f0(x[: int(1.5 * target)], cfg), frame_f0(f0_samples, rate * cfg.hop_length // target))
+    # 8 kHz keeps too few harmonics of this voice's register for the same V/UV rate: only F0 itself must hold
+    assert rms(e) < 20 and (vuv < 0.08 or rate == 8000), (rms(e), vuv)
+    if channels == 2:
+        assert float(np.abs(x).max()) == pytest.approx(0.75 * float(np.abs(y).max()), rel=0.05)
+
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """One file for every way a file can be bad; returns file name -> the reason it must be skipped for."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sr = 16000
+    y, _ = synth_utterance(make_speakers(2)[1], 1.5, sr, seed=2)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.flac").write_text("this is a text file with an audio name\n" * 20)
+    sf.write(folder / "whole.wav", y, sr, subtype="PCM_16")
+    data = (folder / "whole.wav").read_bytes()
+    (folder / "whole.wav").unlink()
+    (folder / "truncated.wav").write_bytes(data[: len(data) // 2])
+    sf.write(folder / "good.flac", y, sr)
+    flac = bytearray((folder / "good.flac").read_bytes())
+    (folder / "good.flac").unlink()
+    flac[len(flac) // 2 : len(flac) // 2 + 400] = bytes(400)  # a damaged stretch mid-stream
+    (folder / "corrupt.flac").write_bytes(bytes(flac))
+    nan = y.copy()
+    nan[5000:5100] = np.nan
+    sf.write(folder / "nan.wav", nan, sr, subtype="FLOAT")
+    sf.write(folder / "silent.wav", np.zeros(2 * sr, dtype=np.float32), sr)
+    sf.write(folder / "short.wav", y[: int(0.3 * sr)], sr)
+    return {"empty.wav": "empty file", "notes.flac": "not audio", "truncated.wav": "truncated",
+            "corrupt.flac": "corrupt", "nan.wav": "non-finite samples", "silent.wav": "silent", "short.wav": "too short"}
+
+
+def test_bad_files_raise_audio_error_with_their_reason(tmp_path):
+    expected = write_bad_files(tmp_path)
+    prep = PrepareConfig()
+    for name, reason in expected.items():
+        with pytest.raises(A.AudioError) as err:
+            A.utterances(A.load_audio(tmp_path / name, 16000), prep, 16000, tmp_path / name)
+        assert err.value.reason == reason, (name, str(err.value))
+        assert str(tmp_path / name) in str(err.value)
+    with pytest.raises(A.AudioError, match="missing"):
+        A.load_audio(tmp_path / "nope.wav", 16000)
+
+
+def test_utterances_trim_split_and_normalize():
+    sr, prep = 16000, PrepareConfig(max_seconds=4.0, min_seconds=0.5)
+    speaker = make_speakers(2)[0]
+    gap = np.zeros(int(0.4 * sr), dtype=np.float32)
+    parts = [synth_utterance(speaker, 1.5, sr, seed=s)[0] for s in range(5)]
+    y = np.concatenate([gap] + [np.concatenate([p * 0.3, gap]) for p in parts])  # 9.5 s, quiet pauses
+    pieces = A.utterances(y, prep, sr)
+    assert len(pieces) >= 3
+    for start, end, piece in pieces:
+        assert 0 <= start < end <= len(y) and len(piece) == end - start
+        assert prep.min_seconds * sr <= end - start <= prep.max_seconds * sr
+        assert float(np.abs(piece).max()) <= 0.99
+        # trimmed: signal within half a trim frame (512 samples) of each end, not 0.4 s of silence
+        assert float(np.abs(piece[:768]).max()) > 1e-3 and float(np.abs(piece[-768:]).max()) > 1e-3
+    assert all(a[1] <= b[0] for a, b in zip(pieces, pieces[1:]))  # in order, not overlapping
+
+
+def test_loudness_is_normalized_to_the_target():
+    sr, prep = 16000, PrepareConfig(loudness_db=-23.0)
+    y, _ = synth_utterance(make_speakers(2)[1], 2.0, sr, seed=5)
+    for gain in (0.01, 0.5):
+        out = A.clean(y * gain, prep)
+        frames = out[: len(out) // 512 * 512].reshape(-1, 512)
+        level = np.sqrt(np.mean(frames**2, axis=1))
+        active = level[level > level.max() * 10 ** (-prep.trim_top_db / 20)]
+        assert 20 * np.log10(np.sqrt(np.mean(active**2))) == pytest.approx(-23.0, abs=0.5)
+
+
+def test_trim_bounds_finds_the_signal():
+    sr = 16000
+    y, _ = synth_utterance(make_speakers(2)[0], 1.0, sr, seed=6)
+    x = np.concatenate([np.zeros(8000, np.float32), y, np.zeros(12000, np.float32)])
+    start, end = A.trim_bounds(x, 40.0)
+    assert abs(start - 8000) <= 1024 and abs(end - (8000 + len(y))) <= 1024
+    assert A.trim_bounds(np.zeros(100, np.float32), 40.0) in ((0, 0), (0, 100))
+
+
+def test_mel_filterbank_is_librosas_slaney_basis():
+    import librosa.filters  # slow to import, which is why audio.py has its own copy
+
+    for cfg in (AudioConfig(), AudioConfig(sample_rate=16000, n_mels=64, fmin=50.0, fmax=7600.0)):
+        ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                                  fmax=cfg.fmax, htk=False, norm="slaney")
+        np.testing.assert_allclose(A.mel_filterbank(cfg), ref, rtol=0, atol=1e-7)

@@ -1,0 +1,422 @@
+"""`voiceclone prepare` and the dataset store: layout, reader, splits, incremental runs, bad input, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from rich.console import Console
+from typer.testing import CliRunner
+
+from test_audio import cents_error, rms, write_bad_files
+from voiceclone.cli import app
+from voiceclone.config import PrepareConfig, load_recipe
+from voiceclone.data import prepare as P
+from voiceclone.data.prepare import assign_splits, prepare
+from voiceclone.data.store import SPLITS, Dataset
+from voiceclone.errors import UserError
+from voiceclone.synthetic import make_speakers, synth_utterance, write_corpus
+
+DEMO = load_recipe("demo")
+
+
+def run(inputs, out, recipe=DEMO, **kwargs) -> tuple[dict, str]:
+    """prepare() with its console captured: (summary, printed text)."""
+    buf = io.StringIO()
+    summary = prepare(inputs if isinstance(inputs, list) else [inputs], out, recipe,
+                      console=Console(file=buf, width=200), **{"workers": 1, **kwargs})
+    return summary, buf.getvalue()
+
+
+def splits_by_id(path: Path) -> dict[str, str]:
+    return {r["id"]: r["split"] for r in Dataset.open(path).manifest}
+
+
+def small_corpus(root: Path, speakers: int = 4, utterances: int = 4, seed: int = 0) -> Path:
+    write_corpus(root, n_speakers=speakers, utterances=utterances, seconds=1.0, sample_rate=16000, seed=seed)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout and reader.
+
+
+def test_dataset_layout_and_reader(prepared_dataset):
+    ds = Dataset.open(prepared_dataset)
+    cfg = ds.audio
+    assert ds.recipe.to_dict() == DEMO.to_dict() and cfg == DEMO.audio
+    config = json.loads((prepared_dataset / "config.json").read_text())
+    assert config["format"] == "voiceclone-dataset" and config["version"] == 1 and config["recipe"] == json.loads(DEMO.to_json())
+    assert len(ds.fingerprint) == 12 and ds.fingerprint == config["fingerprint"]
+    assert len(ds.manifest) == 36 and len(ds.speakers) == 6
+    for name in SPLITS:
+        split = ds.split(name)
+        assert split is ds.split(name)  # one object per split: reference pools compare by identity
+        assert [r["id"] for r in split.rows] == [r["id"] for r in ds.manifest if r["split"] == name]
+        for i in range(len(split)):
+            mel, f0, energy, wav = split.mel(i), split.f0(i), split.energy(i), split.audio(i)
+            n = split.n_frames(i)
+            assert mel.shape == (n, cfg.n_mels) and mel.dtype == np.float16 and isinstance(mel, np.memmap)
+            assert f0.shape == energy.shape == (n,) and f0.dtype == energy.dtype == np.float32
+            assert wav.shape == (n * cfg.hop_length,) and wav.dtype == np.int16
+            assert split.speaker(i) == split.rows[i]["speaker"]
+            assert np.isfinite(mel.astype(np.float32)).all() and (f0 > 0).any()
+    row = ds.manifest[0]
+    for key in ("id", "speaker", "split", "source", "start", "end", "frames", "seconds", "voiced", "f0_median",
+                "logf0_mean", "logf0_std"):
+        assert key in row, key
+    assert row["end"] - row["start"] == row["frames"] * cfg.hop_length
+    for info in ds.speakers.values():
+        assert set(info) >= {"split", "utterances", "seconds", "logf0_mean", "logf0_std"}
+        assert info["split"] in ("train", "unseen") and 3.5 < info["logf0_mean"] < 6.5
+    report = json.loads((prepared_dataset / "report.json").read_text())
+    assert report["files"] == 36 and report["used"] == 36 and report["skipped"] == []
+    assert not any(p.name.startswith(".prepare-") and p.is_dir() for p in prepared_dataset.iterdir())
+
+
+def test_reader_does_not_load_the_arrays(prepared_dataset):
+    split = Dataset.open(prepared_dataset).split("train")
+    mel = split.mel(len(split) - 1)
+    assert isinstance(mel.base, np.memmap) or isinstance(mel, np.memmap)
+    assert mel.base is not None  # a view into the map, not a copy
+    clone = copy.deepcopy(split)  # what pickling to a loader worker does: the maps are dropped, then remade
+    assert clone._maps is None and np.array_equal(clone.audio(0), split.audio(0))
+    copies = split.read(1)
+    assert np.array_equal(copies["mel"], split.mel(1)) and np.array_equal(copies["audio"], split.audio(1))
+
+
+def test_stored_f0_follows_the_known_contour_through_trimming(tmp_path):
+    """Silence is trimmed before the features, so the manifest's start must map frames back to the source."""
+    sr, hop = 16000, DEMO.audio.hop_length
+    truth = {}
+    for i, speaker in enumerate(make_speakers(2, seed=3)):
+        y, f0_samples = synth_utterance(speaker, 2.0, sr, seed=20 + i)
+        pad = np.zeros(3000 + 700 * i, dtype=np.float32)
+        (tmp_path / "c" / speaker.name).mkdir(parents=True)
+        sf.write(tmp_path / "c" / speaker.name / "u.wav", np.concatenate([pad, y, pad]), sr, subtype="FLOAT")
+        truth[speaker.name] = np.concatenate([np.zeros(len(pad)), f0_samples, np.zeros(len(pad))])
+    run(tmp_path / "c", tmp_path / "ds")
+    ds = Dataset.open(tmp_path / "ds")
+    errors = []
+    for name in SPLITS:
+        split = ds.split(name)
+        for i, row in enumerate(split.rows):
+            assert row["start"] > 0  # the leading silence was trimmed
+            known = truth[row["speaker"]][row["start"] + (np.arange(row["frames"]) * hop + hop // 2)]
+            e, vuv = cents_error(split.f0(i), known)
+            assert vuv < 0.06
+            errors.append(e)
+    assert rms(np.concatenate(errors)) < 15
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits.
+
+
+def test_unseen_speakers_never_reach_train(prepared_dataset):
+    ds = Dataset.open(prepared_dataset)
+    unseen = {s for s, info in ds.speakers.items() if info["split"] == "unseen"}
+    assert 1 <= len(unseen) < 6
+    assert not unseen & {r["speaker"] for r in ds.manifest if r["split"] in ("train", "val")}
+    assert unseen == {r["speaker"] for r in ds.manifest if r["split"] == "unseen"}
+    for spk in set(ds.speakers) - unseen:  # demo recipe: one val utterance per seen speaker
+        assert sum(r["speaker"] == spk and r["split"] == "val" for r in ds.manifest) >= 1
+
+
+def test_named_unseen_speakers(prepared_dataset, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, out)
+    summary, text = run(Path(Dataset.open(out).manifest[0]["source"]).parent.parent, out,
+                        unseen_speakers=["spk001", "spk004"])
+    assert "reusing 36 from the existing dataset" in text and "splits drawn afresh" in text
+    ds = Dataset.open(out)
+    assert {s for s, i in ds.speakers.items() if i["split"] == "unseen"} == {"spk001", "spk004"}
+    assert ds.recipe.prepare.unseen_speakers == ("spk001", "spk004")
+    assert summary["splits"]["unseen"]["speakers"] == 2
+    with pytest.raises(UserError, match="spk999"):
+        run(Path(ds.manifest[0]["source"]).parent.parent, out, unseen_speakers=["spk999"])
+
+
+def ids_for(n_speakers: int, n_utts: int, offset: int = 0) -> dict[str, list[str]]:
+    return {f"s{s}": [f"s{s}/u{u}" for u in range(offset, offset + n_utts)] for s in range(n_speakers)}
+
+
+def test_split_rules():
+    prep = PrepareConfig(val_per_speaker=2, unseen_fraction=0.1)
+    many = ids_for(40, 30)
+    split = assign_splits(many, prep)
+    unseen = {s for s, ids in many.items() if split[ids[0]] == "unseen"}
+    assert unseen and all(split[u] == "unseen" for s in unseen for u in many[s])
+    for s in set(many) - unseen:
+        kinds = Counter(split[u] for u in many[s])
+        assert kinds["val"] >= 2 and kinds["unseen"] == 0 and kinds["train"] >= 25
+    one = assign_splits(ids_for(1, 5), prep)  # a single speaker: held-out utterances, no unseen speaker
+    assert Counter(one.values()) == Counter({"train": 3, "val": 2})
+    assert Counter(assign_splits(ids_for(1, 1), prep).values()) == Counter({"train": 1})
+    assert "unseen" in assign_splits(ids_for(3, 3), prep).values()  # at least one among three speakers
+    assert "unseen" not in assign_splits(ids_for(2, 3), prep).values()
+    assert "unseen" not in assign_splits(ids_for(5, 3), PrepareConfig(unseen_fraction=0.0)).values()
+    assert assign_splits(many, prep) == split  # a pure function of the ids
+    assert assign_splits(many, PrepareConfig(val_per_speaker=2, unseen_fraction=0.1, split_salt="x")) != split
+
+
+def test_adding_utterances_never_moves_old_ones():
+    prep = PrepareConfig(val_per_speaker=2, unseen_fraction=0.2)
+    rng = random.Random(0)
+    for trial in range(20):
+        n_spk = rng.randint(1, 8)
+        old = {f"s{s}": [f"s{s}/u{u}" for u in range(rng.randint(1, 6))] for s in range(n_spk)}
+        before = assign_splits(old, prep)
+        grown = {s: ids + [f"{s}/new{k}" for k in range(rng.randint(0, 4))] for s, ids in old.items()}
+        grown.update({f"t{trial}x{k}": [f"t{trial}x{k}/u{u}" for u in range(3)] for k in range(rng.randint(0, 3))})
+        after = assign_splits(grown, prep, previous=before)
+        assert all(after[u] == before[u] for u in before), trial
+        for s, ids in grown.items():  # the guarantees still hold for the grown set
+            kinds = {after[u] for u in ids}
+            assert kinds == {"unseen"} or "unseen" not in kinds
+            if "unseen" not in kinds and len(ids) >= 2:
+                assert "val" in kinds
+        # without the previous dataset, the hash thresholds alone still keep every unseen speaker unseen
+        fresh = assign_splits(grown, prep)
+        assert all(fresh[u] == "unseen" for u in before if before[u] == "unseen" and n_spk >= 3
+                   and P._unit(prep.split_salt, u.split("/")[0]) < prep.unseen_fraction)
+
+
+def test_split_stability_when_files_are_added(tmp_path):
+    corpus = small_corpus(tmp_path / "c", speakers=4, utterances=3)
+    run(corpus, tmp_path / "ds")
+    before = splits_by_id(tmp_path / "ds")
+    # two more utterances per speaker and a new speaker, with other content
+    extra = small_corpus(tmp_path / "extra", speakers=5, utterances=2, seed=9)
+    for f in sorted(extra.rglob("*.wav")):
+        target = corpus / f.parent.name / f"new_{f.name}"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(f, target)
+    _, text = run(corpus, tmp_path / "ds")
+    assert "reusing 12 from the existing dataset; 10 of 22 files to process" in text
+    after = splits_by_id(tmp_path / "ds")
+    assert len(after) == 22 and all(after[u] == s for u, s in before.items())
+    ds = Dataset.open(tmp_path / "ds")
+    unseen = {s for s, i in ds.speakers.items() if i["split"] == "unseen"}
+    assert unseen and not unseen & {r["speaker"] for r in ds.manifest if r["split"] != "unseen"}
+
+
+def test_single_speaker_dataset(synthetic_corpus, tmp_path):
+    """A folder of one voice's files (fine-tuning): its name is the speaker; val holds held-out utterances."""
+    summary, _ = run(synthetic_corpus / "spk002", tmp_path / "ds")
+    ds = Dataset.open(tmp_path / "ds")
+    assert list(ds.speakers) == ["spk002"]
+    assert len(ds.split("val")) >= 1 and len(ds.split("train")) >= 1 and len(ds.split("unseen")) == 0
+    assert summary["splits"]["unseen"] == {"speakers": 0, "utterances": 0, "hours": 0.0}
+    assert ds.split("unseen").rows == [] and len(ds.split("unseen")) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Incremental runs, interruption.
+
+
+def test_incremental_reruns(tmp_path):
+    corpus = small_corpus(tmp_path / "c")
+    out = tmp_path / "ds"
+    first, _ = run(corpus, out)
+    assert first["processed"] == 16 and not first["up_to_date"]
+    again, text = run(corpus, out)
+    assert again["up_to_date"] and "up to date" in text and again["fingerprint"] == first["fingerprint"]
+    f = sorted(corpus.rglob("*.wav"))[5]
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # the file changed
+    _, text = run(corpus, out)
+    assert "reusing 15 from the existing dataset; 1 of 16 files to process" in text
+    loud = load_recipe("demo", ["prepare.loudness_db=-20"])
+    before = splits_by_id(out)
+    summary, text = run(corpus, out, loud)
+    assert "settings changed" in text and "prepare.loudness_db: -23.0 -> -20.0" in text
+    assert summary["processed"] == 16 and splits_by_id(out) == before  # features rebuilt, splits kept
+    assert Dataset.open(out).recipe.prepare.loudness_db == -20.0
+
+
+def test_an_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypatch):
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
+    out = tmp_path / "ds"
+    real, calls = P.process_file, []
+
+    def dies_on_the_fifth(*args):
+        calls.append(args[0])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(P, "process_file", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, out)
+    with pytest.raises(UserError, match="incomplete"):
+        Dataset.open(out)
+    monkeypatch.setattr(P, "process_file", real)
+    _, text = run(corpus, out)
+    assert "4 from an interrupted run" in text and "5 of 9 files" in text
+    good = Dataset.open(out).fingerprint
+
+    # a crash while the new dataset is moved into place: the folder reads as incomplete, never as complete
+    (corpus / "spk000" / "spk000_000.wav").unlink()
+
+    def crash(tmp, dest):
+        (dest / "config.json").unlink()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(P, "_commit", crash)
+    with pytest.raises(OSError):
+        run(corpus, out)
+    with pytest.raises(UserError, match="incomplete"):
+        Dataset.open(out)
+    monkeypatch.undo()
+    summary, _ = run(corpus, out)
+    assert summary["used"] == 8 and Dataset.open(out).fingerprint != good
+
+
+def test_previous_dataset_survives_an_interrupted_update(tmp_path, monkeypatch):
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
+    out = tmp_path / "ds"
+    run(corpus, out)
+    before = Dataset.open(out).fingerprint
+    monkeypatch.setattr(P, "process_file", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, out, load_recipe("demo", ["prepare.trim_top_db=30"]))
+    assert Dataset.open(out).fingerprint == before  # still the complete previous dataset
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: formats, manifests, bad files.
+
+
+def test_mixed_formats_and_bad_files(tmp_path):
+    good = tmp_path / "c" / "alice"
+    good.mkdir(parents=True)
+    speaker = make_speakers(2)[0]
+    for k, (ext, fmt, subtype, rate, channels) in enumerate([
+            ("wav", "WAV", "PCM_24", 48000, 2), ("flac", "FLAC", "PCM_16", 8000, 1), ("ogg", "OGG", "VORBIS", 22050, 1),
+            ("mp3", "MP3", "MPEG_LAYER_III", 16000, 1), ("wav", "WAV", "FLOAT", 44100, 1)]):
+        y, _ = synth_utterance(speaker, 1.2, rate, seed=k)
+        sf.write(good / f"a{k}.{ext}", np.stack([y, y], 1) if channels == 2 else y, rate, format=fmt, subtype=subtype)
+    expected = write_bad_files(tmp_path / "c" / "bob")
+    hiss = np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "c" / "bob" / "hiss.wav", hiss, 16000)  # sound, but no voice in it
+    expected["hiss.wav"] = "no voiced speech"
+    (tmp_path / "c" / "bob" / "transcript.txt").write_text("not audio, and not named as audio: ignored\n")
+    summary, text = run(tmp_path / "c", tmp_path / "ds")
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    got = {Path(r["path"]).name: r["reason"] for r in report["skipped"]}
+    assert got == expected
+    assert report["skipped_by_reason"] == dict(Counter(expected.values()))
+    assert report["ignored_non_audio"] == {".txt": 1} and report["used"] == 5
+    assert summary["skipped"] == report["skipped_by_reason"] and "files skipped" in text
+    assert list(Dataset.open(tmp_path / "ds").speakers) == ["alice"]
+
+
+def test_manifests(synthetic_corpus, tmp_path):
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:8]
+    shutil.copytree(synthetic_corpus, tmp_path / "audio")
+    lines = ["speaker,path,notes"] + [f"voice{i % 2},audio/{f.parent.name}/{f.name},x" for i, f in enumerate(files)]
+    lines.append("voice1,audio/missing.wav,x")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "more.tsv").write_text("path\tspeaker\n" + f"{tmp_path / 'audio/spk005/spk005_000.wav'}\tvoice2\n")
+    summary, _ = run([tmp_path / "list.csv", tmp_path / "more.tsv"], tmp_path / "ds")
+    ds = Dataset.open(tmp_path / "ds")
+    assert sorted(ds.speakers) == ["voice0", "voice1", "voice2"] and summary["used"] == 9
+    assert summary["skipped"] == {"missing": 1}
+    assert any(r["id"].startswith("voice0/audio/spk000/") for r in ds.manifest)
+    (tmp_path / "bad.csv").write_text("file,who\na.wav,x\n")
+    with pytest.raises(UserError, match="'path' and 'speaker'"):
+        run(tmp_path / "bad.csv", tmp_path / "ds2")
+
+
+def test_long_files_are_split(tmp_path):
+    sr = 16000
+    speaker = make_speakers(1)[0]
+    gap = np.zeros(int(0.3 * sr), dtype=np.float32)
+    y = np.concatenate([np.concatenate([synth_utterance(speaker, 2.5, sr, seed=s)[0], gap]) for s in range(6)])
+    (tmp_path / "c" / "solo").mkdir(parents=True)
+    sf.write(tmp_path / "c" / "solo" / "long.wav", y, sr)  # 16.8 s; the demo recipe's maximum is 10 s
+    run(tmp_path / "c", tmp_path / "ds")
+    rows = Dataset.open(tmp_path / "ds").manifest
+    assert len(rows) >= 2 and all(r["seconds"] <= 10.0 for r in rows)
+    assert sorted(r["id"] for r in rows) == [f"solo/long.wav#{k}" for k in range(len(rows))]
+    assert all(a["end"] <= b["start"] for a, b in zip(sorted(rows, key=lambda r: r["start"]),
+                                                       sorted(rows, key=lambda r: r["start"])[1:]))
+
+
+def test_strict_stops_at_the_first_bad_file(tmp_path):
+    small_corpus(tmp_path / "c", speakers=2, utterances=2)
+    write_bad_files(tmp_path / "c" / "bad")
+    with pytest.raises(UserError) as err:
+        run(tmp_path / "c", tmp_path / "ds", strict=True)
+    name, reason = str(err.value).split(": ", 1)
+    assert Path(name).parent.name == "bad" and reason.split(" (")[0] in {
+        "empty file", "not audio", "truncated", "corrupt", "non-finite samples", "silent", "too short"}
+
+
+def test_dataset_open_errors(prepared_dataset, tmp_path):
+    with pytest.raises(UserError, match="no such dataset"):
+        Dataset.open(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a dataset"):
+        Dataset.open(tmp_path / "empty")
+    shutil.copytree(prepared_dataset, tmp_path / "v9")
+    config = json.loads((tmp_path / "v9" / "config.json").read_text())
+    (tmp_path / "v9" / "config.json").write_text(json.dumps({**config, "version": 9}))
+    with pytest.raises(UserError, match="version 9"):
+        Dataset.open(tmp_path / "v9")
+    (tmp_path / "v9" / "config.json").write_text(json.dumps(config))
+    with open(tmp_path / "v9" / "train" / "mel.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(UserError, match="mel.npy"):
+        Dataset.open(tmp_path / "v9")
+    with pytest.raises(UserError, match="not a voiceclone dataset"):  # prepare never writes into a stranger
+        run(tmp_path / "v9" / "train", tmp_path / "empty" / ".." / "v9" / "train")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line.
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, ["prepare", *args])
+
+
+def assert_one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_prepare_with_a_pool(synthetic_corpus, tmp_path):
+    result = cli(str(synthetic_corpus), "--out", str(tmp_path / "ds"), "--workers", "2",
+                 "--unseen-speakers", "spk000,spk003")
+    assert result.exit_code == 0, result.output
+    assert "unseen" in result.output and "total" in result.output
+    ds = Dataset.open(tmp_path / "ds")
+    assert {s for s, i in ds.speakers.items() if i["split"] == "unseen"} == {"spk000", "spk003"}
+    assert len(ds.manifest) == 36
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    assert_one_line_error(cli(str(tmp_path / "missing"), "--out", str(tmp_path / "ds")), "missing", "no such")
+    (tmp_path / "texts" / "a").mkdir(parents=True)
+    (tmp_path / "texts" / "a" / "x.txt").write_text("hi")
+    assert_one_line_error(cli(str(tmp_path / "texts"), "--out", str(tmp_path / "ds")), "no audio files")
+    write_bad_files(tmp_path / "bad" / "spk")
+    result = cli(str(tmp_path / "bad"), "--out", str(tmp_path / "ds"))
+    assert_one_line_error(result, "no usable audio", "7 files")
+    assert not (tmp_path / "ds").exists()  # nothing worth resuming was left behind
+    small_corpus(tmp_path / "c", speakers=1, utterances=2)
+    write_bad_files(tmp_path / "c" / "zz")
+    assert_one_line_error(cli(str(tmp_path / "c"), "--out", str(tmp_path / "ds"), "--strict"), "zz")
