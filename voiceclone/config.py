@@ -142,7 +142,10 @@ class VocoderModelConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(dim=64, intermediate_dim=192, layers=3, mpd_periods=(2, 3, 5), mpd_channels=4,
                      mrd_channels=8),
-        "base": dict(dim=512, intermediate_dim=1536, layers=8, mpd_periods=(2, 3, 5, 7, 11), mpd_channels=32,
+        # Vocos's 512/1536/8 (14M with our source filter) synthesizes at about 60x real time on 2 CPU
+        # cores; 384/1152/6 (6.4M) keeps the 100x target with a margin (110-125x; 7 layers 97-114x, 8
+        # about 100x). Measured with benchmarks/vocoder_speed.py.
+        "base": dict(dim=384, intermediate_dim=1152, layers=6, mpd_periods=(2, 3, 5, 7, 11), mpd_channels=32,
                      mrd_channels=32),
     }
     size: str = "tiny"
