@@ -63,6 +63,91 @@ def prepare(
     run_prepare(inputs, out, cfg, workers=workers, unseen_speakers=named, strict=strict, console=console)
 
 
+@app.command()
+@user_errors
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
+    run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder: checkpoints, history and config per stage (under torchrun, spell it --run-dir: torchrun claims --run)."),
+    stage: str = typer.Option("acoustic", "--stage", help="acoustic, vocoder, or all (acoustic then vocoder)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: the one the dataset was prepared with)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Train up to this many epochs (default: the recipe's)."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run from its last checkpoint."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),
+    early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop", help="Stop when converged or overfitting (default: the recipe's)."),
+    finetune_on_acoustic: bool = typer.Option(False, "--finetune-on-acoustic/--no-finetune-on-acoustic", help="Vocoder: train on the acoustic model's own outputs."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this trained model (run folder or bundle)."),
+    finetune: bool = typer.Option(False, "--finetune/--no-finetune", help="Adapt --init-from to the dataset's voice (recipe [finetune] settings)."),
+    set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
+    from voiceclone.train.trainer import train as run_train
+
+    results = run_train(data, run, stage=stage, recipe=recipe, overrides=set_ or [], epochs=epochs, resume=resume,
+                        device=device, early_stop=early_stop, finetune_on_acoustic=finetune_on_acoustic,
+                        init_from=init_from, finetune=finetune, console=console)
+    for name, result in results.items():
+        if result["interrupted"]:
+            raise typer.Exit(code=130)
+        console.print(f"[bold]{name}[/]: best epoch {result['best_epoch']} ({result['best_value']:.4f}); "
+                      f"{result['assessment'].summary()}", highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="A run folder with trained acoustic and vocoder stages."),
+    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
+) -> None:
+    """Write the run's best models as one shareable safetensors file (config inside, no pickle)."""
+    from voiceclone.bundle import export as run_export
+
+    path = run_export(run, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@user_errors
+def synthesize(
+    model: Path = typer.Option(..., "--model", "-m", help="A run folder or a .safetensors bundle."),
+    reference: List[Path] = typer.Option(..., "--reference", help="Audio of the target voice (repeat to average several)."),
+    source: Optional[Path] = typer.Option(None, "--source", "-s", help="Speech or singing to convert: a file or a folder."),
+    text: Optional[str] = typer.Option(None, "--text", help="Text to speak with a base voice (needs espeak-ng), then convert."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output wav (a folder when --source is a folder)."),
+    transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
+    keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep the source's F0 instead of moving it to the reference's register."),
+    sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output (default: the model's rate)."),
+    chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+) -> None:
+    """Clone a voice never seen in training from a few seconds of reference audio."""
+    from voiceclone.synthesize import synthesize as run_synthesize
+
+    run_synthesize(model, reference, out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
+                   sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
+    split: str = typer.Option("unseen", "--split", help="train, val or unseen (speakers never trained on)."),
+    pairs: int = typer.Option(40, "--pairs", help="Zero-shot conversions, each into a different speaker of the split."),
+    max_utterances: int = typer.Option(40, "--max-utterances", help="Utterances reconstructed and copy-synthesized, spread over the speakers."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure, with units and identities, to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the training curves to this PNG."),
+    speaker_encoder: Optional[Path] = typer.Option(None, "--speaker-encoder", help="Judge speaker similarity with another model's speaker encoder (a bundle or run folder)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Compare --model with this one (e.g. a fine-tuned run with its zero-shot base) on the held-out utterances of --data."),
+) -> None:
+    """Measure a model on a dataset split (F0, MCD, speaker similarity, zero-shot pairs) and its convergence."""
+    from voiceclone.evaluate import evaluate as run_evaluate
+
+    run_evaluate(model=model, data=data, run=run, split=split, pairs=pairs, max_utterances=max_utterances, out=out,
+                 plot=plot, speaker_encoder=speaker_encoder, device=device, baseline=baseline, console=console)
+
+
 def main() -> None:
     app(prog_name="voiceclone")
 

@@ -76,8 +76,9 @@ DEFINITIONS = {
     "f0": "frame by frame on the project's frame grid; RMSE (cents, Hz), gross pitch error (|f_out / f_req - 1| "
           f"> {metrics.GROSS_ERROR}) and correlation over frames voiced in both the requested contour and the "
           "output's F0 (audio.f0, Praat autocorrelation); V/UV error over all frames",
-    "mcd": f"mel-cepstral distortion in dB, orthonormal DCT-II of the natural-log mel, c1..c{MCD_ORDER} (c0 "
-           "excluded), frames compared one to one (aligned by construction, no DTW)",
+    "mcd": f"mel-cepstral distortion in dB, (10 / ln 10) sqrt(2 sum (c_d - c_d')^2) over c1..c{MCD_ORDER} (c0 "
+           "excluded) of the mel-cepstrum c_d = (1/N) sum_n ln S_n cos(pi d (n + 1/2) / N) of the natural-log mel, "
+           "frames compared one to one (aligned by construction, no DTW)",
     "speaker_similarity": "cosine of speaker embeddings of the output and the speaker's profile (mean embedding "
                           f"of up to {PROFILE_CLIPS} other utterances, excluding the converted utterance and the "
                           "reference clip)",

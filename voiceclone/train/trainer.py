@@ -299,11 +299,7 @@ class Trainer:
                 if stop.requested and p.batch_in_epoch < self.steps_per_epoch:
                     self._save_last()
                     self._barrier()
-                    result["interrupted"] = True
-                    if self.dist.main:
-                        display.stop()
-                        self.console.print(f"[yellow]Stopped in epoch {epoch} after step {p.step}; saved "
-                                           f"{self.dir / 'last.pt'}.[/] Resume with:\n  {self.resume_command}")
+                    result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
                 n_batches = max(1, p.batch_in_epoch)
                 row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
@@ -324,11 +320,7 @@ class Trainer:
                 self._barrier()
                 display.epoch_done(row, p)
                 if stop.requested:
-                    result["interrupted"] = True
-                    if self.dist.main:
-                        display.stop()
-                        self.console.print(f"[yellow]Stopped after epoch {epoch}; saved {self.dir / 'last.pt'}."
-                                           f"[/] Resume with:\n  {self.resume_command}")
+                    result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
                     break
                 if self.early_stop and convergence.should_stop(assessment):
                     result["early_stopped"] = True
@@ -341,6 +333,13 @@ class Trainer:
         result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
         result["epochs"] = p.epoch
         return result
+
+    def _announce_stop(self, display: "_Display", when: str) -> bool:
+        if self.dist.main:
+            display.stop()
+            self.console.print(f"[yellow]Stopped {when}; saved {self.dir / 'last.pt'}.[/] Resume with:\n"
+                               f"  {self.resume_command}", highlight=False, soft_wrap=True)
+        return True
 
     def _restore_best(self) -> None:
         best = self.dir / "best.pt"
