@@ -98,6 +98,15 @@ def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup
     assert set(report["better_per_metric"]) == {"mcd_db", "f0_rmse_cents", "speaker_similarity"}
     assert report["metrics"]["fine-tuned"]["mcd_db"]["mean"] < report["metrics"]["base"]["mcd_db"]["mean"]
     assert report["better_per_metric"]["mcd_db"] == "fine-tuned" and "better" in r.output
+    # a fine-tuned model speaks in its own voice without a reference
+    source = next((setup["root"] / "corpus").rglob("*.wav"))
+    r = CliRunner().invoke(app, ["synthesize", "--model", str(run), "--source", str(source), "--out",
+                                 str(tmp_path / "own.wav")])
+    assert r.exit_code == 0, r.output
+    assert state["meta"]["voice_f0_median"] == pytest.approx(330, rel=0.05)
+    r = CliRunner().invoke(app, ["synthesize", "--model", str(setup["base"]), "--source", str(source), "--out",
+                                 str(tmp_path / "none.wav")])
+    assert r.exit_code == 2 and "--reference" in r.output
 
 
 def test_finetuning_stops_early_when_the_held_out_loss_turns_up(setup, tmp_path):

@@ -109,7 +109,7 @@ def export(
 @user_errors
 def synthesize(
     model: Path = typer.Option(..., "--model", "-m", help="A run folder or a .safetensors bundle."),
-    reference: List[Path] = typer.Option(..., "--reference", help="Audio of the target voice (repeat to average several)."),
+    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Audio of the target voice (repeat to average several); optional for a fine-tuned model."),
     source: Optional[Path] = typer.Option(None, "--source", "-s", help="Speech or singing to convert: a file or a folder."),
     text: Optional[str] = typer.Option(None, "--text", help="Text to speak with a base voice (needs espeak-ng), then convert."),
     out: Path = typer.Option(..., "--out", "-o", help="Output wav (a folder when --source is a folder)."),
@@ -122,7 +122,7 @@ def synthesize(
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.synthesize import synthesize as run_synthesize
 
-    run_synthesize(model, reference, out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
+    run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
 
 

@@ -43,9 +43,15 @@ class Reference:
 
 
 def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
-    """Speaker vector and register of one or more reference clips (any format and rate)."""
+    """Speaker vector and register of one or more reference clips (any format and rate).
+
+    No clips: a fine-tuned model's own learned voice, in the register of the voice it was tuned on.
+    """
     if not paths:
-        raise UserError("at least one --reference is needed")
+        if model.acoustic.voice is None:
+            raise UserError("at least one --reference is needed (only a fine-tuned model has a voice of its own)")
+        return Reference(model.acoustic.voice.detach(), 0.0, model.meta.get("acoustic", {}).get("voice_f0_median"),
+                         [])
     cfg, prep = model.recipe.audio, model.recipe.prepare
     mels, f0s, total, warnings = [], [], 0.0, []
     for p in paths:

@@ -111,9 +111,13 @@ class AcousticTask(Task):
             self.model = copy.deepcopy(base).to(device)
         else:
             self.model = AcousticModel(cfg.model, recipe.audio, len(self.speakers)).to(device)
+        self.voice_f0_median: float | None = None
         if finetune is not None and finetune.learn_speaker and self.model.voice is None:
             mels = [torch.from_numpy(train.mel(i).astype(np.float32).T).to(device) for i in range(min(len(train), 16))]
             self.model.learn_voice(ft.initial_voice(self.model, mels))
+            f0 = np.concatenate([train.f0(i) for i in range(len(train))])
+            # the voice's register, which synthesis moves sources to when no reference is given
+            self.voice_f0_median = float(np.median(f0[f0 > 0])) if (f0 > 0).any() else None
         self.ref_frames = 2 * cfg.train.segment_frames
 
     def modules(self) -> dict[str, nn.Module]:
@@ -123,6 +127,7 @@ class AcousticTask(Task):
         meta: dict[str, Any] = {"speakers": self.speakers, "learned_voice": self.model.voice is not None}
         if self.finetune is not None:
             meta["finetuned_from"] = self.base_source
+            meta["voice_f0_median"] = self.voice_f0_median
         return meta
 
     def param_groups(self) -> dict[str, list[dict[str, Any]]]:
