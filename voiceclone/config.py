@@ -78,7 +78,9 @@ class AcousticModelConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(hidden=96, content_dim=16, speaker_dim=64, encoder_layers=3, decoder_layers=4,
                      speaker_layers=2, kernel_size=5),
-        "base": dict(hidden=256, content_dim=32, speaker_dim=192, encoder_layers=6, decoder_layers=8,
+        # 4 + 6 blocks, not 6 + 8: with the base vocoder, synthesis then runs ~60x real time end to end on
+        # 2 CPU cores (benchmarks/synthesize_speed.py), above the 50x target; 6 + 8 gave ~40x
+        "base": dict(hidden=256, content_dim=32, speaker_dim=192, encoder_layers=4, decoder_layers=6,
                      speaker_layers=4, kernel_size=5),
     }
     size: str = "tiny"
