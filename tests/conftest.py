@@ -45,3 +45,27 @@ def prepared_dataset(synthetic_corpus, tmp_path_factory, quiet) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "dataset"
     prepare([synthetic_corpus], out, load_recipe("demo"), workers=1, console=quiet)
     return out
+
+
+@pytest.fixture
+def interrupt_after_first_epoch(monkeypatch):
+    """Make the next training run receive a real Ctrl-C (SIGINT) during the last step of its epoch 1,
+    as a user interrupting a run at an epoch boundary would."""
+    import os
+    import signal
+
+    from voiceclone.train.trainer import Trainer
+
+    original = Trainer._train_step
+    fired = []
+
+    def step(self, batch):
+        out = original(self, batch)
+        if self.progress.step == self.steps_per_epoch and not fired:  # once: the resumed run is left alone
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    yield
+    monkeypatch.setattr(Trainer, "_train_step", original)

@@ -103,10 +103,13 @@ def test_the_model_really_uses_the_reference(dataset, trained):
         assert cos(emb[1], refs[1], dim=0) > cos(emb[1], refs[0], dim=0)
 
 
-def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(dataset, tmp_path):
-    train(dataset, tmp_path / "a", overrides=FAST, epochs=3, early_stop=False, console=QUIET)
-    train(dataset, tmp_path / "b", overrides=FAST, epochs=1, early_stop=False, console=QUIET)
-    train(dataset, tmp_path / "b", overrides=FAST, epochs=3, resume=True, early_stop=False, console=QUIET)
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(dataset, tmp_path, request):
+    overrides = FAST + ["acoustic.train.warmup_steps=3"]  # epoch 2 and 3 steps follow the cosine decay
+    train(dataset, tmp_path / "a", overrides=overrides, epochs=3, early_stop=False, console=QUIET)
+    request.getfixturevalue("interrupt_after_first_epoch")  # a Ctrl-C at the end of epoch 1
+    r = train(dataset, tmp_path / "b", overrides=overrides, epochs=3, early_stop=False, console=QUIET)
+    assert r["acoustic"]["interrupted"] and r["acoustic"]["epochs"] == 1
+    train(dataset, tmp_path / "b", overrides=overrides, epochs=3, resume=True, early_stop=False, console=QUIET)
     a, b = history(tmp_path / "a"), history(tmp_path / "b")
     assert [r["epoch"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
