@@ -45,14 +45,7 @@ class PeriodDiscriminator(nn.Module):
         """audio [B, T] -> (logits [B, N], feature maps [B, C_i, H_i, period])."""
         batch, length = audio.shape
         x = _pad_right(audio, -length % self.period)
-        x = x.view(batch, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _score(x.view(batch, 1, -1, self.period), self.convs, self.post)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -84,14 +77,18 @@ class ResolutionDiscriminator(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """audio [B, T] -> (logits [B, N], feature maps [B, C, F, T_i])."""
-        x = self.spectrogram(audio)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feats.append(x)
-        x = self.post(x)
+        return _score(self.spectrogram(audio), self.convs, self.post)
+
+
+def _score(x: Tensor, convs: nn.ModuleList, post: nn.Module) -> tuple[Tensor, list[Tensor]]:
+    """Run a conv stack: x [B, 1, H, W] -> (logits [B, N], every layer's output as a feature map)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
         feats.append(x)
-        return x.flatten(1), feats
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
 
 
 class Discriminators(nn.Module):
