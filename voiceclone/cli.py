@@ -34,8 +34,18 @@ def user_errors(fn):
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from voiceclone import __version__
+
+        typer.echo(f"voiceclone {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate."""
 
 
