@@ -139,6 +139,29 @@ def test_chunked_and_unchunked_conversion_agree(trained):
     assert (mel_w - mel_c).abs().mean() < 0.35 * (mel_w - mel_src).abs().mean()
 
 
+def test_long_sources_stream_with_flat_memory(trained, tmp_path):
+    import tracemalloc
+
+    from voiceclone.synthesize import synthesize_file
+
+    model = load_model(trained["run"])
+    ref = embed_references(model, [wav(trained["corpus"], 0, 0)])
+    gap = np.zeros(4000, np.float32)
+    unit = np.concatenate([np.concatenate([A.load_audio(wav(trained["corpus"], 4, u), 16000), gap]) for u in range(6)])
+    peaks = []
+    for reps in (2, 6):  # about 26 s and 78 s
+        src = tmp_path / f"long{reps}.wav"
+        sf.write(src, np.tile(unit, reps), 16000)
+        tracemalloc.start()
+        r = synthesize_file(model, ref, src, tmp_path / "out.wav", chunk_seconds=3.0, stream=True)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        out, sr = sf.read(tmp_path / "out.wav")
+        assert len(out) == reps * len(unit) and r["streamed"]  # every sample, in its own timing
+        assert np.abs(out).max() > 0.05
+    assert peaks[1] < 1.25 * peaks[0], peaks  # three times the audio, the same memory
+
+
 def test_folder_mode_converts_every_file_and_skips_a_corrupt_one(trained, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numba
 import numpy as np
@@ -26,6 +27,7 @@ from voiceclone.errors import UserError
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
 LOG_FLOOR = 1e-5  # log(clamp(x, 1e-5)): HiFi-GAN's floor, about -11.5 in log-mel
 SILENCE_PEAK = 1e-4  # a file whose peak stays below this (-80 dBFS) holds no usable signal
+LOUDNESS_FRAME = 512  # samples per frame when measuring the active level
 
 
 class AudioError(UserError):
@@ -114,14 +116,43 @@ def trim_bounds(y: np.ndarray, top_db: float, frame_length: int = 1024, hop_leng
 def normalize_loudness(y: np.ndarray, prep: PrepareConfig) -> np.ndarray:
     """Scale `y` so that its active part (frames within trim_top_db of the loudest) has RMS prep.loudness_db
     dBFS, then lower it if needed so that the peak stays at or below 0.99. [T] -> [T] float32."""
-    rms = _frame_rms(y, 512)
-    active = rms[rms > rms.max() * 10 ** (-prep.trim_top_db / 20)]
-    level = float(np.sqrt(np.mean(active**2))) if active.size else float(np.sqrt(np.mean(y**2)))
-    gain = 10 ** (prep.loudness_db / 20) / max(level, 1e-8)
-    peak = float(np.abs(y).max()) * gain if y.size else 0.0
-    if peak > 0.99:  # never clip: loudness yields to the peak
-        gain *= 0.99 / peak
+    gain = loudness_gain(_frame_rms(y, LOUDNESS_FRAME), float(np.abs(y).max()) if y.size else 0.0, prep)
     return (y * gain).astype(np.float32)
+
+
+def loudness_gain(frame_rms: np.ndarray, peak: float, prep: PrepareConfig) -> float:
+    """The gain normalize_loudness applies, from the RMS of LOUDNESS_FRAME-sample frames and the peak, so a
+    file read block by block gets exactly the treatment of one read whole."""
+    active = frame_rms[frame_rms > frame_rms.max() * 10 ** (-prep.trim_top_db / 20)] if frame_rms.size else frame_rms
+    level = float(np.sqrt(np.mean(active**2))) if active.size else 0.0
+    gain = 10 ** (prep.loudness_db / 20) / max(level, 1e-8)
+    if peak * gain > 0.99:  # never clip: loudness yields to the peak
+        gain *= 0.99 / (peak * gain)
+    return gain
+
+
+def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0) -> Iterator[np.ndarray]:
+    """Decode block by block, mix to mono, resample with soxr's streaming resampler: [T_i] float32 blocks whose
+    concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
+    path = Path(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # libsndfile's error types vary by format
+        raise AudioError(path, "unreadable", str(e).splitlines()[0][:120]) from None
+    with f:
+        rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+              if f.samplerate != sample_rate else None)
+        size = max(1, int(block_seconds * f.samplerate))
+        while True:
+            x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            last = len(x) < size
+            if not np.isfinite(x).all():
+                raise AudioError(path, "non-finite samples")
+            y = rs.resample_chunk(x, last=last) if rs is not None else x
+            if len(y):
+                yield np.ascontiguousarray(y, dtype=np.float32)
+            if last:
+                return
 
 
 def clean(y: np.ndarray, prep: PrepareConfig, path: Path | str = "audio") -> np.ndarray:

@@ -32,6 +32,7 @@ MIN_REFERENCE_SECONDS = 1.0
 GOOD_REFERENCE_SECONDS = 3.0
 CONTEXT_SECONDS = 0.5  # audio converted on each side of a chunk and thrown away: the model's receptive field
 FADE_SECONDS = 0.02
+STREAM_SECONDS = 600.0  # longer sources are read block by block (two passes) instead of whole
 
 
 @dataclass
@@ -74,14 +75,73 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     return Reference(vector, total, float(np.median(voiced)) if voiced.size else None, warnings)
 
 
-def _windows(n: int, pieces: list[tuple[int, int]], hop: int, context: int) -> list[tuple[int, int, int, int]]:
-    """(a, b) pieces -> (a, b, wa, wb): the piece and the frame-aligned window converted around it."""
-    out = []
+Window = tuple[np.ndarray, int, int]  # (audio with context, start and end of the piece to keep within it)
+
+
+def _windows(y: np.ndarray, pieces: list[tuple[int, int]], hop: int, context: int) -> Iterator[Window]:
+    """In-memory pieces (a, b) of y -> windows with `context` samples on each side, frame-aligned starts."""
     for a, b in pieces:
         wa = max(0, a - context) // hop * hop
-        wb = min(n, b + context)
-        out.append((a, b, wa, wb))
-    return out
+        wb = min(len(y), b + context)
+        yield y[wa:wb], a - wa, b - wa
+
+
+def _stream_windows(blocks: Iterator[np.ndarray], gain: float, sample_rate: int, chunk_seconds: float,
+                    context: int) -> Iterator[Window]:
+    """The same windows as _windows, cut from a stream: each piece ends at the quietest 20 ms of the second
+    half of the next `chunk_seconds`, and only one chunk and its context are ever held."""
+    chunk = int(chunk_seconds * sample_rate)
+    buf, left = np.zeros(0, np.float32), 0  # buf[:left] was emitted already: it is the next piece's context
+    for block in blocks:
+        buf = np.concatenate([buf, block * np.float32(gain)])
+        while len(buf) - left >= chunk + context:
+            head = buf[left + chunk // 2 : left + chunk]
+            cut = left + chunk // 2 + int(np.argmin(A._frame_rms(head, sample_rate // 50))) * (sample_rate // 50)
+            wa = max(0, left - context)
+            yield buf[wa : cut + context], left - wa, cut - wa
+            drop = max(0, cut - context)
+            buf, left = buf[drop:], cut - drop
+    if len(buf) > left:
+        wa = max(0, left - context)
+        yield buf[wa:], left - wa, len(buf) - wa
+
+
+def _pitch_ratio(src_median: float | None, ref: Reference, transpose: float, keep_pitch: bool) -> float:
+    """F0 multiplier: the source's register moved to the reference's (unless kept), then transposed."""
+    ratio = 1.0
+    if not keep_pitch and src_median and ref.f0_median:
+        ratio = ref.f0_median / src_median
+    return ratio * A.semitones_to_ratio(transpose)
+
+
+def _median_voiced(f0s: list[np.ndarray]) -> float | None:
+    voiced = np.concatenate(f0s) if f0s else np.zeros(0)
+    voiced = voiced[voiced > 0]
+    return float(np.median(voiced)) if voiced.size else None
+
+
+def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
+            f0s: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Convert window by window; each piece's output is faded into by the previous window's overhang."""
+    cfg = model.recipe.audio
+    fade = int(FADE_SECONDS * cfg.sample_rate)
+    device = next(model.acoustic.parameters()).device
+    tail = None
+    for k, (x, a, b) in enumerate(windows):
+        f0_src = f0s[k] if f0s is not None else A.f0(x, cfg)
+        with torch.inference_mode():
+            mel, energy = A.log_mel(torch.from_numpy(np.ascontiguousarray(x)).to(device), cfg, return_energy=True)
+            f0 = torch.from_numpy(f0_src * ratio).to(device)
+            out_mel = model.acoustic.convert(mel, f0, energy, ref.vector)
+            wav = model.vocoder(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
+        wav = np.pad(wav, (0, max(0, len(x) - len(wav))))
+        piece = wav[a:b].copy()
+        if tail is not None:
+            n = min(len(tail), len(piece))
+            w = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            piece[:n] = tail[:n] * (1 - w) + piece[:n] * w
+        tail = wav[b : b + fade]
+        yield np.clip(piece, -1.0, 1.0)
 
 
 def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
@@ -92,42 +152,42 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     in `info` is known before the first block is produced.
     """
     cfg = model.recipe.audio
-    sr, hop = cfg.sample_rate, cfg.hop_length
-    n = len(y)
-    pieces = A.split_at_quiet(y, sr, chunk_seconds, min(1.0, chunk_seconds / 4))
-    context, fade = int(CONTEXT_SECONDS * sr), int(FADE_SECONDS * sr)
-    windows = _windows(n, pieces, hop, max(context, fade))
-    f0s = [A.f0(y[wa:wb], cfg) for _, _, wa, wb in windows]  # pass 1: the source register, and reused below
-    voiced = np.concatenate(f0s) if f0s else np.zeros(0)
-    voiced = voiced[voiced > 0]
-    src_median = float(np.median(voiced)) if voiced.size else None
-    ratio = 1.0
-    if not keep_pitch and src_median and ref.f0_median:
-        ratio = ref.f0_median / src_median
-    ratio *= A.semitones_to_ratio(transpose)
+    pieces = A.split_at_quiet(y, cfg.sample_rate, chunk_seconds, min(1.0, chunk_seconds / 4))
+    context = max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
+    windows = list(_windows(y, pieces, cfg.hop_length, context))
+    f0s = [A.f0(x, cfg) for x, _, _ in windows]  # the source register first, and reused while rendering
+    src_median = _median_voiced(f0s)
+    ratio = _pitch_ratio(src_median, ref, transpose, keep_pitch)
     info = {"source_f0_median": src_median, "reference_f0_median": ref.f0_median,
             "pitch_shift_semitones": float(12 * np.log2(ratio)), "chunks": len(pieces)}
-    device = next(model.acoustic.parameters()).device
+    return _render(model, iter(windows), ref, ratio, f0s), info
 
-    def blocks() -> Iterator[np.ndarray]:
-        tail = None  # the previous chunk's output past its end, faded into this chunk's start
-        for (a, b, wa, wb), f0_src in zip(windows, f0s):
-            with torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(y[wa:wb])).to(device)
-                mel, energy = A.log_mel(x, cfg, return_energy=True)
-                f0 = torch.from_numpy(f0_src * ratio).to(device)
-                out_mel = model.acoustic.convert(mel, f0, energy, ref.vector)
-                wav = model.vocoder(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
-            wav = np.pad(wav, (0, max(0, wb - wa - len(wav))))
-            piece = wav[a - wa : b - wa].copy()
-            if tail is not None:
-                k = min(len(tail), len(piece))
-                w = np.linspace(0.0, 1.0, k, dtype=np.float32)
-                piece[:k] = tail[:k] * (1 - w) + piece[:k] * w
-            tail = wav[b - wa : b - wa + fade]
-            yield np.clip(piece, -1.0, 1.0)
 
-    return blocks(), info
+def convert_stream(model: Model, source: Path, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
+                   chunk_seconds: float = 20.0) -> tuple[Iterator[np.ndarray], dict]:
+    """Like convert, for a file of any length, in two passes over it so memory stays flat: the first
+    measures its loudness (as audio.normalize_loudness would) and register, the second converts.
+
+    Unlike `clean`, silence at the ends is kept: an hour-long recording is converted in its own timing.
+    """
+    cfg, prep = model.recipe.audio, model.recipe.prepare
+    rms, f0s, peak, seconds = [], [], 0.0, 0.0
+    for block in A.stream_audio(source, cfg.sample_rate):
+        rms.append(A._frame_rms(block, A.LOUDNESS_FRAME))
+        peak = max(peak, float(np.abs(block).max()))
+        f0s.append(A.f0(block, cfg)[::4])  # every 4th frame is plenty for a median
+        seconds += len(block) / cfg.sample_rate
+    if peak < A.SILENCE_PEAK:
+        raise A.AudioError(source, "silent")
+    gain = A.loudness_gain(np.concatenate(rms), peak, prep)
+    src_median = _median_voiced(f0s)
+    ratio = _pitch_ratio(src_median, ref, transpose, keep_pitch)
+    context = max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
+    windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
+                              context)
+    info = {"source_f0_median": src_median, "reference_f0_median": ref.f0_median,
+            "pitch_shift_semitones": float(12 * np.log2(ratio)), "seconds": seconds, "streamed": True}
+    return _render(model, windows, ref, ratio), info
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:
@@ -145,12 +205,23 @@ def _text_to_wav(text: str, folder: Path) -> Path:
 
 def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, transpose: float = 0.0,
                     keep_pitch: bool = False, sample_rate: int | None = None, chunk_seconds: float = 20.0,
-                    subtype: str = "PCM_16") -> dict:
-    """Convert one source file into `out` (written block by block)."""
+                    subtype: str = "PCM_16", stream: bool | None = None) -> dict:
+    """Convert one source file into `out` (written block by block).
+
+    stream: read the source block by block in two passes (memory independent of its length; ends not
+    trimmed); None = for sources longer than STREAM_SECONDS.
+    """
     cfg = model.recipe.audio
     started = time.perf_counter()
-    y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
-    blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds)
+    if stream is None:
+        stream = _duration(source) > STREAM_SECONDS
+    if stream:
+        blocks, info = convert_stream(model, source, ref, transpose, keep_pitch, chunk_seconds)
+        seconds = info.pop("seconds")
+    else:
+        y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
+        blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds)
+        seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
     resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32", quality="HQ") \
         if rate != cfg.sample_rate else None
@@ -166,9 +237,16 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
     finally:
         tmp.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
-    seconds = len(y) / cfg.sample_rate
     return {"source": str(source), "output": str(out), "seconds": seconds, "elapsed": elapsed,
             "x_real_time": seconds / max(elapsed, 1e-9), "sample_rate": rate, "reference_seconds": ref.seconds, **info}
+
+
+def _duration(path: Path) -> float:
+    """Seconds of audio by the file's header; 0 if unreadable (load_audio then names the problem)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:  # any header libsndfile cannot parse
+        return 0.0
 
 
 def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: Path | None = None,
