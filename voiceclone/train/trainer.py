@@ -267,8 +267,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        p, cfg, task = self.progress, self.cfg, self.task
-        monitor_key = f"unseen_loss" if self.val_data["unseen"] is not None else "val_loss"
+        p, task = self.progress, self.task
+        monitor_key = "unseen_loss" if self.val_data["unseen"] is not None else "val_loss"
         consecutive_bad = 0
         result: dict[str, Any] = {"stage": task.stage, "interrupted": False, "early_stopped": False}
         display = _Display(self.console, task.stage, self.epochs, self.steps_per_epoch, enabled=self.dist.main)
