@@ -137,3 +137,6 @@ def test_bad_finetune_inputs(setup, tmp_path):
     assert r.exit_code == 2 and "validation" in r.output
     r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "c"), "--finetune"])
     assert r.exit_code == 2 and "--init-from" in r.output
+    r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "d"), "--init-from",
+                            str(setup["base"])])
+    assert r.exit_code == 2 and "--finetune" in r.output

@@ -534,6 +534,9 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
         raise UserError(f"--stage {stage!r}: expected acoustic, vocoder or all")
     if finetune and init_from is None:
         raise UserError("--finetune needs --init-from MODEL (a run folder or a .safetensors bundle)")
+    if init_from is not None and not finetune:
+        raise UserError("--init-from starts a fine-tune: add --finetune (other training starts from scratch, "
+                        "or continues a run with --resume)")
     dataset = Dataset.open(data)
     base = None
     if finetune:
