@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,8 +20,22 @@ CURVES = (("train_loss", "train", "tab:blue"), ("val_loss", "val (seen speakers)
 LOG_SCALE_SPAN = 10.0  # a y range wider than this factor is drawn on a log axis
 
 
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def append_history(path: Path | str, row: Mapping[str, Any]) -> None:
+    """Append one row, durably. JSON has no NaN: a non-finite value is written as the string "nan", "inf" or
+    "-inf" (strict JSON that any tool reads), and read_history turns it back into the float; null keeps
+    meaning "not measured" (e.g. a run with no unseen split)."""
+    encoded = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(encoded) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_history(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of one history.jsonl, in file order.
+    """Rows of one history.jsonl, in file order; non-finite losses come back as float NaN or infinity.
 
     A last line that does not parse is dropped: it is a row cut short by a run killed mid-write (or one
     being written right now). A bad line anywhere else is corruption and raises UserError naming the file
@@ -44,7 +59,7 @@ def read_history(path: Path | str) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{lineno}: not a JSON history row") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: a history row must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append({k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
     return rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 from voiceclone import convergence
 from voiceclone.bundle import load_model
 from voiceclone.config import Recipe, load_recipe, recipe_from_dict
+from voiceclone.curves import HISTORY_FILE, append_history, read_history
 from voiceclone.data.dataset import EpochBatches, Segments
 from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
@@ -183,8 +183,11 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(), "meta": self.task.meta(),
-                "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng}
+        return {**self._header(), "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng}
+
+    def _header(self) -> dict[str, Any]:
+        """What every checkpoint carries to be read back without the command that wrote it."""
+        return {"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(), "meta": self.task.meta()}
 
     def resume(self, state: dict[str, Any]) -> None:
         self._restore(state)
@@ -192,7 +195,9 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.history = [r for r in _read_history(self.dir / "history.jsonl") if r["epoch"] <= self.progress.epoch]
+        path = self.dir / HISTORY_FILE
+        rows = read_history(path) if path.is_file() else []
+        self.history = [r for r in rows if r["epoch"] <= self.progress.epoch]
         self.good_state = self._snapshot()
 
     def _save_last(self) -> None:
@@ -205,8 +210,7 @@ class Trainer:
 
     def _save_best(self, epoch: int, value: float) -> None:
         if self.dist.main:
-            checkpoint.save_atomic({"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(),
-                                    "meta": self.task.meta(), "epoch": epoch, "value": value,
+            checkpoint.save_atomic({**self._header(), "epoch": epoch, "value": value,
                                     "modules": {n: m.state_dict() for n, m in self.task.modules().items()}},
                                    self.dir / "best.pt")
 
@@ -308,13 +312,13 @@ class Trainer:
                 row["status"] = assessment.status
                 self.history.append(row)
                 value = row.get(assessment.monitor)
-                value = float(value) if value is not None else math.nan
+                value = value if value is not None else math.nan
                 improved = math.isfinite(value) and value < p.best_value
                 if improved:
                     p.best_value, p.best_epoch = value, epoch
                     self._save_best(epoch, value)
                 if self.dist.main:
-                    _append_history(self.dir / "history.jsonl", row)
+                    append_history(self.dir / HISTORY_FILE, row)
                 self.good_state = self._snapshot()
                 self._save_last()
                 self._barrier()
@@ -357,18 +361,18 @@ class Trainer:
         monitor = self.task.monitor
         row: dict[str, Any] = {
             "epoch": epoch, "step": self.progress.step,
-            "train_loss": _json_number(sums.get(monitor, math.nan) / n),
-            "val_loss": _json_number(val[monitor]) if val else None,
-            "unseen_loss": _json_number(unseen[monitor]) if unseen else None,
+            "train_loss": sums.get(monitor, math.nan) / n,
+            "val_loss": val[monitor] if val else None,
+            "unseen_loss": unseen[monitor] if unseen else None,
             "lr": lr, "seconds": round(seconds, 3), "samples_per_second": round(seen / max(seconds, 1e-9), 2),
             "nonfinite_skipped": self.progress.nonfinite,
         }
         for k, v in sorted(sums.items()):
-            row[f"train_{k}"] = _json_number(v / n)
+            row[f"train_{k}"] = v / n
         for split, values in (("val", val), ("unseen", unseen)):
             for k, v in (values or {}).items():
                 if k != monitor:
-                    row[f"{split}_{k}"] = _json_number(v)
+                    row[f"{split}_{k}"] = v
         return row
 
 
@@ -409,28 +413,6 @@ def validation_losses(task: Task, data: Segments, batch_size: int, dist_info: Di
     return {n: float(sums[n] / counts[n]) if counts[n] > 0 else math.nan for n in names}
 
 
-def _json_number(x: float) -> float | str:
-    """JSON has no NaN: a non-finite loss is written as the string "nan" or "inf", which float() and the
-    convergence detector read back as non-finite (null means "not measured", e.g. no unseen split)."""
-    return float(x) if math.isfinite(x) else str(float(x))
-
-
-def _append_history(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash
-                rows.append(json.loads(line))
-    return rows
-
-
 class _Display:
     """The live line (epoch i/N, iteration j/M, running loss, last validation, best epoch, ETA) and
     one printed row per epoch."""
@@ -461,7 +443,7 @@ class _Display:
         last = history[-1] if history else {}
         val = last.get("unseen_loss") if last.get("unseen_loss") is not None else last.get("val_loss")
         info = f"loss {running:.4f}" if running else ""
-        if isinstance(val, float):
+        if val is not None:
             info += f"  val {val:.4f}  best @{p.best_epoch}"
         self.bar.update(self.task_id, completed=p.step, epoch=p.epoch + (1 if p.batch_in_epoch else 0),
                         iter=p.batch_in_epoch, info=info)
@@ -471,7 +453,7 @@ class _Display:
             return
 
         def f(x):
-            return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+            return "-" if x is None else f"{x:.4f}"
 
         self.console.print(f"{self.stage} epoch {row['epoch']:>3}/{self.epochs} step {row['step']:>6} | loss "
                            f"train {f(row['train_loss'])} val {f(row['val_loss'])} unseen {f(row['unseen_loss'])} | "
@@ -592,7 +574,7 @@ def _train_stage(dataset: Dataset, run: Path, stage: str, recipe: Recipe, epochs
         if diff:
             raise UserError(f"{last}: the run was made with other settings ({'; '.join(diff[:4])}); "
                             "resume without changing them, or start a new --run")
-    elif (last.is_file() or (stage_dir / "history.jsonl").is_file()) and not resume:
+    elif (last.is_file() or (stage_dir / HISTORY_FILE).is_file()) and not resume:
         raise UserError(f"{stage_dir}: a run is already here; continue it with --resume or choose another --run")
     if dist_info.main:
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -607,7 +589,7 @@ def _train_stage(dataset: Dataset, run: Path, stage: str, recipe: Recipe, epochs
     if stage == "acoustic" and state is not None:
         kwargs["speakers"] = state["meta"]["speakers"]
     if stage == "vocoder" and on_acoustic:
-        kwargs["acoustic"] = load_acoustic(run / "acoustic" / "best.pt", device)
+        kwargs["acoustic"] = load_model(run, need_vocoder=False, device=device).acoustic
     torch.manual_seed(getattr(recipe, stage).train.seed)
     task = make_task(stage, recipe, dataset, device, **kwargs)
     command = (f"voiceclone train --data {data} --run {run} --stage {stage} --resume"
@@ -631,10 +613,3 @@ def _train_stage(dataset: Dataset, run: Path, stage: str, recipe: Recipe, epochs
             console.print(f"{stage}: held-out loss of the base model {baseline[task.monitor]:.4f} -> fine-tuned "
                           f"{result['best_value']:.4f} (epoch {result['best_epoch']})", highlight=False)
     return result
-
-
-def load_acoustic(path: Path, device: torch.device):
-    """The acoustic model of a best/last checkpoint, for fine-tuning the vocoder on its outputs."""
-    if not path.is_file():
-        raise UserError(f"{path}: no trained acoustic model (train --stage acoustic first)")
-    return load_model(path.parent.parent, need_vocoder=False, device=device).acoustic
