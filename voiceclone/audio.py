@@ -68,8 +68,13 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
     if not np.isfinite(y).all():
         raise AudioError(path, "non-finite samples")
-    if sr != sample_rate:
-        y = soxr.resample(y, sr, sample_rate, quality="HQ")
+    return resample(y, sr, sample_rate)
+
+
+def resample(y: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """[T] at `rate` -> [T * target / rate] float32 at `target` (soxr, high quality)."""
+    if rate != target:
+        y = soxr.resample(y, rate, target, quality="HQ")
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -242,12 +247,17 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
 
 
+def mel_band_edges(cfg: AudioConfig) -> np.ndarray:
+    """[n_mels + 2] Hz: band k rises from edges[k] to its centre edges[k + 1] and falls to edges[k + 2]."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+
+
 def mel_filterbank(cfg: AudioConfig) -> np.ndarray:
     """librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm="slaney"): [n_mels, n_fft // 2 + 1]
     float32. The same numbers (tests/test_audio.py compares them) without importing librosa.filters, which
     takes over a second in every process that computes a mel."""
     freqs = np.linspace(0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    edges = mel_band_edges(cfg)
     widths = np.diff(edges)
     ramps = edges[:, None] - freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]

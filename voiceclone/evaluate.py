@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-import librosa
 import numpy as np
 import torch
 from rich.console import Console
@@ -217,22 +216,24 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
     cfg = dataset.audio
     clips = _by_speaker(train)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    voices: dict[str, tuple[np.ndarray, dict[str, Reference]]] = {}  # per speaker: profile, each model's voice
     for i in range(min(len(split_data), max_utterances)):
         speaker = split_data.speaker(i)
         own = clips.get(speaker, [])[:PROFILE_CLIPS]
         if not own:
             continue
-        profile = np.mean([verifier.embed(train.audio(j).astype(np.float32) / 32768.0, cfg.sample_rate) for j in own],
-                          axis=0)
+        if speaker not in voices:
+            profile = np.mean([verifier.embed(train.audio(j).astype(np.float32) / 32768.0, cfg.sample_rate)
+                               for j in own], axis=0)
+            mels = [torch.from_numpy(np.asarray(train.mel(j), np.float32).T.copy()).to(dev) for j in own]
+            voices[speaker] = (profile, {
+                name: Reference(m.acoustic.voice.detach() if m.acoustic.voice is not None else m.acoustic.embed(mels),
+                                0.0, None, []) for name, m in models.items()})
+        profile, refs = voices[speaker]
         y = split_data.audio(i).astype(np.float32) / 32768.0
         mel, f0 = np.array(split_data.mel(i), dtype=np.float32), np.array(split_data.f0(i), dtype=np.float32)
         for name, m in models.items():
-            if m.acoustic.voice is not None:
-                vector = m.acoustic.voice.detach()
-            else:
-                vector = m.acoustic.embed([torch.from_numpy(np.asarray(train.mel(j), np.float32).T.copy()).to(dev)
-                                           for j in own])
-            blocks, _ = convert(m, y, Reference(vector, 0.0, None, []), keep_pitch=True)
+            blocks, _ = convert(m, y, refs[name], keep_pitch=True)
             wav = np.concatenate(list(blocks))
             sim = metrics.cosine_similarity(verifier.embed(wav, cfg.sample_rate), profile)
             rows[name].append({"utterance": f"{split}/{split_data.rows[i].get('id', i)}", "speaker": speaker,
@@ -355,8 +356,7 @@ class Verifier:
 
     def embed(self, y: np.ndarray, sample_rate: int) -> np.ndarray:
         """y [T] float in [-1, 1] at `sample_rate` -> embedding [S]."""
-        if sample_rate != self.audio.sample_rate:
-            y = librosa.resample(y, orig_sr=sample_rate, target_sr=self.audio.sample_rate, res_type="soxr_hq")
+        y = A.resample(y, sample_rate, self.audio.sample_rate)
         device = next(self.acoustic.parameters()).device
         with torch.inference_mode():
             mel = A.log_mel(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device), self.audio)

@@ -106,12 +106,20 @@ def _stream_windows(blocks: Iterator[np.ndarray], gain: float, sample_rate: int,
         yield buf[wa:], left - wa, len(buf) - wa
 
 
-def _pitch_ratio(src_median: float | None, ref: Reference, transpose: float, keep_pitch: bool) -> float:
-    """F0 multiplier: the source's register moved to the reference's (unless kept), then transposed."""
+def _pitch(src_median: float | None, ref: Reference, transpose: float, keep_pitch: bool) -> tuple[float, dict]:
+    """The F0 multiplier (the source's register moved to the reference's unless kept, then transposed) and
+    what to report of it."""
     ratio = 1.0
     if not keep_pitch and src_median and ref.f0_median:
         ratio = ref.f0_median / src_median
-    return ratio * A.semitones_to_ratio(transpose)
+    ratio *= A.semitones_to_ratio(transpose)
+    return ratio, {"source_f0_median": src_median, "reference_f0_median": ref.f0_median,
+                   "pitch_shift_semitones": float(12 * np.log2(ratio))}
+
+
+def _context(cfg) -> int:
+    """Samples converted on each side of a piece: the model's receptive field, and at least the fade."""
+    return max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
 
 
 def _median_voiced(f0s: list[np.ndarray]) -> float | None:
@@ -153,14 +161,10 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     """
     cfg = model.recipe.audio
     pieces = A.split_at_quiet(y, cfg.sample_rate, chunk_seconds, min(1.0, chunk_seconds / 4))
-    context = max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
-    windows = list(_windows(y, pieces, cfg.hop_length, context))
+    windows = list(_windows(y, pieces, cfg.hop_length, _context(cfg)))
     f0s = [A.f0(x, cfg) for x, _, _ in windows]  # the source register first, and reused while rendering
-    src_median = _median_voiced(f0s)
-    ratio = _pitch_ratio(src_median, ref, transpose, keep_pitch)
-    info = {"source_f0_median": src_median, "reference_f0_median": ref.f0_median,
-            "pitch_shift_semitones": float(12 * np.log2(ratio)), "chunks": len(pieces)}
-    return _render(model, iter(windows), ref, ratio, f0s), info
+    ratio, info = _pitch(_median_voiced(f0s), ref, transpose, keep_pitch)
+    return _render(model, iter(windows), ref, ratio, f0s), {**info, "chunks": len(pieces)}
 
 
 def convert_stream(model: Model, source: Path, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
@@ -180,14 +184,10 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     if peak < A.SILENCE_PEAK:
         raise A.AudioError(source, "silent")
     gain = A.loudness_gain(np.concatenate(rms), peak, prep)
-    src_median = _median_voiced(f0s)
-    ratio = _pitch_ratio(src_median, ref, transpose, keep_pitch)
-    context = max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
+    ratio, info = _pitch(_median_voiced(f0s), ref, transpose, keep_pitch)
     windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
-                              context)
-    info = {"source_f0_median": src_median, "reference_f0_median": ref.f0_median,
-            "pitch_shift_semitones": float(12 * np.log2(ratio)), "seconds": seconds, "streamed": True}
-    return _render(model, windows, ref, ratio), info
+                              _context(cfg))
+    return _render(model, windows, ref, ratio), {**info, "seconds": seconds, "streamed": True}
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:

@@ -157,7 +157,3 @@ def _instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     mean = x.mean(-1, keepdim=True)
     var = x.var(-1, keepdim=True, unbiased=False)
     return (x - mean) * torch.rsqrt(var + eps)
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

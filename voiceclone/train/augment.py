@@ -10,20 +10,12 @@ Two different jobs (DESIGN.md section 5):
 
 from __future__ import annotations
 
-import functools
-
-import librosa
 import numpy as np
 import torch
 from torch import Tensor
 
-from voiceclone.audio import LOG_FLOOR
+from voiceclone.audio import LOG_FLOOR, mel_band_edges
 from voiceclone.config import AudioConfig
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_centres(cfg: AudioConfig) -> np.ndarray:
-    return librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax, htk=False)[1:-1]
 
 
 def warp_frequency(mel: Tensor, ratio: Tensor, cfg: AudioConfig) -> Tensor:
@@ -31,7 +23,7 @@ def warp_frequency(mel: Tensor, ratio: Tensor, cfg: AudioConfig) -> Tensor:
 
     mel [B, n_mels, T] log-mel, ratio [B] -> [B, n_mels, T]. Bands whose source lies above fmax get the floor.
     """
-    centres = torch.as_tensor(_mel_centres(cfg), dtype=torch.float32, device=mel.device)  # [M]
+    centres = torch.as_tensor(mel_band_edges(cfg)[1:-1], dtype=torch.float32, device=mel.device)  # [M]
     src_hz = centres[None, :] / ratio[:, None].float()  # [B, M]: where each output band reads from
     # fractional band index of src_hz, by linear interpolation over the (monotonic) band centres
     idx = torch.searchsorted(centres, src_hz.contiguous()).clamp(1, len(centres) - 1)
