@@ -177,7 +177,7 @@ def profile(corpus: Path, files: int = 60) -> list[tuple[str, float]]:
             t2 = time.process_time()
             with open(tmp / f"{i}.bin", "wb") as f:  # as prepare's cache entries
                 for x in (mel.astype(np.float16), f0, energy.numpy(),
-                          np.clip(np.round(piece * 32767), -32768, 32767).astype(np.int16)):
+                          A.to_int16(piece)):
                     f.write(np.ascontiguousarray(x).data)
             t3 = time.process_time()
             stages["log-mel + energy"] += t1 - t

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from voiceclone import audio as A
 from voiceclone import metrics
 from voiceclone.bundle import export, load_model
 from voiceclone.cli import app
@@ -152,7 +153,7 @@ def test_measure_is_exact_on_the_dataset_itself(trained):
     """The utterance's own audio scored against its own features: frames line up, so the errors vanish."""
     ds = Dataset.open(trained / "ds")
     s, cfg = ds.split("unseen"), ds.audio
-    y, f0, mel = s.audio(0).astype(np.float32) / 32768.0, np.array(s.f0(0)), np.array(s.mel(0), dtype=np.float32)
+    y, f0, mel = A.from_int16(s.audio(0)), np.array(s.f0(0)), np.array(s.mel(0), dtype=np.float32)
     same = measure(y, f0, cfg, mel)
     assert same["f0_rmse_cents"] < 1.0 and same["vuv_error"] == 0.0 and same["gpe"] == 0.0
     assert same["mcd_db"] < 0.2 and same["f0_corr"] > 0.999 and same["frames"] == s.n_frames(0)
@@ -164,7 +165,7 @@ def test_measure_is_exact_on_the_dataset_itself(trained):
 def test_an_external_encoder_hears_audio_at_its_own_rate(trained):
     model = load_model(trained / "run", need_vocoder=False)
     verifier = Verifier(model.acoustic, model.recipe.audio, {})
-    y = Dataset.open(trained / "ds").split("unseen").audio(0).astype(np.float32) / 32768.0
+    y = A.from_int16(Dataset.open(trained / "ds").split("unseen").audio(0))
     y22 = librosa.resample(y, orig_sr=16000, target_sr=22050, res_type="soxr_hq")
     assert metrics.cosine_similarity(verifier.embed(y, 16000), verifier.embed(y22, 22050)) > 0.99
 

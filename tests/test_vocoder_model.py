@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from voiceclone import audio as A
 from voiceclone.config import AudioConfig, VocoderModelConfig, build
 from voiceclone.models.discriminators import Discriminators
-from voiceclone.models.modules import AdaptiveLayerNorm, ChannelLayerNorm, ConvNeXtBlock
-from voiceclone.models.vocoder import ISTFT, HarmonicSource, Vocoder, fill_unvoiced, pitch_features
+from voiceclone.models.modules import AdaptiveLayerNorm, ChannelLayerNorm, ConvNeXtBlock, pitch_features
+from voiceclone.models.vocoder import ISTFT, HarmonicSource, Vocoder, fill_unvoiced
 from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
 AUDIO = AudioConfig()

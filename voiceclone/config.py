@@ -91,7 +91,6 @@ class AcousticModelConfig:
     decoder_layers: int = 4
     speaker_layers: int = 2
     kernel_size: int = 5
-    n_speakers: int = 0  # training speakers for the auxiliary classifier; 0 = taken from the dataset
 
 
 @dataclass(frozen=True)
@@ -371,8 +370,19 @@ def load_recipe(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()
     return build(Recipe, merge_overrides(data, overrides), source=str(path))
 
 
+RETIRED = (("acoustic", "model", "n_speakers"),)  # keys older versions saved, which never had an effect
+
+
 def recipe_from_dict(data: dict[str, Any], overrides: Sequence[str] = (), source: str = "config") -> Recipe:
-    """Read back a recipe saved as JSON (beside a dataset, a checkpoint or inside a bundle)."""
+    """Read back a recipe saved as JSON (beside a dataset, a checkpoint or inside a bundle). Retired keys of
+    older versions are dropped, so their datasets, runs and bundles still load; a recipe file may not use them."""
+    data = merge_overrides(data, ())
+    for *path, key in RETIRED:
+        node = data
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     return build(Recipe, merge_overrides(data, overrides), source=source)
 
 

@@ -223,14 +223,14 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
         if not own:
             continue
         if speaker not in voices:
-            profile = np.mean([verifier.embed(train.audio(j).astype(np.float32) / 32768.0, cfg.sample_rate)
+            profile = np.mean([verifier.embed(A.from_int16(train.audio(j)), cfg.sample_rate)
                                for j in own], axis=0)
             mels = [torch.from_numpy(np.asarray(train.mel(j), np.float32).T.copy()).to(dev) for j in own]
             voices[speaker] = (profile, {
                 name: Reference(m.acoustic.voice.detach() if m.acoustic.voice is not None else m.acoustic.embed(mels),
                                 0.0, None, []) for name, m in models.items()})
         profile, refs = voices[speaker]
-        y = split_data.audio(i).astype(np.float32) / 32768.0
+        y = A.from_int16(split_data.audio(i))
         mel, f0 = np.array(split_data.mel(i), dtype=np.float32), np.array(split_data.f0(i), dtype=np.float32)
         for name, m in models.items():
             blocks, _ = convert(m, y, refs[name], keep_pitch=True)
@@ -440,7 +440,7 @@ class _Evaluator:
 
     @staticmethod
     def _audio(split: Split, i: int) -> np.ndarray:
-        return split.audio(i).astype(np.float32) / 32768.0
+        return A.from_int16(split.audio(i))
 
     @staticmethod
     def _key(split: Split, i: int) -> str:
@@ -459,10 +459,8 @@ class _Evaluator:
 
     def _reference(self, split: Split, j: int) -> Reference:
         mel = torch.from_numpy(np.asarray(split.mel(j), dtype=np.float32).T.copy()).to(self.device)
-        f0 = np.asarray(split.f0(j))
-        voiced = f0[f0 > 0]
         return Reference(self.model.acoustic.embed([mel]), split.n_frames(j) / self.cfg.frame_rate,
-                         float(np.median(voiced)) if voiced.size else None, [])
+                         A.voiced_median(split.f0(j)), [])
 
     def _other_clip(self, speaker: str, exclude: tuple[Split, int]) -> tuple[Split, int] | None:
         clips = [(sp, j) for sp, j in self.pool.get(speaker, []) if not (sp is exclude[0] and j == exclude[1])]

@@ -70,9 +70,7 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
         total += secs
     device = next(model.acoustic.parameters()).device
     vector = model.acoustic.embed([m.to(device) for m in mels])
-    voiced = np.concatenate(f0s)
-    voiced = voiced[voiced > 0]
-    return Reference(vector, total, float(np.median(voiced)) if voiced.size else None, warnings)
+    return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings)
 
 
 Window = tuple[np.ndarray, int, int]  # (audio with context, start and end of the piece to keep within it)
@@ -96,7 +94,7 @@ def _stream_windows(blocks: Iterator[np.ndarray], gain: float, sample_rate: int,
         buf = np.concatenate([buf, block * np.float32(gain)])
         while len(buf) - left >= chunk + context:
             head = buf[left + chunk // 2 : left + chunk]
-            cut = left + chunk // 2 + int(np.argmin(A._frame_rms(head, sample_rate // 50))) * (sample_rate // 50)
+            cut = left + chunk // 2 + int(np.argmin(A.frame_rms(head, sample_rate // 50))) * (sample_rate // 50)
             wa = max(0, left - context)
             yield buf[wa : cut + context], left - wa, cut - wa
             drop = max(0, cut - context)
@@ -120,12 +118,6 @@ def _pitch(src_median: float | None, ref: Reference, transpose: float, keep_pitc
 def _context(cfg) -> int:
     """Samples converted on each side of a piece: the model's receptive field, and at least the fade."""
     return max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
-
-
-def _median_voiced(f0s: list[np.ndarray]) -> float | None:
-    voiced = np.concatenate(f0s) if f0s else np.zeros(0)
-    voiced = voiced[voiced > 0]
-    return float(np.median(voiced)) if voiced.size else None
 
 
 def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
@@ -163,7 +155,7 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     pieces = A.split_at_quiet(y, cfg.sample_rate, chunk_seconds, min(1.0, chunk_seconds / 4))
     windows = list(_windows(y, pieces, cfg.hop_length, _context(cfg)))
     f0s = [A.f0(x, cfg) for x, _, _ in windows]  # the source register first, and reused while rendering
-    ratio, info = _pitch(_median_voiced(f0s), ref, transpose, keep_pitch)
+    ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
     return _render(model, iter(windows), ref, ratio, f0s), {**info, "chunks": len(pieces)}
 
 
@@ -177,14 +169,14 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     cfg, prep = model.recipe.audio, model.recipe.prepare
     rms, f0s, peak, seconds = [], [], 0.0, 0.0
     for block in A.stream_audio(source, cfg.sample_rate):
-        rms.append(A._frame_rms(block, A.LOUDNESS_FRAME))
+        rms.append(A.frame_rms(block, A.LOUDNESS_FRAME))
         peak = max(peak, float(np.abs(block).max()))
         f0s.append(A.f0(block, cfg)[::4])  # every 4th frame is plenty for a median
         seconds += len(block) / cfg.sample_rate
     if peak < A.SILENCE_PEAK:
         raise A.AudioError(source, "silent")
     gain = A.loudness_gain(np.concatenate(rms), peak, prep)
-    ratio, info = _pitch(_median_voiced(f0s), ref, transpose, keep_pitch)
+    ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
     windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
                               _context(cfg))
     return _render(model, windows, ref, ratio), {**info, "seconds": seconds, "streamed": True}

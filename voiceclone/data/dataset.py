@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from voiceclone.audio import LOG_FLOOR
+from voiceclone.audio import LOG_FLOOR, from_int16
 from voiceclone.data.store import Split
 
 FLOOR = float(np.log(LOG_FLOOR))
@@ -50,7 +50,7 @@ class Segments(TorchDataset):
         item["f0"], _ = _crop(s.f0(i), start, self.frames, 0.0)
         item["energy"], _ = _crop(s.energy(i), start, self.frames, FLOOR)
         if self.with_audio:
-            audio = s.audio(i)[start * self.hop : (start + self.frames) * self.hop].astype(np.float32) / 32768.0
+            audio = from_int16(s.audio(i)[start * self.hop : (start + self.frames) * self.hop])
             item["audio"] = np.pad(audio, (0, self.frames * self.hop - len(audio)))
         if self.references is not None:
             ref_split, j = self._pick_reference(i, rng)

@@ -221,7 +221,7 @@ def process_file(path: str, key: str, cache_dir: str, audio_cfg: AudioConfig, pr
     else:
         with open(Path(cache_dir) / f"{key}.bin", "wb") as fh:
             for name, dtype in CACHE_ARRAYS:
-                data = [_to_int16(f.audio) if name == "audio" else getattr(f, name) for _, f in pieces]
+                data = [A.to_int16(f.audio) if name == "audio" else getattr(f, name) for _, f in pieces]
                 fh.write(np.ascontiguousarray(np.concatenate(data), dtype=dtype).data)
         meta.update(ok=True, dropped=dropped, pieces=[_piece_meta(start, f, audio_cfg) for start, f in pieces])
     # The .json, written after the arrays, marks the entry complete; a run killed halfway leaves no .json or an
@@ -232,10 +232,6 @@ def process_file(path: str, key: str, cache_dir: str, audio_cfg: AudioConfig, pr
     return meta
 
 
-def _to_int16(y: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
-
-
 def _piece_meta(start: int, f: A.Features, cfg: AudioConfig) -> dict:
     voiced = f.f0[f.f0 > 0]
     logf = np.log(voiced.astype(np.float64))
@@ -243,7 +239,7 @@ def _piece_meta(start: int, f: A.Features, cfg: AudioConfig) -> dict:
     return {"start": int(start), "end": int(start + n * cfg.hop_length), "frames": n,
             "seconds": round(n * cfg.hop_length / cfg.sample_rate, 4),
             "voiced_frames": int(voiced.size), "voiced": round(voiced.size / max(n, 1), 4),
-            "f0_median": round(float(np.median(voiced)), 2) if voiced.size else 0.0,
+            "f0_median": round(A.voiced_median(f.f0) or 0.0, 2),
             "logf0_mean": round(float(logf.mean()), 5) if voiced.size else 0.0,
             "logf0_std": round(float(logf.std()), 5) if voiced.size else 0.0}
 

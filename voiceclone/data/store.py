@@ -126,7 +126,7 @@ class Split:
         return self._m("energy")[a:b]
 
     def audio(self, i: int) -> np.ndarray:
-        """[frames * hop] int16 (divide by 32768 for [-1, 1])."""
+        """[frames * hop] int16 (audio.from_int16 gives [-1, 1])."""
         a, b = self._span(i)
         return self._m("audio")[a * self.hop : b * self.hop]
 

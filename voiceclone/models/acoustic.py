@@ -15,17 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from voiceclone.config import AcousticModelConfig, AudioConfig
-from voiceclone.models.modules import ConvNeXtBlock
-
-F0_CENTER_HZ = 150.0  # log-F0 input is in octaves around this, so typical voices sit near [-1.5, 1.5]
-
-
-def pitch_features(f0_hz: Tensor) -> Tensor:
-    """f0_hz [B, T] (0 = unvoiced) -> [B, 2, T]: log2(f0 / 150 Hz) (0 where unvoiced) and the voiced flag."""
-    voiced = (f0_hz > 0).float()
-    octaves = torch.log2(torch.clamp(f0_hz, min=1.0) / F0_CENTER_HZ) * voiced
-    return torch.stack([octaves, voiced], dim=1)
-
+from voiceclone.models.modules import ConvNeXtBlock, pitch_features
 
 def energy_features(energy: Tensor, mask: Tensor | None = None) -> Tensor:
     """energy [B, T] (log frame magnitude) -> [B, 1, T] relative to the segment mean, so loudness cancels."""

@@ -77,3 +77,17 @@ class ChannelLayerNorm(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, C, T] -> [B, C, T]."""
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+F0_REF_HZ = 150.0  # log-F0 inputs are octaves relative to this, so speech and singing sit near 0
+
+
+def pitch_features(f0_hz: Tensor) -> Tensor:
+    """The pitch inputs of both models. f0_hz [B, T] (Hz, 0 = unvoiced) -> [B, 2, T].
+
+    Channel 0: log2(f0 / 150 Hz), octaves around a mid voice (about -1.6 .. +2.9 over 50-1100 Hz),
+    0 where unvoiced. Channel 1: the voiced flag (1.0 / 0.0).
+    """
+    voiced = f0_hz > 0
+    octaves = torch.where(voiced, torch.log2(f0_hz.clamp(min=1.0) / F0_REF_HZ), torch.zeros_like(f0_hz))
+    return torch.stack([octaves, voiced.to(octaves.dtype)], dim=1)

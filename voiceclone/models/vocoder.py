@@ -26,23 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voiceclone.config import AudioConfig, VocoderModelConfig
-from voiceclone.models.modules import ChannelLayerNorm, ConvNeXtBlock
+from voiceclone.models.modules import F0_REF_HZ, ChannelLayerNorm, ConvNeXtBlock, pitch_features
 
-F0_REF_HZ = 150.0  # log-F0 inputs are octaves relative to this, so speech and singing sit near 0
 F0_SOURCE_MIN_HZ = 20.0  # below this a pulse train needs absurdly many harmonics; no voice goes there
 HARMONIC_AMPLITUDE = 0.1  # each source harmonic's amplitude: loud speech's, so the learnt filter is O(1)
 MAX_MAGNITUDE = 1e2  # Vocos's clip on the free spectrum: an early overshoot cannot blow up the iSTFT
-
-
-def pitch_features(f0_hz: Tensor) -> Tensor:
-    """The pitch inputs of the backbone. f0_hz [B, T] (Hz, 0 = unvoiced) -> [B, 2, T].
-
-    Channel 0: log2(f0 / 150 Hz), octaves around a mid voice (about -1.6 .. +2.9 over 50-1100 Hz),
-    0 where unvoiced. Channel 1: the voiced flag (1.0 / 0.0).
-    """
-    voiced = f0_hz > 0
-    octaves = torch.where(voiced, torch.log2(f0_hz.clamp(min=1.0) / F0_REF_HZ), torch.zeros_like(f0_hz))
-    return torch.stack([octaves, voiced.to(octaves.dtype)], dim=1)
 
 
 def fill_unvoiced(f0_hz: Tensor) -> Tensor:

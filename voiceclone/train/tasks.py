@@ -117,7 +117,7 @@ class AcousticTask(Task):
             self.model.learn_voice(ft.initial_voice(self.model, mels))
             f0 = np.concatenate([train.f0(i) for i in range(len(train))])
             # the voice's register, which synthesis moves sources to when no reference is given
-            self.voice_f0_median = float(np.median(f0[f0 > 0])) if (f0 > 0).any() else None
+            self.voice_f0_median = A.voiced_median(f0)
         self.ref_frames = 2 * cfg.train.segment_frames
 
     def modules(self) -> dict[str, nn.Module]:

@@ -1,0 +1,235 @@
+"""Decoding and cleaning: any audio file -> mono float32 at the project's rate, trimmed, split at quiet
+points and loudness-normalized. numpy and soxr only; `prepare` and `synthesize` both clean through here.
+
+Stored audio is int16; `to_int16` and `from_int16` are the one pair of conversions (scale 32768 both ways).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from voiceclone.config import PrepareConfig
+from voiceclone.errors import UserError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
+SILENCE_PEAK = 1e-4  # a file whose peak stays below this (-80 dBFS) holds no usable signal
+LOUDNESS_FRAME = 512  # samples per frame when measuring the active level
+INT16_SCALE = 32768.0  # full scale of stored int16 audio: x / 32768 in [-1, 1), the convention of soundfile
+
+
+class AudioError(UserError):
+    """A file that cannot be used; `reason` is the short tag that report.json counts by."""
+
+    def __init__(self, path: Path | str, reason: str, detail: str = "") -> None:
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def is_audio_file(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
+
+
+def to_int16(y: np.ndarray) -> np.ndarray:
+    """[T] float in [-1, 1] -> [T] int16 (rounded, clipped), the stored form."""
+    return np.clip(np.round(y * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def from_int16(y: np.ndarray) -> np.ndarray:
+    """[T] int16 as stored -> [T] float32 in [-1, 1)."""
+    return np.asarray(y).astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
+    """Decode any format libsndfile reads, mix to mono, resample with soxr (high quality). [T] float32.
+
+    Raises AudioError with one of the reasons: missing, empty file, not audio, corrupt, truncated,
+    no samples, non-finite samples.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "missing", "no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            declared, sr, log = f.frames, f.samplerate, f.extra_info
+            y = f.read(dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
+        message = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        reason = "not audio" if "not recognised" in message.lower() else "corrupt"
+        raise AudioError(path, reason, message) from None
+    if _truncated(log, declared, len(y)):
+        raise AudioError(path, "truncated", f"{len(y)} of {declared} frames" if declared > len(y) else "")
+    if y.size == 0:
+        raise AudioError(path, "no samples")
+    y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
+    if not np.isfinite(y).all():
+        raise AudioError(path, "non-finite samples")
+    return resample(y, sr, sample_rate)
+
+
+def resample(y: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """[T] at `rate` -> [T * target / rate] float32 at `target` (soxr, high quality)."""
+    if rate != target:
+        y = soxr.resample(y, rate, target, quality="HQ")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _truncated(log: str, declared: int, read: int) -> bool:
+    """Whether libsndfile's log or frame count says the file ends before its header says it should.
+
+    libsndfile quietly shortens a WAV whose data chunk runs past the end of the file ("data : N (should be
+    M)"), so the log is the only witness; streaming writers declare 0 or 0xFFFFFFFF bytes, which is no
+    truncation. Compressed streams (mp3, ogg) instead decode fewer frames than their header declares.
+    """
+    for m in re.finditer(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE):
+        size, actual = int(m[1]), int(m[2])
+        if 0 < size < 0xFFFFFFFF and actual < size:
+            return True
+    if "ended unexpectedly" in log:
+        return True
+    # 1% slack: mp3 frame counts from a Xing header are estimates
+    return declared > 0 and read < 0.99 * declared
+
+
+def trim_bounds(y: np.ndarray, top_db: float, frame_length: int = 1024, hop_length: int = 256) -> tuple[int, int]:
+    """(start, end) of `y` [T] without the leading and trailing parts quieter than `top_db` below its loudest frame.
+
+    The result of librosa.effects.trim (centred frames, constant padding, frame power in dB relative to
+    the loudest frame), computed from one cumulative sum: importing librosa.effects costs seconds per process
+    and its framing dominated the cleaning step. (0, 0) when nothing is above the threshold.
+    """
+    if y.size == 0:
+        return 0, 0
+    half = frame_length // 2
+    sq = np.zeros(len(y) + 2 * half + 1)
+    np.cumsum(np.square(y, dtype=np.float64), out=sq[half + 1 : half + 1 + len(y)])
+    sq[half + 1 + len(y) :] = sq[half + len(y)]
+    n = 1 + (len(y) + 2 * half - frame_length) // hop_length
+    starts = np.arange(n) * hop_length
+    power = (sq[starts + frame_length] - sq[starts]) / frame_length
+    db = 10 * np.log10(np.maximum(power, 1e-10)) - 10 * np.log10(max(float(power.max()), 1e-10))
+    loud = np.flatnonzero(db > -top_db)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0] * hop_length), int(min(len(y), (loud[-1] + 1) * hop_length))
+
+
+def normalize_loudness(y: np.ndarray, prep: PrepareConfig) -> np.ndarray:
+    """Scale `y` so that its active part (frames within trim_top_db of the loudest) has RMS prep.loudness_db
+    dBFS, then lower it if needed so that the peak stays at or below 0.99. [T] -> [T] float32."""
+    gain = loudness_gain(frame_rms(y, LOUDNESS_FRAME), float(np.abs(y).max()) if y.size else 0.0, prep)
+    return (y * gain).astype(np.float32)
+
+
+def loudness_gain(frame_rms: np.ndarray, peak: float, prep: PrepareConfig) -> float:
+    """The gain normalize_loudness applies, from the RMS of LOUDNESS_FRAME-sample frames and the peak, so a
+    file read block by block gets exactly the treatment of one read whole."""
+    active = frame_rms[frame_rms > frame_rms.max() * 10 ** (-prep.trim_top_db / 20)] if frame_rms.size else frame_rms
+    level = float(np.sqrt(np.mean(active**2))) if active.size else 0.0
+    gain = 10 ** (prep.loudness_db / 20) / max(level, 1e-8)
+    if peak * gain > 0.99:  # never clip: loudness yields to the peak
+        gain *= 0.99 / (peak * gain)
+    return gain
+
+
+def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0) -> Iterator[np.ndarray]:
+    """Decode block by block, mix to mono, resample with soxr's streaming resampler: [T_i] float32 blocks whose
+    concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
+    path = Path(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # libsndfile's error types vary by format
+        raise AudioError(path, "unreadable", str(e).splitlines()[0][:120]) from None
+    with f:
+        rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+              if f.samplerate != sample_rate else None)
+        size = max(1, int(block_seconds * f.samplerate))
+        while True:
+            x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            last = len(x) < size
+            if not np.isfinite(x).all():
+                raise AudioError(path, "non-finite samples")
+            y = rs.resample_chunk(x, last=last) if rs is not None else x
+            if len(y):
+                yield np.ascontiguousarray(y, dtype=np.float32)
+            if last:
+                return
+
+
+def _check_not_silent(y: np.ndarray, path: Path | str) -> None:
+    if (float(np.abs(y).max()) if y.size else 0.0) < SILENCE_PEAK:
+        raise AudioError(path, "silent")
+
+
+def clean(y: np.ndarray, prep: PrepareConfig, path: Path | str = "audio") -> np.ndarray:
+    """Trim silence at both ends and bring the active part to the target loudness. [T] -> [T'] float32."""
+    _check_not_silent(y, path)
+    start, end = trim_bounds(y, prep.trim_top_db)
+    return normalize_loudness(y[start:end], prep)
+
+
+def utterances(y: np.ndarray, prep: PrepareConfig, sample_rate: int,
+               path: Path | str = "audio") -> list[tuple[int, int, np.ndarray]]:
+    """A decoded file -> the utterances `prepare` keeps: [(start, end, audio [end - start] float32)].
+
+    Trims the ends, splits what is longer than prep.max_seconds at its quietest points, trims and
+    normalizes every piece on its own, and drops pieces shorter than prep.min_seconds. start/end are
+    sample positions in `y`. Raises AudioError "silent" or "too short" when nothing is left.
+    """
+    _check_not_silent(y, path)
+    a, b = trim_bounds(y, prep.trim_top_db)
+    min_len = int(prep.min_seconds * sample_rate)
+    spans = split_at_quiet(y[a:b], sample_rate, prep.max_seconds, prep.min_seconds)
+    pieces = []
+    for s, e in spans:
+        piece = y[a + s : a + e]
+        if float(np.abs(piece).max(initial=0.0)) < SILENCE_PEAK:
+            continue
+        if len(spans) > 1:  # cuts land in pauses, so each piece gets its own trimmed ends
+            ps, pe = trim_bounds(piece, prep.trim_top_db)
+            s, e, piece = s + ps, s + pe, piece[ps:pe]
+        if e - s >= min_len:
+            pieces.append((a + s, a + e, normalize_loudness(piece, prep)))
+    if not pieces:
+        raise AudioError(path, "too short", f"{(b - a) / sample_rate:.2f} s after trimming, "
+                                            f"minimum {prep.min_seconds:g} s")
+    return pieces
+
+
+def split_at_quiet(y: np.ndarray, sample_rate: int, max_seconds: float, min_seconds: float) -> list[tuple[int, int]]:
+    """Cut `y` into pieces of at most max_seconds at its quietest 20 ms, keeping each side >= min_seconds.
+
+    Returns (start, end) sample ranges covering `y`.
+    """
+    max_len, min_len = int(max_seconds * sample_rate), int(min_seconds * sample_rate)
+    if len(y) <= max_len:
+        return [(0, len(y))]
+    win = max(1, sample_rate // 50)
+    rms = frame_rms(y, win)
+    pieces, stack = [], [(0, len(y))]
+    while stack:
+        a, b = stack.pop()
+        if b - a <= max_len:
+            pieces.append((a, b))
+            continue
+        lo, hi = (a + min_len) // win + 1, (b - min_len) // win
+        if hi <= lo:  # cannot split while keeping both sides long enough
+            pieces.append((a, b))
+            continue
+        cut = (lo + int(np.argmin(rms[lo:hi]))) * win
+        stack += [(cut, b), (a, cut)]
+    return sorted(pieces)
+
+
+def frame_rms(y: np.ndarray, win: int) -> np.ndarray:
+    """RMS of consecutive `win`-sample frames of y [T] -> [max(1, T // win)] float64 (a shorter y: one frame)."""
+    n = max(1, len(y) // win)
+    frames = y[: n * win].reshape(n, win) if len(y) >= win else y[None, :]
+    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))

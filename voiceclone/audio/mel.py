@@ -1,0 +1,85 @@
+"""THE mel function (torch; any batch shape, any device) and the frame energy, on the project's frame grid.
+
+Frame i covers the hop [i*hop, (i+1)*hop) at its centre, and `n_frames = len(audio) // hop`. Every mel in
+the project (prepare, the training losses, synthesize, evaluate) is computed here, so it is the same mel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from voiceclone.config import AudioConfig
+
+LOG_FLOOR = 1e-5  # log(clamp(x, 1e-5)): HiFi-GAN's floor, about -11.5 in log-mel
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / (200.0 / 3)
+    log = hz >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
+def mel_band_edges(cfg: AudioConfig) -> np.ndarray:
+    """[n_mels + 2] Hz: band k rises from edges[k] to its centre edges[k + 1] and falls to edges[k + 2]."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+
+
+def mel_filterbank(cfg: AudioConfig) -> np.ndarray:
+    """librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm="slaney"): [n_mels, n_fft // 2 + 1]
+    float32. The same numbers (tests/test_audio.py compares them) without importing librosa.filters, which
+    takes over a second in every process that computes a mel."""
+    freqs = np.linspace(0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)
+    edges = mel_band_edges(cfg)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_basis(cfg: AudioConfig, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # normal tensors even when first asked for under inference_mode: training reuses them under autograd
+    with torch.inference_mode(False):
+        return (torch.from_numpy(mel_filterbank(cfg)).to(device), torch.hann_window(cfg.win_length).to(device))
+
+
+def log_mel(audio: torch.Tensor, cfg: AudioConfig, return_energy: bool = False):
+    """Log-mel spectrogram on the project's frame grid.
+
+    audio: [..., T] float, in [-1, 1]
+    returns: mel [..., n_mels, T // hop] = log(clamp(mel_basis @ |STFT|, 1e-5)) (magnitude, as HiFi-GAN);
+             with return_energy, also energy [..., T // hop] = log(clamp(L2 norm of the frame's |STFT|, 1e-5))
+    """
+    shape = audio.shape
+    n = shape[-1] // cfg.hop_length
+    if n == 0:  # shorter than one hop: no frame, and torch.stft would reject the padded input
+        mel = audio.new_zeros(*shape[:-1], cfg.n_mels, 0, dtype=torch.float32)
+        return (mel, audio.new_zeros(*shape[:-1], 0, dtype=torch.float32)) if return_energy else mel
+    x = audio.reshape(-1, shape[-1]).float()
+    pad = (cfg.n_fft - cfg.hop_length) // 2
+    # reflect padding needs pad < T; very short clips fall back to zeros
+    mode = "reflect" if x.shape[-1] > pad else "constant"
+    x = torch.nn.functional.pad(x.unsqueeze(1), (pad, cfg.n_fft - cfg.hop_length - pad), mode=mode).squeeze(1)
+    basis, window = _mel_basis(cfg, str(x.device))
+    spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length, window=window,
+                      center=False, return_complex=True)
+    power = spec.real[..., :n] ** 2 + spec.imag[..., :n] ** 2
+    # HiFi-GAN's magnitude, sqrt(power + 1e-9): a finite gradient at 0, and 3x faster than complex abs()
+    mel = torch.log(torch.clamp(basis @ torch.sqrt(power + 1e-9), min=LOG_FLOOR)).reshape(*shape[:-1], cfg.n_mels, n)
+    if not return_energy:
+        return mel
+    # log(clamp(sqrt(p), floor)) as 0.5 log(clamp(p, floor^2)): no sqrt, so no infinite gradient at silence
+    energy = 0.5 * torch.log(torch.clamp(power.sum(dim=-2), min=LOG_FLOOR**2)).reshape(*shape[:-1], n)
+    return mel, energy
