@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from voiceclone import audio as A
-from voiceclone.bundle import Model
+from voiceclone.inference.bundle import Model
 from voiceclone.config import load_recipe
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
-from voiceclone.synthesize import embed_references, synthesize_file
+from voiceclone.inference.synthesize import embed_references, synthesize_file
 from voiceclone.synthetic import make_speakers, synth_utterance
 
 

@@ -23,8 +23,9 @@ from voiceclone.config import load_recipe
 from voiceclone.data.prepare import prepare
 from voiceclone.data.store import Dataset
 from voiceclone.synthetic import write_corpus
-from voiceclone.train.tasks import AcousticTask
-from voiceclone.train.trainer import Distributed, Trainer
+from voiceclone.stages.tasks import AcousticTask
+from voiceclone.train.distributed import Distributed
+from voiceclone.train.loop import Trainer
 
 
 def measure(ds: Dataset, size: str, device: torch.device, steps: int, workers: int, out: Path) -> dict:

@@ -54,7 +54,7 @@ def interrupt_after_first_epoch(monkeypatch):
     import os
     import signal
 
-    from voiceclone.train.trainer import Trainer
+    from voiceclone.train.loop import Trainer
 
     original = Trainer._train_step
     fired = []

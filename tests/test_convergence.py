@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from voiceclone.config import ConvergenceConfig
-from voiceclone.convergence import STATUSES, Assessment, assess, should_stop
+from voiceclone.evaluation.convergence import STATUSES, Assessment, assess, should_stop
 
 CFG = ConvergenceConfig()  # window 3, patience 5, min_delta 0.5%, diverge_factor 1.5
 

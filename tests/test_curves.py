@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from voiceclone.config import ConvergenceConfig
-from voiceclone.convergence import assess
-from voiceclone.curves import plot_curves, read_history, run_histories
+from voiceclone.evaluation.convergence import assess
+from voiceclone.evaluation.curves import plot_curves
+from voiceclone.run import read_history, run_histories
 from voiceclone.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,16 +15,17 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from voiceclone import audio as A
-from voiceclone import metrics
-from voiceclone.bundle import export, load_model
+from voiceclone.evaluation import metrics
+from voiceclone.inference.bundle import export, load_model
 from voiceclone.cli import app
 from voiceclone.config import load_recipe
-from voiceclone.convergence import STATUSES
+from voiceclone.evaluation.convergence import STATUSES
 from voiceclone.data.prepare import prepare
 from voiceclone.data.store import Dataset
-from voiceclone.evaluate import Verifier, measure
+from voiceclone.evaluation.judges import Verifier
+from voiceclone.evaluation.report import measure
 from voiceclone.synthetic import write_corpus
-from voiceclone.train.trainer import train
+from voiceclone.train.command import train
 
 QUIET = Console(quiet=True)
 FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=32", "acoustic.train.warmup_steps=2",
@@ -65,27 +66,33 @@ def check_summary(m: dict, unit: str) -> None:
     assert m["n"] >= 1 and math.isfinite(m["mean"]), m
 
 
-def test_report_of_a_run(trained, tmp_path):
-    report_path, png = tmp_path / "out" / "report.json", tmp_path / "out" / "curves.png"
+@pytest.fixture(scope="module")
+def run_report(trained, tmp_path_factory) -> dict:
+    """One `evaluate` of the trained run with --out and --plot: the report, the terminal output, the paths."""
+    out = tmp_path_factory.mktemp("report")
+    report_path, png = out / "report.json", out / "curves.png"
     code, output = invoke("--model", trained / "run", "--data", trained / "ds", "--pairs", 5, "--max-utterances", 6,
                           "--out", report_path, "--plot", png)
     assert code == 0, output
-    report = json.loads(report_path.read_text())
-    assert report["format"] == "voiceclone-evaluation" and report["split"] == "unseen"
+    return {"report": json.loads(report_path.read_text()), "output": output, "png": png, "run": trained / "run"}
 
-    # identities: what was evaluated, exactly
-    run = trained / "run"
+
+def test_report_names_what_was_evaluated(run_report, trained):
+    report, run = run_report["report"], run_report["run"]
+    assert report["format"] == "voiceclone-evaluation" and report["split"] == "unseen"
     assert report["model"]["source"] == str(run) and report["model"]["kind"] == "run"
     assert report["model"]["sha256"] == {"acoustic/best.pt": sha256(run / "acoustic/best.pt"),
                                          "vocoder/best.pt": sha256(run / "vocoder/best.pt")}
-    acoustic_rows, vocoder_rows = history(run / "acoustic/history.jsonl"), history(run / "vocoder/history.jsonl")
     assert report["model"]["acoustic_epoch"] in (1, 2) and report["model"]["vocoder_epoch"] in (1, 2)
     ds = Dataset.open(trained / "ds")
     assert report["dataset"] == {"path": str(trained / "ds"), "fingerprint": ds.fingerprint, "split": "unseen",
                                  "utterances": len(ds.split("unseen")), "speakers": 2}
     assert report["speaker_encoder"]["which"] == "own" and report["speaker_encoder"]["source"] == str(run)
 
-    # validation: the very number training wrote for the best epoch
+
+def test_report_validation_is_the_number_training_wrote(run_report):
+    report, run = run_report["report"], run_report["run"]
+    acoustic_rows, vocoder_rows = history(run / "acoustic/history.jsonl"), history(run / "vocoder/history.jsonl")
     best_acoustic = acoustic_rows[report["model"]["acoustic_epoch"] - 1]
     best_vocoder = vocoder_rows[report["model"]["vocoder_epoch"] - 1]
     val = report["validation"]
@@ -94,6 +101,9 @@ def test_report_of_a_run(trained, tmp_path):
     assert val["acoustic"]["losses"]["mel"]["unit"] and val["vocoder"]["losses"]["f0_rmse_cents"]["unit"] == "cents"
     assert val["vocoder"]["input"] == "dataset mel" and val["vocoder"]["finetuned_on_acoustic"] is False
 
+
+def test_report_reconstruction_and_copy_synthesis(run_report):
+    report = run_report["report"]
     units = {"f0_rmse_cents": "cents", "f0_rmse_hz": "Hz", "vuv_error": "fraction of frames",
              "gpe": "fraction of voiced frames", "f0_corr": "Pearson r", "mcd_db": "dB",
              "speaker_similarity": "cosine"}
@@ -110,7 +120,9 @@ def test_report_of_a_run(trained, tmp_path):
         [i["utterance"] for i in report["copy_synthesis"]["items"]]
     assert all(i["reference"] != i["utterance"] for i in report["reconstruction"]["items"])
 
-    zs = report["zero_shot"]
+
+def test_report_zero_shot_pairs(run_report):
+    zs = run_report["report"]["zero_shot"]
     assert zs["pairs"] == 5 and len(zs["items"]) == 5 and zs["speakers"] == 2
     assert all(p["source_speaker"] != p["target_speaker"] and p["source_speaker"] in UNSEEN for p in zs["items"])
     nearer = zs["metrics"]["nearer_target"]
@@ -121,6 +133,9 @@ def test_report_of_a_run(trained, tmp_path):
     check_summary(zs["metrics"]["f0_rmse_cents"], "cents")
     check_summary(zs["metrics"]["pitch_shift"], "semitones")
 
+
+def test_report_convergence_plot_and_timing(run_report):
+    report, png = run_report["report"], run_report["png"]
     conv = report["convergence"]
     assert conv["available"] and list(conv["stages"]) == ["acoustic", "vocoder"]
     for stage in conv["stages"].values():
@@ -129,8 +144,11 @@ def test_report_of_a_run(trained, tmp_path):
     data = png.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     assert set(report["timing_seconds"]) >= {"validation", "reconstruction", "copy_synthesis", "zero_shot", "total"}
+
+
+def test_report_is_printed_on_the_terminal(run_report):
     for text in ("reconstruction", "copy_synthesis", "zero_shot", "nearer_target", "too early", "speaker encoder: own"):
-        assert text in output, text
+        assert text in run_report["output"], text
 
 
 def test_a_bundle_judged_by_an_external_encoder(trained, tmp_path):

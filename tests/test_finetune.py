@@ -10,13 +10,14 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from voiceclone.bundle import load_checkpoint, load_model
+from voiceclone.inference.bundle import load_model
+from voiceclone.run import load_checkpoint
 from voiceclone.cli import app
 from voiceclone.config import FinetuneConfig, load_recipe
 from voiceclone.data.prepare import prepare
 from voiceclone.synthetic import Speaker, synth_utterance, write_corpus
 from voiceclone.train import finetune as ft
-from voiceclone.train.trainer import train
+from voiceclone.train.command import train
 
 QUIET = Console(quiet=True)
 BASE = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=8"]

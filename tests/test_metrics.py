@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from voiceclone.metrics import cosine_similarity, f0_metrics, mcd, mel_cepstrum, nearer_target, summarize
+from voiceclone.evaluation.metrics import cosine_similarity, f0_metrics, mcd, mel_cepstrum, nearer_target, summarize
 
 SEMITONE = 2.0 ** (1.0 / 12.0)  # 100 cents
 

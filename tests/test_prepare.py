@@ -21,7 +21,9 @@ from test_audio import cents_error, rms, write_bad_files
 from voiceclone.cli import app
 from voiceclone.config import PrepareConfig, load_recipe
 from voiceclone.data import prepare as P
-from voiceclone.data.prepare import assign_splits, prepare
+from voiceclone.data import splits as S
+from voiceclone.data.prepare import prepare
+from voiceclone.data.splits import assign_splits
 from voiceclone.data.store import SPLITS, Dataset
 from voiceclone.errors import UserError
 from voiceclone.synthetic import make_speakers, synth_utterance, write_corpus
@@ -188,7 +190,7 @@ def test_adding_utterances_never_moves_old_ones():
         # without the previous dataset, the hash thresholds alone still keep every unseen speaker unseen
         fresh = assign_splits(grown, prep)
         assert all(fresh[u] == "unseen" for u in before if before[u] == "unseen" and n_spk >= 3
-                   and P._unit(prep.split_salt, u.split("/")[0]) < prep.unseen_fraction)
+                   and S._unit(prep.split_salt, u.split("/")[0]) < prep.unseen_fraction)
 
 
 def test_split_stability_when_files_are_added(tmp_path):

@@ -16,10 +16,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from voiceclone import audio as A
-from voiceclone.bundle import export, load_model
+from voiceclone.inference.bundle import export, load_model
 from voiceclone.cli import app
 from voiceclone.config import AudioConfig
-from voiceclone.synthesize import Reference, convert, embed_references
+from voiceclone.inference.synthesize import Reference, convert, embed_references
 
 QUIET = Console(quiet=True)
 runner = CliRunner()
@@ -31,7 +31,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     from voiceclone.config import load_recipe
     from voiceclone.data.prepare import prepare
     from voiceclone.synthetic import write_corpus
-    from voiceclone.train.trainer import train
+    from voiceclone.train.command import train
 
     root = tmp_path_factory.mktemp("synth")
     write_corpus(root / "corpus", n_speakers=6, utterances=6, seconds=2.0, sample_rate=16000, seed=5)
@@ -142,7 +142,7 @@ def test_chunked_and_unchunked_conversion_agree(trained):
 def test_long_sources_stream_with_flat_memory(trained, tmp_path):
     import tracemalloc
 
-    from voiceclone.synthesize import synthesize_file
+    from voiceclone.inference.synthesize import synthesize_file
 
     model = load_model(trained["run"])
     ref = embed_references(model, [wav(trained["corpus"], 0, 0)])

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from voiceclone import audio as A
-from voiceclone.bundle import load_checkpoint
+from voiceclone.run import load_checkpoint
 from voiceclone.data.store import Dataset
-from voiceclone.metrics import f0_metrics
+from voiceclone.evaluation.metrics import f0_metrics
 from voiceclone.models.vocoder import Vocoder
-from voiceclone.train.tasks import VocoderTask
-from voiceclone.train.trainer import train
+from voiceclone.stages.tasks import VocoderTask
+from voiceclone.train.command import train
 
 VOC = ["vocoder.train.batch_size=4", "vocoder.train.lr=2e-3", "vocoder.train.warmup_steps=5"]
 GAN = VOC + ["vocoder.gan.mel_only_steps=3"]  # the discriminators join after 3 steps

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from voiceclone.errors import UserError
+from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
@@ -49,7 +50,7 @@ def _root(
     """Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate."""
 
 
-RecipeOpt = typer.Option("demo", "--recipe", "-r", help="Recipe name in recipes/ or a path to a TOML file.")
+RecipeOpt = typer.Option("demo", "--recipe", "-r", help="Recipe name (shipped: demo, vctk, libritts; or one in ./recipes/) or a path to a TOML file.")
 SetOpt = typer.Option(None, "--set", help="Override a recipe value, e.g. --set acoustic.train.lr=1e-3 (repeatable).")
 
 
@@ -90,7 +91,7 @@ def train(
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
-    from voiceclone.train.trainer import train as run_train
+    from voiceclone.train.command import train as run_train
 
     results = run_train(data, run, stage=stage, recipe=recipe, overrides=set_ or [], epochs=epochs, resume=resume,
                         device=device, early_stop=early_stop, finetune_on_acoustic=finetune_on_acoustic,
@@ -109,7 +110,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
 ) -> None:
     """Write the run's best models as one shareable safetensors file (config inside, no pickle)."""
-    from voiceclone.bundle import export as run_export
+    from voiceclone.inference.bundle import export as run_export
 
     path = run_export(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -130,7 +131,7 @@ def synthesize(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
-    from voiceclone.synthesize import synthesize as run_synthesize
+    from voiceclone.inference.synthesize import synthesize as run_synthesize
 
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
@@ -143,8 +144,8 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
     run: Optional[Path] = typer.Option(None, "--run", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
     split: str = typer.Option("unseen", "--split", help="train, val or unseen (speakers never trained on)."),
-    pairs: int = typer.Option(40, "--pairs", help="Zero-shot conversions, each into a different speaker of the split."),
-    max_utterances: int = typer.Option(40, "--max-utterances", help="Utterances reconstructed and copy-synthesized, spread over the speakers."),
+    pairs: int = typer.Option(DEFAULT_PAIRS, "--pairs", help="Zero-shot conversions, each into a different speaker of the split."),
+    max_utterances: int = typer.Option(DEFAULT_MAX_UTTERANCES, "--max-utterances", help="Utterances reconstructed and copy-synthesized, spread over the speakers."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure, with units and identities, to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the training curves to this PNG."),
     speaker_encoder: Optional[Path] = typer.Option(None, "--speaker-encoder", help="Judge speaker similarity with another model's speaker encoder (a bundle or run folder)."),
@@ -152,7 +153,7 @@ def evaluate(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Compare --model with this one (e.g. a fine-tuned run with its zero-shot base) on the held-out utterances of --data."),
 ) -> None:
     """Measure a model on a dataset split (F0, MCD, speaker similarity, zero-shot pairs) and its convergence."""
-    from voiceclone.evaluate import evaluate as run_evaluate
+    from voiceclone.evaluation.evaluate import evaluate as run_evaluate
 
     run_evaluate(model=model, data=data, run=run, split=split, pairs=pairs, max_utterances=max_utterances, out=out,
                  plot=plot, speaker_encoder=speaker_encoder, device=device, baseline=baseline, console=console)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Sequence
 
 from voiceclone.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped with the package (package data)
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class VocoderStage:
 
 @dataclass(frozen=True)
 class ConvergenceConfig:
-    """The detector of DESIGN.md section 8, used by early stopping and by `evaluate`."""
+    """The detector of docs/architecture.md section 8, used by early stopping and by `evaluate`."""
 
     window: int = 3  # epochs over which trends are measured
     patience: int = 5  # epochs without relative improvement above min_delta before `converged`
@@ -225,6 +225,20 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def differences(a: Any, b: Any, prefix: str, sep: str = " vs ") -> list[str]:
+    """Where two configs (dataclasses or dicts, nested) differ: ["audio.sample_rate: 16000 vs 22050", ...].
+    The one comparison behind every "prepared with another audio config" message."""
+    a = dataclasses.asdict(a) if dataclasses.is_dataclass(a) else a
+    b = dataclasses.asdict(b) if dataclasses.is_dataclass(b) else b
+    out = []
+    for k in sorted(set(a) | set(b)) if isinstance(a, dict) and isinstance(b, dict) else []:
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += differences(a[k], b[k], f"{prefix}.{k}", sep)
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}.{k}: {a.get(k)!r}{sep}{b.get(k)!r}")
+    return out
 
 
 def _require(ok: bool, key: str, why: str) -> None:
@@ -318,7 +332,8 @@ def _type_name(tp: Any) -> str:
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    """A recipe is a path to a TOML file or the name of one in `recipes/`."""
+    """A recipe is a path to a TOML file, or the name of one in ./recipes/ or in the recipes shipped with
+    voiceclone (voiceclone/recipes/)."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():

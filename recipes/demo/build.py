@@ -3,7 +3,7 @@
     python recipes/demo/build.py            # writes data/demo/<voice>/<voice>_<nn>.flac (16 kHz mono)
 
 Zero-shot cloning improves with the number of distinct voices far more than with hours per voice
-(DESIGN.md section 5), so the corpus spends its size on voices: espeak-ng variants (formant sets, pitch
+(docs/architecture.md, section 6), so the corpus spends its size on voices: espeak-ng variants (formant sets, pitch
 and speed) across its English accents, and flite's recorded-voice models, each reading a different draw of
 short sentences from recipes/demo/sentences.txt. Deterministic: the same tools give the same files.
 Needs `espeak-ng` and `flite` on PATH (Debian/Ubuntu: apt-get install espeak-ng flite).

@@ -1,6 +1,6 @@
 """The dataset on disk: per split, contiguous feature arrays with offsets, read through memory maps.
 
-Layout of a dataset folder (DESIGN.md section 4; data/README.md describes it for users):
+Layout of a dataset folder (docs/architecture.md section 4; data/README.md describes it for users):
 
     config.json       format name and version, the full resolved recipe, hashes, counts per split
     manifest.jsonl    one utterance a line, splits in any order, each split's rows in its array order
@@ -293,6 +293,14 @@ class SplitWriter:
             np.lib.format.write_array(f, self.offsets, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (a cache or report is then rebuilt)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def write_json(path: Path, data: Any) -> None:

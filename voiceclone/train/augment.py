@@ -1,6 +1,6 @@
 """Training-time perturbations of log-mel spectrograms (training only; inference never imports this).
 
-Two different jobs (DESIGN.md section 5):
+Two different jobs (docs/architecture.md section 6):
 - content perturbation: the content encoder's input is warped along frequency (a formant shift, FreeVC's
   spectrogram-resize idea), tilted by a random EQ and a random gain, so the encoder cannot pass the source
   voice through to the decoder;

@@ -1,85 +1,18 @@
-"""Reading training histories (RUN/<stage>/history.jsonl) and drawing their curves. No torch here, so
-`evaluate` and the CLI can read a run without loading the training stack.
+"""Drawing training curves (histories as run.py reads them) into a PNG. No torch here, so `evaluate`
+can draw a run without loading the training stack.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from voiceclone.convergence import Assessment
-from voiceclone.errors import UserError
+from voiceclone.evaluation.convergence import Assessment
 
-HISTORY_FILE = "history.jsonl"
-STAGE_ORDER = ("acoustic", "vocoder")  # drawn first, in pipeline order; other stages follow alphabetically
 CURVES = (("train_loss", "train", "tab:blue"), ("val_loss", "val (seen speakers)", "tab:orange"),
           ("unseen_loss", "unseen speakers", "tab:green"))
 LOG_SCALE_SPAN = 10.0  # a y range wider than this factor is drawn on a log axis
-
-
-NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def append_history(path: Path | str, row: Mapping[str, Any]) -> None:
-    """Append one row, durably. JSON has no NaN: a non-finite value is written as the string "nan", "inf" or
-    "-inf" (strict JSON that any tool reads), and read_history turns it back into the float; null keeps
-    meaning "not measured" (e.g. a run with no unseen split)."""
-    encoded = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    with open(path, "a") as f:
-        f.write(json.dumps(encoded) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_history(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of one history.jsonl, in file order; non-finite losses come back as float NaN or infinity.
-
-    A last line that does not parse is dropped: it is a row cut short by a run killed mid-write (or one
-    being written right now). A bad line anywhere else is corruption and raises UserError naming the file
-    and line. Blank lines are skipped; NaN and Infinity (as Python's json writes them) are read as floats.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: training history not found")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read training history ({e.strerror})") from None
-    lines = [(i + 1, line) for i, line in enumerate(raw.split(b"\n")) if line.strip()]
-    rows: list[dict[str, Any]] = []
-    for k, (lineno, line) in enumerate(lines):
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if k == len(lines) - 1:
-                break
-            raise UserError(f"{path}:{lineno}: not a JSON history row") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: a history row must be a JSON object, got {type(row).__name__}")
-        rows.append({k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
-    return rows
-
-
-def run_histories(run_dir: Path | str) -> dict[str, list[dict[str, Any]]]:
-    """{stage: rows} for every stage folder of a run that holds a history.jsonl.
-
-    Stages are ordered acoustic, vocoder, then any others alphabetically. A stage folder itself (one with a
-    history.jsonl directly inside) is accepted too and keyed by its name.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
-    if (run_dir / HISTORY_FILE).is_file():
-        return {run_dir.name: read_history(run_dir / HISTORY_FILE)}
-    stages = sorted((p.name for p in run_dir.iterdir() if (p / HISTORY_FILE).is_file()),
-                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
-    if not stages:
-        raise UserError(f"{run_dir}: no training history found (expected {run_dir / 'acoustic' / HISTORY_FILE} "
-                        f"or {run_dir / 'vocoder' / HISTORY_FILE}; train a stage first)")
-    return {stage: read_history(run_dir / stage / HISTORY_FILE) for stage in stages}
 
 
 def plot_curves(histories: Mapping[str, list[dict[str, Any]]], assessments: Mapping[str, Assessment],

@@ -1,4 +1,4 @@
-"""The convergence detector of DESIGN.md section 8: one pure function of the per-epoch history.
+"""The convergence detector of docs/architecture.md section 8: one pure function of the per-epoch history.
 
 Training calls `assess` after every epoch (the status goes into the history row; `should_stop` drives early
 stopping, after which the trainer restores the `best` weights) and `evaluate` calls it on a finished run.

@@ -3,8 +3,8 @@
 A bundle is one safetensors file: the acoustic model's tensors under `acoustic.`, the vocoder generator's
 under `vocoder.`, and in the metadata the format name and version, the full recipe as JSON and what else is
 needed to rebuild the networks. safetensors holds only raw tensors and a JSON header, so opening a file, even
-a hostile one, runs no code. A run folder's `best.pt` checkpoints are read with `torch.load(weights_only=True)`,
-which refuses anything but tensors and plain containers.
+a hostile one, runs no code. A run folder's `best.pt` checkpoints are read by run.load_checkpoint
+(`torch.load(weights_only=True)`), which refuses anything but tensors and plain containers.
 """
 
 from __future__ import annotations
@@ -25,20 +25,10 @@ from voiceclone.config import Recipe, recipe_from_dict
 from voiceclone.errors import UserError
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
+from voiceclone.run import best_path, load_checkpoint
 
 FORMAT = "voiceclone-bundle"
 FORMAT_VERSION = 1
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A training checkpoint (ours), with weights_only=True and no fallback."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # an unpicklable payload, a truncated file, a foreign format: refuse, never fall back
-        raise UserError(f"{path}: not a voiceclone checkpoint ({str(e).splitlines()[0][:160]})") from None
 
 
 @dataclass
@@ -89,7 +79,7 @@ def load_model(path: Path | str, need_vocoder: bool = True, device: str | torch.
 
 
 def _from_run(run: Path, need_vocoder: bool) -> Model:
-    ac_path = run / "acoustic" / "best.pt"
+    ac_path = best_path(run, "acoustic")
     if not ac_path.is_file():
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
     ac = load_checkpoint(ac_path)
@@ -98,7 +88,7 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
     _load_state(acoustic, ac["modules"]["model"], str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
     vocoder = None
-    voc_path = run / "vocoder" / "best.pt"
+    voc_path = best_path(run, "vocoder")
     if voc_path.is_file():
         voc = load_checkpoint(voc_path)
         voc_recipe = recipe_from_dict(voc["recipe"], source=str(voc_path))

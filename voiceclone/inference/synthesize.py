@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from voiceclone import audio as A
-from voiceclone.bundle import Model, load_model
+from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError
 
 MIN_REFERENCE_SECONDS = 1.0

@@ -1,11 +1,11 @@
-"""Objective metrics of DESIGN.md section 9, each saying exactly what it measures. numpy only.
+"""Objective metrics (docs/architecture.md, "Evaluation"), each saying exactly what it measures. numpy only.
 
 - F0: over frames voiced in BOTH contours, RMSE in cents and in Hz, gross pitch error (share of frames with
   |f_est / f_ref - 1| > 0.2) and Pearson correlation in Hz; over all compared frames, the V/UV error (share
   of frames whose voicing decisions differ). A frame is voiced when its F0 is finite and > 0.
 - MCD: mel-cepstral distortion in dB between two log-mel spectrograms on the same frame grid. The
-  "cepstrum" is the orthonormal DCT-II of the natural-log mel magnitude (c0..c_order); c0 (overall level) is
-  excluded; frames are compared one to one (no DTW), which is right for conversion and copy-synthesis,
+  "cepstrum" is the cosine series c_d = (1/N) sum_n ln S_n cos(pi d (n + 1/2) / N) of the natural-log mel
+  magnitude (c0..c_order; not the orthonormal DCT, see mel_cepstrum); c0 (overall level) is excluded; frames are compared one to one (no DTW), which is right for conversion and copy-synthesis,
   where the output keeps the source's frames. It is not SPTK's mel-generalized cepstrum, so its values
   rank systems consistently here but do not compare to MCD figures computed with SPTK/WORLD features.
 - Speaker similarity: cosine of two speaker embeddings; the caller names the encoder that produced them.

@@ -1,4 +1,4 @@
-"""What differs between the models trained by the one loop in trainer.py.
+"""What differs between the models trained by the one loop (train/loop.py), and what evaluation validates.
 
 A task owns its networks and data, names its optimizer groups (stepped in order on every batch), and
 returns *named* losses; the trainer multiplies each by the same-named weight from the recipe. `monitor`
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voiceclone import audio as A
-from voiceclone import metrics
+from voiceclone.evaluation import metrics
 from voiceclone.config import FinetuneConfig, Recipe
 from voiceclone.data.dataset import Segments, reference_pool
 from voiceclone.data.store import Dataset
@@ -29,6 +29,9 @@ from voiceclone.models.vocoder import Vocoder
 from voiceclone.train import augment
 from voiceclone.train import finetune as ft
 from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+
+GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
 
 
 def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -205,7 +208,6 @@ class VocoderTask(Task):
         self.discriminators = Discriminators(cfg.model).to(device)
         self.acoustic = acoustic.eval().requires_grad_(False) if acoustic is not None else None
         self.val_frames = max(cfg.train.segment_frames, 128)  # F0 needs a few voiced syllables to be measured
-        self._fake: Tensor | None = None
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminators": self.discriminators}
@@ -245,19 +247,25 @@ class VocoderTask(Task):
                                     batch["ref_mask"], batch["mask"])
         return pred.float()
 
+    def _generated(self, batch: dict[str, Tensor]) -> Tensor:
+        """The generator's waveform for this batch [B, T], computed by whichever group asks first and kept in
+        the batch: the discriminators judge the very output the generator is then scored on, whatever the
+        order of the groups."""
+        if GENERATED not in batch:
+            batch[GENERATED] = self.net("generator")(self._input_mel(batch), batch["f0"])
+        return batch[GENERATED]
+
     def _adversarial(self, step: int) -> bool:
         return step > self.recipe.vocoder.gan.mel_only_steps
 
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        real = batch["audio"]
+        real, fake = batch["audio"], self._generated(batch)
         if group == "discriminator":
-            self._fake = self.net("generator")(self._input_mel(batch), batch["f0"])
             if not self._adversarial(step):
                 return {}
-            logits, _ = self.net("discriminators")(torch.cat([real, self._fake.detach()]))
+            logits, _ = self.net("discriminators")(torch.cat([real, fake.detach()]))
             half = real.shape[0]
             return {"discriminator": discriminator_loss([x[:half] for x in logits], [x[half:] for x in logits])}
-        fake, self._fake = self._fake, None
         out = {"mel": masked_l1(A.log_mel(fake, self.recipe.audio), A.log_mel(real, self.recipe.audio),
                                 batch["mask"]).mean()}
         if self._adversarial(step):

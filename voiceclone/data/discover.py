@@ -1,0 +1,142 @@
+"""Finding the inputs of `prepare`: speaker folders, CSV/TSV manifests or single files -> Sources."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from voiceclone import audio as A
+from voiceclone.errors import UserError
+
+MANIFEST_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file. `file_id` ("<speaker>/<path below the speaker folder or the manifest>") names it in
+    utterance ids and split hashes, so it must not depend on where the corpus is mounted."""
+
+    path: str  # absolute
+    speaker: str
+    file_id: str
+    size: int
+    mtime_ns: int
+
+    def key(self, features_hash: str) -> str:
+        """Cache key: changes when the file or the feature settings change."""
+        raw = json.dumps([self.path, self.size, self.mtime_ns, features_hash])
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple[list[Source], list[dict], Counter]:
+    """Inputs -> (sources sorted by speaker and id, rows skipped before decoding, ignored files by extension).
+
+    An input is a folder laid out ROOT/<speaker>/**/<file> (files directly in ROOT belong to a speaker named
+    after ROOT), a .csv/.tsv manifest with `path` and `speaker` columns, or a single audio file (its
+    folder names the speaker). A missing input or a folder without audio is a UserError.
+    """
+    if not inputs:
+        raise UserError("no inputs given: name speaker folders or CSV/TSV manifests")
+    found: list[Source] = []
+    skipped: list[dict] = []
+    ignored: Counter = Counter()
+    excluded = exclude.resolve() if exclude is not None else None
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        if p.is_dir():
+            n = _scan_folder(p, found, ignored, excluded)
+            if n == 0:
+                raise UserError(f"{p}: no audio files found (looked for {', '.join(A.AUDIO_EXTENSIONS)})")
+        elif p.suffix.lower() in MANIFEST_DELIMITERS:
+            _read_manifest(p, found, skipped)
+        elif A.is_audio_file(p):
+            found.append(_source(p, p.resolve().parent.name, p.name))
+        else:
+            raise UserError(f"{p}: not a folder, a .csv/.tsv manifest or an audio file")
+    by_path: dict[str, Source] = {}
+    by_id: dict[tuple[str, str], Source] = {}
+    sources = []
+    for s in found:
+        if s.path in by_path:  # the same file named twice (two inputs overlap): not an error
+            continue
+        by_path[s.path] = s
+        if (s.speaker, s.file_id) in by_id:
+            skipped.append(skip_record(s.path, "duplicate id", f"{s.file_id} is also {by_id[s.speaker, s.file_id].path}",
+                                        s.size, s.mtime_ns))
+            continue
+        by_id[s.speaker, s.file_id] = s
+        sources.append(s)
+    sources.sort(key=lambda s: (s.speaker, s.file_id))
+    return sources, skipped, ignored
+
+
+def _source(path: Path, speaker: str, rel: str) -> Source:
+    st = path.stat()
+    return Source(str(path.resolve()), speaker, f"{speaker}/{rel}", st.st_size, st.st_mtime_ns)
+
+
+def _scan_folder(root: Path, found: list[Source], ignored: Counter, excluded: Path | None) -> int:
+    root_name = root.resolve().name
+    n = 0
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        # hidden folders hold tool state (.git, a dataset's cache), never recordings
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded))
+        for name in sorted(files):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not A.is_audio_file(path):
+                ignored[path.suffix.lower() or "(no extension)"] += 1
+                continue
+            parts = path.relative_to(root).parts
+            speaker, rel = (root_name, parts[0]) if len(parts) == 1 else (parts[0], "/".join(parts[1:]))
+            found.append(_source(path, speaker, rel))
+            n += 1
+    return n
+
+
+def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read manifest ({e})") from None
+    rows = list(csv.reader(text.splitlines(), delimiter=MANIFEST_DELIMITERS[path.suffix.lower()]))
+    if not rows:
+        raise UserError(f"{path}: empty manifest (expected a header with 'path' and 'speaker' columns)")
+    header = [h.strip().lower() for h in rows[0]]
+    if "path" not in header or "speaker" not in header:
+        raise UserError(f"{path}: manifest needs 'path' and 'speaker' columns (found: {', '.join(header) or 'none'})")
+    ip, isp = header.index("path"), header.index("speaker")
+    base = path.resolve().parent
+    n = 0
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        n += 1
+        rel = row[ip].strip() if ip < len(row) else ""
+        speaker = row[isp].strip() if isp < len(row) else ""
+        if not rel or not speaker:
+            skipped.append(skip_record(f"{path}:{line}", "bad manifest row", "empty path or speaker"))
+            continue
+        file = Path(rel) if Path(rel).is_absolute() else base / rel
+        if not file.is_file():
+            skipped.append(skip_record(str(file), "missing", f"listed in {path}:{line}"))
+            continue
+        resolved = file.resolve()
+        name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
+        found.append(_source(file, speaker, name))
+    if n == 0:
+        raise UserError(f"{path}: manifest lists no files")
+
+
+def skip_record(path: str, reason: str, detail: str = "", size: int = -1, mtime_ns: int = -1) -> dict:
+    return {"path": path, "reason": reason, "detail": detail, "size": size, "mtime_ns": mtime_ns}

@@ -1,0 +1,171 @@
+"""The run folder: its layout, resume checkpoints and training histories, in one place.
+
+    RUN/<stage>/config.json     the resolved recipe the stage was trained with
+    RUN/<stage>/last.pt         resume checkpoint (weights, optimizers, counters, RNG), rewritten every epoch
+    RUN/<stage>/best.pt         weights at the best monitored validation loss
+    RUN/<stage>/history.jsonl   one JSON row per epoch
+
+with <stage> one of STAGES (docs/architecture.md describes the formats). Checkpoints are written atomically
+and read with `torch.load(weights_only=True)` only, never with a fallback. Shared models are not these
+files: `export` writes safetensors bundles (inference/bundle.py). `torch` is imported where a checkpoint is
+read or written, so reading histories (evaluate's watch mode, the CLI) does not load it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from voiceclone.config import ConvergenceConfig, read_recipe_json
+from voiceclone.errors import UserError
+
+STAGES = ("acoustic", "vocoder")  # in pipeline order; other stage folders (none today) sort after them
+CONFIG_FILE, LAST_FILE, BEST_FILE, HISTORY_FILE = "config.json", "last.pt", "best.pt", "history.jsonl"
+
+
+def stage_dir(run: Path | str, stage: str) -> Path:
+    return Path(run) / stage
+
+
+def best_path(run: Path | str, stage: str) -> Path:
+    return stage_dir(run, stage) / BEST_FILE
+
+
+def last_path(run: Path | str, stage: str) -> Path:
+    return stage_dir(run, stage) / LAST_FILE
+
+
+def history_path(run: Path | str, stage: str) -> Path:
+    return stage_dir(run, stage) / HISTORY_FILE
+
+
+def has_history(folder: Path | str) -> bool:
+    return (Path(folder) / HISTORY_FILE).is_file()
+
+
+def write_stage_config(run: Path | str, stage: str, recipe_json: str) -> None:
+    folder = stage_dir(run, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(recipe_json)
+
+
+def stage_convergence(folder: Path | str) -> ConvergenceConfig:
+    """The convergence settings a stage folder was trained with (its config.json), else the defaults."""
+    path = Path(folder) / CONFIG_FILE
+    return read_recipe_json(path).convergence if path.is_file() else ConvergenceConfig()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
+    """A training checkpoint (ours), with weights_only=True and no fallback."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # an unpicklable payload, a truncated file, a foreign format: refuse, never fall back
+        raise UserError(f"{path}: not a voiceclone checkpoint ({str(e).splitlines()[0][:160]})") from None
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def all_finite(module) -> bool:
+    import torch
+
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Histories.
+
+
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def append_history(path: Path | str, row: Mapping[str, Any]) -> None:
+    """Append one row, durably. JSON has no NaN: a non-finite value is written as the string "nan", "inf" or
+    "-inf" (strict JSON that any tool reads), and read_history turns it back into the float; null keeps
+    meaning "not measured" (e.g. a run with no unseen split)."""
+    encoded = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(encoded) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(path: Path | str) -> list[dict[str, Any]]:
+    """Rows of one history.jsonl, in file order; non-finite losses come back as float NaN or infinity.
+
+    A last line that does not parse is dropped: it is a row cut short by a run killed mid-write (or one
+    being written right now). A bad line anywhere else is corruption and raises UserError naming the file
+    and line. Blank lines are skipped; NaN and Infinity (as Python's json writes them) are read as floats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: training history not found")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read training history ({e.strerror})") from None
+    lines = [(i + 1, line) for i, line in enumerate(raw.split(b"\n")) if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for k, (lineno, line) in enumerate(lines):
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if k == len(lines) - 1:
+                break
+            raise UserError(f"{path}:{lineno}: not a JSON history row") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: a history row must be a JSON object, got {type(row).__name__}")
+        rows.append({k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
+    return rows
+
+
+def run_histories(run_dir: Path | str) -> dict[str, list[dict[str, Any]]]:
+    """{stage: rows} for every stage folder of a run that holds a history.jsonl.
+
+    Stages are ordered acoustic, vocoder, then any others alphabetically. A stage folder itself (one with a
+    history.jsonl directly inside) is accepted too and keyed by its name.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    if has_history(run_dir):
+        return {run_dir.name: read_history(run_dir / HISTORY_FILE)}
+    stages = sorted((p.name for p in run_dir.iterdir() if has_history(p)),
+                    key=lambda s: (STAGES.index(s) if s in STAGES else len(STAGES), s))
+    if not stages:
+        raise UserError(f"{run_dir}: no training history found (expected {run_dir / 'acoustic' / HISTORY_FILE} "
+                        f"or {run_dir / 'vocoder' / HISTORY_FILE}; train a stage first)")
+    return {stage: read_history(history_path(run_dir, stage)) for stage in stages}

@@ -1,0 +1,197 @@
+"""`voiceclone train`: dataset and run-folder checks, then one Trainer per stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+
+from voiceclone import run as R
+from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
+from voiceclone.data.store import Dataset
+from voiceclone.errors import UserError
+from voiceclone.inference.bundle import Model, load_model
+from voiceclone.stages.tasks import make_task
+from voiceclone.train import finetune as ft
+from voiceclone.train.distributed import Distributed, setup_distributed
+from voiceclone.train.loop import Trainer
+
+
+def resolve_recipe(dataset: Dataset, recipe: str | None, overrides: Sequence[str]) -> Recipe:
+    """The dataset's own recipe unless one is named; its audio settings must match the dataset's."""
+    r = load_recipe(recipe, overrides) if recipe else recipe_from_dict(dataset.recipe.to_dict(), overrides)
+    diff = differences(dataset.audio, r.audio, "audio")
+    if diff:
+        raise UserError(f"{dataset.path}: prepared with a different audio config than recipe '{r.name}' "
+                        f"({'; '.join(diff)}); prepare it again with this recipe, or train without --recipe")
+    return r
+
+
+def check_splits(dataset: Dataset, stage: str, need_unseen: bool) -> None:
+    train = dataset.split("train")
+    if len(train) == 0:
+        raise UserError(f"{dataset.path}: the train split is empty")
+    if stage == "acoustic" and need_unseen:
+        speakers = {train.speaker(i) for i in range(len(train))}
+        if len(speakers) < 2:
+            raise UserError(f"{dataset.path}: {len(speakers)} training speaker(s); the zero-shot model needs at "
+                            "least 2 (use --finetune to adapt a trained model to one voice)")
+        if len(dataset.split("unseen")) < 2:
+            raise UserError(f"{dataset.path}: too few unseen-speaker utterances for speaker-disjoint validation; "
+                            "prepare with at least 3 speakers or name some with --unseen-speakers")
+    if len(dataset.split("val")) + len(dataset.split("unseen")) == 0:
+        raise UserError(f"{dataset.path}: no validation utterances (val and unseen are empty)")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `voiceclone train` was asked, resolved once and shared by every stage it trains."""
+
+    data: Path
+    run: Path
+    recipe: Recipe  # resolved: the dataset's or the named one, or the base model's when fine-tuning
+    recipe_arg: str | None  # as given, for the resume command
+    overrides: Sequence[str]
+    epochs: int | None
+    resume: bool
+    early_stop: bool | None
+    finetune_on_acoustic: bool
+    device: torch.device
+    dist: Distributed
+    console: Console
+    base: Model | None = None  # the model being fine-tuned
+    init_from: Path | None = None
+
+    @property
+    def finetuning(self) -> bool:
+        return self.base is not None
+
+    def resume_command(self, stage: str) -> str:
+        """The command line that continues `stage` where it stopped."""
+        argv = ["voiceclone", "train", "--data", str(self.data), "--run", str(self.run), "--stage", stage, "--resume"]
+        if self.recipe_arg:
+            argv += ["--recipe", self.recipe_arg]
+        if self.finetuning:
+            argv += ["--init-from", str(self.init_from), "--finetune"]
+        for o in self.overrides:
+            argv += ["--set", o]
+        if self.epochs:
+            argv += ["--epochs", str(self.epochs)]
+        return shlex.join(argv)
+
+
+def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = None,
+          overrides: Sequence[str] = (), epochs: int | None = None, resume: bool = False,
+          device: str | None = None, early_stop: bool | None = None, finetune_on_acoustic: bool = False,
+          init_from: Path | None = None, finetune: bool = False,
+          console: Console | None = None) -> dict[str, dict[str, Any]]:
+    """Train one stage or both ('all': acoustic, then vocoder). Returns each stage's result.
+
+    With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
+    recipe's [finetune] settings; its architecture and audio settings are the base model's.
+    """
+    console = console or Console(stderr=True)
+    if stage not in (*R.STAGES, "all"):
+        raise UserError(f"--stage {stage!r}: expected acoustic, vocoder or all")
+    if finetune and init_from is None:
+        raise UserError("--finetune needs --init-from MODEL (a run folder or a .safetensors bundle)")
+    if init_from is not None and not finetune:
+        raise UserError("--init-from starts a fine-tune: add --finetune (other training starts from scratch, "
+                        "or continues a run with --resume)")
+    dataset = Dataset.open(data)
+    base = None
+    if finetune:
+        base = load_model(init_from, need_vocoder=stage != "acoustic")
+        base_recipe = recipe_from_dict(base.recipe.to_dict(), overrides, source=str(init_from))
+        diff = differences(dataset.audio, base_recipe.audio, "audio")
+        if diff:
+            raise UserError(f"{init_from}: the base model's audio config differs from {dataset.path}'s "
+                            f"({'; '.join(diff[:3])}); prepare the voice's data with the base model's recipe")
+        ft.check(base_recipe.finetune)
+    else:
+        base_recipe = resolve_recipe(dataset, recipe, overrides)
+    dist_info, dev = setup_distributed(device)
+    if finetune and dist_info.world > 1:
+        raise UserError("fine-tuning runs on one device; start it without torchrun")
+    request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from)
+    results = {}
+    for s in R.STAGES if stage == "all" else (stage,):
+        results[s] = _train_stage(request, dataset, s)
+        if results[s]["interrupted"]:
+            break
+    return results
+
+
+def _finetune_recipe(recipe: Recipe, stage: str) -> Recipe:
+    """The stage's training settings for fine-tuning: the [finetune] rate and epochs, a short warmup."""
+    f = recipe.finetune
+    stage_cfg = getattr(recipe, stage)
+    train_cfg = dataclasses.replace(stage_cfg.train, lr=f.lr, epochs=f.epochs,
+                                    warmup_steps=min(stage_cfg.train.warmup_steps, 10))
+    return dataclasses.replace(recipe, **{stage: dataclasses.replace(stage_cfg, train=train_cfg)})
+
+
+def _resume_state(req: TrainRequest, stage: str, recipe: Recipe) -> dict[str, Any] | None:
+    """The stage's last checkpoint when resuming (its fixed settings must match), None for a fresh start."""
+    last, folder = R.last_path(req.run, stage), R.stage_dir(req.run, stage)
+    if req.resume and last.is_file():
+        state = R.load_checkpoint(last, req.device)
+        saved = recipe_from_dict(state["recipe"], source=str(last))
+        diff = [d for key in ("audio", stage) for d in differences(getattr(saved, key), getattr(recipe, key), key)
+                if not d.startswith(f"{stage}.train.")]
+        if diff:
+            raise UserError(f"{last}: the run was made with other settings ({'; '.join(diff[:4])}); "
+                            "resume without changing them, or start a new --run")
+        return state
+    if (last.is_file() or R.has_history(folder)) and not req.resume:
+        raise UserError(f"{folder}: a run is already here; continue it with --resume or choose another --run")
+    return None
+
+
+def _task_kwargs(req: TrainRequest, stage: str, recipe: Recipe, state: dict[str, Any] | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if req.finetuning:
+        kwargs.update(finetune=recipe.finetune, base_source=str(req.init_from),
+                      base=req.base.acoustic if stage == "acoustic" else req.base.vocoder)
+        if stage == "acoustic":
+            kwargs["speakers"] = req.base.meta["acoustic"].get("speakers", [])
+    if stage == "acoustic" and state is not None:
+        kwargs["speakers"] = state["meta"]["speakers"]
+    if stage == "vocoder" and req.finetune_on_acoustic:
+        kwargs["acoustic"] = load_model(req.run, need_vocoder=False, device=req.device).acoustic
+    return kwargs
+
+
+def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, Any]:
+    recipe = _finetune_recipe(req.recipe, stage) if req.finetuning else req.recipe
+    check_splits(dataset, stage, need_unseen=not req.finetuning)
+    state = _resume_state(req, stage, recipe)
+    if req.dist.main:
+        R.write_stage_config(req.run, stage, recipe.to_json())
+    torch.manual_seed(getattr(recipe, stage).train.seed)
+    task = make_task(stage, recipe, dataset, req.device, **_task_kwargs(req, stage, recipe, state))
+    early_stop = recipe.convergence.early_stop if req.early_stop is None else req.early_stop
+    trainer = Trainer(task, R.stage_dir(req.run, stage), req.epochs or getattr(recipe, stage).train.epochs,
+                      early_stop, req.dist, req.console, req.resume_command(stage))
+    console = req.console
+    if state is not None:
+        trainer.resume(state)
+        if req.dist.main:
+            console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
+    baseline = None
+    if req.finetuning and state is None and trainer.val_data["val"] is not None:
+        task.on_epoch_start(1)
+        baseline = trainer.validate("val")
+    result = trainer.fit()
+    if baseline is not None:
+        result["baseline_val_loss"] = baseline[task.monitor]
+        if req.dist.main:
+            console.print(f"{stage}: held-out loss of the base model {baseline[task.monitor]:.4f} -> fine-tuned "
+                          f"{result['best_value']:.4f} (epoch {result['best_epoch']})", highlight=False)
+    return result

@@ -1,0 +1,315 @@
+"""The one training loop, shared by the acoustic model and the vocoder.
+
+Vocabulary, as the display and the history use it: an *epoch* is one pass over the training utterances (one
+random segment from each); an *iteration* (a *step*) is one optimizer update on one batch of segments.
+
+After every epoch: validation on `val` (seen speakers) and `unseen` (held-out speakers, the monitored loss),
+a row in `RUN/<stage>/history.jsonl`, the convergence status, checkpoint `last` (and `best` when the
+monitored loss improves), all written by rank 0 alone. Resume restores everything the next step depends on,
+so on CPU a run resumed at an epoch boundary reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from voiceclone import run as R
+from voiceclone.data.dataset import EpochBatches, Segments
+from voiceclone.errors import UserError
+from voiceclone.evaluation import convergence
+from voiceclone.stages.tasks import Task
+from voiceclone.stages.validation import validation_losses
+from voiceclone.train.display import Display
+from voiceclone.train.distributed import Distributed, StopRequest
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The learning-rate multiplier at `step` (1-based): linear warmup, then cosine decay to `min_ratio`."""
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Progression:
+    """The counters a resumed run continues from."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps (iterations) done
+    batch_in_epoch: int = 0  # batches done in the unfinished epoch (after Ctrl-C)
+    best_value: float = math.inf
+    best_epoch: int = 0
+    lr_scale: float = 1.0  # lowered after repeated non-finite losses
+    nonfinite: int = 0  # batches skipped for a non-finite loss, in all
+
+
+class Trainer:
+    def __init__(self, task: Task, stage_dir: Path, epochs: int, early_stop: bool, dist_info: Distributed,
+                 console: Console, resume_command: str) -> None:
+        self.task, self.dir, self.epochs, self.early_stop = task, stage_dir, epochs, early_stop
+        self.dist, self.console, self.resume_command = dist_info, console, resume_command
+        self.recipe = task.recipe
+        self.cfg = task.train_cfg
+        self.device = task.device
+        self.progress = Progression()
+        self.history: list[dict[str, Any]] = []
+        if dist_info.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [dist_info.local_rank] if self.device.type == "cuda" else None
+            task.wrap(lambda m: DDP(m, device_ids=ids) if any(p.requires_grad for p in m.parameters()) else m)
+        self.optimizers = {
+            name: torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
+                                    weight_decay=self.cfg.weight_decay)
+            for name, groups in task.param_groups().items()
+        }
+        self.train_data = task.train_segments()
+        self.sampler = EpochBatches(len(self.train_data), self.cfg.batch_size, self.cfg.seed, shuffle=True,
+                                    rank=dist_info.rank, world=dist_info.world)
+        if len(self.sampler) == 0:
+            raise UserError(f"{task.dataset.path}: no training batch can be formed (0 training utterances)")
+        self.loader = self._loader(self.train_data, self.sampler)
+        self.val_data = {s: task.val_segments(s) for s in ("val", "unseen")}
+        self.good_state = self._snapshot()
+
+    # --- data ----------------------------------------------------------------------------------------
+
+    def _loader(self, data: Segments, sampler: EpochBatches) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.cfg.bf16)
+
+    # --- state ---------------------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def _snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy({"modules": {n: m.state_dict() for n, m in self.task.modules().items()},
+                              "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}})
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for name, module in self.task.modules().items():
+            module.load_state_dict(state["modules"][name])
+        for name, opt in self.optimizers.items():
+            if name in state.get("optimizers", {}):
+                opt.load_state_dict(state["optimizers"][name])
+
+    def _checkpoint(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {**self._header(), "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng}
+
+    def _header(self) -> dict[str, Any]:
+        """What every checkpoint carries to be read back without the command that wrote it."""
+        return {"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(), "meta": self.task.meta()}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self._restore(state)
+        self.progress = Progression(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rows = R.read_history(self.dir / R.HISTORY_FILE) if R.has_history(self.dir) else []
+        self.history = [r for r in rows if r["epoch"] <= self.progress.epoch]
+        self.good_state = self._snapshot()
+
+    def _save_last(self) -> None:
+        if not self.dist.main:
+            return
+        if not all(R.all_finite(m) for m in self.task.modules().values()):
+            self.console.print("[yellow]weights are not finite: `last` keeps the previous good state[/]")
+            return
+        R.save_atomic(self._checkpoint(), self.dir / R.LAST_FILE)
+
+    def _save_best(self, epoch: int, value: float) -> None:
+        if self.dist.main:
+            R.save_atomic({**self._header(), "epoch": epoch, "value": value,
+                                    "modules": {n: m.state_dict() for n, m in self.task.modules().items()}},
+                             self.dir / R.BEST_FILE)
+
+    # --- one step ------------------------------------------------------------------------------------
+
+    def _set_lr(self) -> float:
+        factor = lr_factor(self.progress.step, self.cfg.warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+        factor *= self.progress.lr_scale
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        return factor * self.cfg.lr
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One iteration: every optimizer group in the task's order. None when the batch was skipped."""
+        values: dict[str, float] = {}
+        weights = self.task.weights
+        for group in self.task.groups:
+            with self._autocast():
+                losses = self.task.losses(group, batch, self.progress.step)
+            if not losses:
+                continue
+            total = sum(weights[name] * value for name, value in losses.items())
+            opt = self.optimizers[group]
+            opt.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(total))
+            if finite:
+                total.backward()
+                params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                finite = bool(torch.isfinite(norm))
+            if not finite:
+                opt.zero_grad(set_to_none=True)
+                return None
+            opt.step()
+            values.update({name: float(v.detach()) for name, v in losses.items()})
+            values[f"{group}_total"] = float(total.detach())
+        return values
+
+    def _on_nonfinite(self, consecutive: int) -> int:
+        self.progress.nonfinite += 1
+        if consecutive < self.cfg.max_bad_steps:
+            return consecutive
+        self._restore(self.good_state)
+        self.progress.lr_scale *= self.cfg.lr_backoff
+        self.console.print(f"[yellow]{consecutive} non-finite losses in a row: reloaded the last good state, "
+                           f"learning rate x{self.progress.lr_scale:g}[/]")
+        return 0
+
+    # --- validation ----------------------------------------------------------------------------------
+
+    def validate(self, split: str) -> dict[str, float] | None:
+        data = self.val_data[split]
+        if data is None:
+            return None
+        return validation_losses(self.task, data, self.cfg.batch_size, self.dist.rank, self.dist.world,
+                                 self.cfg.bf16)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        p, task = self.progress, self.task
+        monitor_key = "unseen_loss" if self.val_data["unseen"] is not None else "val_loss"
+        consecutive_bad = 0
+        result: dict[str, Any] = {"stage": task.stage, "interrupted": False, "early_stopped": False}
+        display = Display(self.console, task.stage, self.epochs, self.steps_per_epoch, enabled=self.dist.main)
+        for module in task.modules().values():
+            module.train()
+        with StopRequest() as stop, display:
+            display.update(p, self.history, None)
+            while p.epoch < self.epochs:
+                epoch = p.epoch + 1
+                task.on_epoch_start(epoch)
+                self.sampler.set_epoch(epoch, skip=p.batch_in_epoch)
+                started, seen, sums = time.time(), 0, {}
+                for batch in self.loader:
+                    p.step += 1
+                    lr = self._set_lr()
+                    values = self._train_step(self._to_device(batch))
+                    p.batch_in_epoch += 1
+                    if values is None:
+                        consecutive_bad = self._on_nonfinite(consecutive_bad + 1)
+                    else:
+                        consecutive_bad = 0
+                        seen += len(batch["mel"]) * self.dist.world
+                        for k, v in values.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                    display.update(p, self.history, sums.get(task.monitor, 0) / max(1, p.batch_in_epoch))
+                    if stop.requested:
+                        break
+                if stop.requested and p.batch_in_epoch < self.steps_per_epoch:
+                    self._save_last()
+                    self._barrier()
+                    result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
+                    break
+                n_batches = max(1, p.batch_in_epoch)
+                row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
+                p.epoch, p.batch_in_epoch = epoch, 0
+                assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
+                row["status"] = assessment.status
+                self.history.append(row)
+                value = row.get(assessment.monitor)
+                value = value if value is not None else math.nan
+                improved = math.isfinite(value) and value < p.best_value
+                if improved:
+                    p.best_value, p.best_epoch = value, epoch
+                    self._save_best(epoch, value)
+                if self.dist.main:
+                    R.append_history(self.dir / R.HISTORY_FILE, row)
+                self.good_state = self._snapshot()
+                self._save_last()
+                self._barrier()
+                display.epoch_done(row, p)
+                if stop.requested:
+                    result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
+                    break
+                if self.early_stop and convergence.should_stop(assessment):
+                    result["early_stopped"] = True
+                    self._restore_best()
+                    if self.dist.main:
+                        display.stop()
+                        self.console.print(f"[bold]Early stop at epoch {epoch}[/]: {assessment.summary()}")
+                    break
+        result["assessment"] = convergence.assess(self.history, self.recipe.convergence, monitor=monitor_key)
+        result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
+        result["epochs"] = p.epoch
+        return result
+
+    def _announce_stop(self, display: Display, when: str) -> bool:
+        if self.dist.main:
+            display.stop()
+            self.console.print(f"[yellow]Stopped {when}; saved {self.dir / R.LAST_FILE}.[/] Resume with:\n"
+                               f"  {self.resume_command}", highlight=False, soft_wrap=True)
+        return True
+
+    def _restore_best(self) -> None:
+        best = self.dir / R.BEST_FILE
+        if best.is_file():
+            self._restore({"modules": R.load_checkpoint(best, self.device)["modules"]})
+
+    def _barrier(self) -> None:
+        if self.dist.world > 1:
+            dist.barrier()
+
+    def _epoch_row(self, epoch: int, sums: dict[str, float], n: int, seen: int, seconds: float,
+                   lr: float) -> dict[str, Any]:
+        val = self.validate("val")
+        unseen = self.validate("unseen")
+        monitor = self.task.monitor
+        row: dict[str, Any] = {
+            "epoch": epoch, "step": self.progress.step,
+            "train_loss": sums.get(monitor, math.nan) / n,
+            "val_loss": val[monitor] if val else None,
+            "unseen_loss": unseen[monitor] if unseen else None,
+            "lr": lr, "seconds": round(seconds, 3), "samples_per_second": round(seen / max(seconds, 1e-9), 2),
+            "nonfinite_skipped": self.progress.nonfinite,
+        }
+        for k, v in sorted(sums.items()):
+            row[f"train_{k}"] = v / n
+        for split, values in (("val", val), ("unseen", unseen)):
+            for k, v in (values or {}).items():
+                if k != monitor:
+                    row[f"{split}_{k}"] = v
+        return row
