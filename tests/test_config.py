@@ -1,0 +1,104 @@
+"""Recipes: every key and type checked, a clear error naming the key, presets, overrides, stored recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from voiceclone.config import (AcousticModelConfig, AudioConfig, Recipe, build, differences, load_recipe,
+                               recipe_from_dict)
+from voiceclone.errors import UserError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_recipes_load():
+    for name in ("demo", "vctk", "libritts"):
+        recipe = load_recipe(name)
+        assert isinstance(recipe, Recipe) and recipe.name == name
+
+
+def test_unknown_key_names_the_key_and_suggests_the_close_one(tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'audio.sample_rte' \(did you mean 'sample_rate'\?\)"):
+        load_recipe(write(tmp_path, "[audio]\nsample_rte = 16000\n"))
+
+
+def test_unknown_key_without_a_close_one_lists_the_known_keys(tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'audio.zzz' \(known: sample_rate, n_fft"):
+        load_recipe(write(tmp_path, "[audio]\nzzz = 1\n"))
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(UserError, match="unknown key 'acustic'"):
+        load_recipe(write(tmp_path, "[acustic.model]\nhidden = 8\n"))
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ('[audio]\nsample_rate = "16k"\n', "audio.sample_rate", "an integer"),
+    ("[audio]\nsample_rate = 16000.5\n", "audio.sample_rate", "an integer"),
+    ("[audio]\nsample_rate = true\n", "audio.sample_rate", "an integer"),
+    ('[audio]\nfmax = "high"\n', "audio.fmax", "a number"),
+    ("[convergence]\nearly_stop = 1\n", "convergence.early_stop", "true or false"),
+    ("[finetune]\nfreeze = \"decoder\"\n", "finetune.freeze", "a list of a string"),
+    ("audio = 3\n", "audio", "a table"),
+])
+def test_wrong_types_name_the_key_and_the_type(tmp_path, text, key, expected):
+    with pytest.raises(UserError) as e:
+        load_recipe(write(tmp_path, text))
+    assert key in str(e.value) and (expected in str(e.value) or "must be a table" in str(e.value)), str(e.value)
+
+
+def test_an_integer_is_accepted_where_a_number_is_expected(tmp_path):
+    assert load_recipe(write(tmp_path, "[audio]\nfmax = 7000\n")).audio.fmax == 7000.0
+
+
+def test_values_are_checked(tmp_path):
+    with pytest.raises(UserError, match="setting audio.fmax must not exceed sample_rate / 2"):
+        load_recipe(write(tmp_path, "[audio]\nsample_rate = 16000\nfmax = 9000\n"))
+
+
+def test_size_presets_apply_and_other_keys_override_them():
+    base = build(AcousticModelConfig, {"size": "base"})
+    assert base.hidden == AcousticModelConfig.PRESETS["base"]["hidden"] != AcousticModelConfig().hidden
+    tuned = build(AcousticModelConfig, {"size": "base", "hidden": 128})
+    assert tuned.hidden == 128 and tuned.speaker_dim == AcousticModelConfig.PRESETS["base"]["speaker_dim"]
+    with pytest.raises(UserError, match="size = 'huge' is not one of"):
+        build(AcousticModelConfig, {"size": "huge"}, "acoustic.model")
+
+
+def test_overrides_are_toml_values_and_checked_like_the_file():
+    recipe = load_recipe("demo", ["acoustic.train.lr=1e-3", "convergence.early_stop=false", "name=mine"])
+    assert recipe.acoustic.train.lr == 1e-3 and recipe.convergence.early_stop is False and recipe.name == "mine"
+    with pytest.raises(UserError, match="did you mean 'lr'"):
+        load_recipe("demo", ["acoustic.train.lrr=1e-3"])
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_recipe("demo", ["acoustic.train.lr"])
+
+
+def test_a_stored_recipe_round_trips():
+    recipe = load_recipe("demo")
+    assert recipe_from_dict(json.loads(recipe.to_json())) == recipe
+
+
+def test_a_retired_key_loads_from_stored_recipes_only(tmp_path):
+    stored = load_recipe("demo").to_dict()
+    stored["acoustic"]["model"]["n_speakers"] = 12  # as older versions saved it
+    assert recipe_from_dict(stored) == load_recipe("demo")
+    with pytest.raises(UserError, match="unknown key 'acoustic.model.n_speakers'"):
+        load_recipe(write(tmp_path, "[acoustic.model]\nn_speakers = 12\n"))
+
+
+def test_missing_recipe_names_the_known_ones():
+    with pytest.raises(UserError, match=r"recipe 'nope' not found \(known: demo, libritts, vctk\)"):
+        load_recipe("nope")
+
+
+def test_differences_lists_each_changed_setting():
+    a, b = AudioConfig(sample_rate=16000, fmax=8000.0), AudioConfig(sample_rate=22050, fmax=7000.0)
+    assert differences(a, b, "audio") == ["audio.fmax: 8000.0 vs 7000.0", "audio.sample_rate: 16000 vs 22050"]
+    assert differences(a, a, "audio") == []
