@@ -47,6 +47,24 @@ def prepared_dataset(synthetic_corpus, tmp_path_factory, quiet) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def make_dataset(quiet):
+    """make(root, speakers, utterances, seconds, seed, unseen_speakers=None, overrides=()) -> root / "ds":
+    a synthetic corpus written to root / "corpus" (16 kHz) and prepared with the demo recipe (2 workers).
+    The one way the test modules that train build their data; each chooses its own size."""
+    from voiceclone.data.prepare import prepare
+
+    def make(root: Path, speakers: int, utterances: int, seconds: float, seed: int,
+             unseen_speakers=None, overrides=()) -> Path:
+        write_corpus(root / "corpus", n_speakers=speakers, utterances=utterances, seconds=seconds,
+                     sample_rate=CORPUS_RATE, seed=seed)
+        prepare([root / "corpus"], root / "ds", load_recipe("demo", list(overrides)), workers=2,
+                unseen_speakers=unseen_speakers, console=quiet)
+        return root / "ds"
+
+    return make
+
+
 @pytest.fixture
 def interrupt_after_first_epoch(monkeypatch):
     """Make the next training run receive a real Ctrl-C (SIGINT) during the last step of its epoch 1,

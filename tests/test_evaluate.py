@@ -24,7 +24,6 @@ from voiceclone.data.prepare import prepare
 from voiceclone.data.store import Dataset
 from voiceclone.evaluation.judges import Verifier
 from voiceclone.evaluation.report import measure
-from voiceclone.synthetic import write_corpus
 from voiceclone.train.command import train
 
 QUIET = Console(quiet=True)
@@ -36,11 +35,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, make_dataset) -> Path:
     """5 synthetic voices (2 of them unseen), 4 utterances each; both stages trained for 2 epochs; a bundle."""
     root = tmp_path_factory.mktemp("evaluate")
-    write_corpus(root / "corpus", n_speakers=5, utterances=4, seconds=1.2, sample_rate=16000, seed=5)
-    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, unseen_speakers=UNSEEN, console=QUIET)
+    make_dataset(root, speakers=5, utterances=4, seconds=1.2, seed=5, unseen_speakers=UNSEEN)
     train(root / "ds", root / "run", stage="all", overrides=FAST, epochs=2, early_stop=False, console=QUIET)
     export(root / "run", root / "model.safetensors")
     return root

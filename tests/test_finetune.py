@@ -15,7 +15,7 @@ from voiceclone.run import load_checkpoint
 from voiceclone.cli import app
 from voiceclone.config import FinetuneConfig, load_recipe
 from voiceclone.data.prepare import prepare
-from voiceclone.synthetic import Speaker, synth_utterance, write_corpus
+from voiceclone.synthetic import Speaker, synth_utterance
 from voiceclone.train import finetune as ft
 from voiceclone.train.command import train
 
@@ -24,13 +24,12 @@ BASE = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "voco
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
+def setup(tmp_path_factory, make_dataset) -> dict[str, Path]:
     """A base model trained on 8 voices, and a dataset of one new voice (12 utterances, 3 held out)."""
     import soundfile as sf
 
     root = tmp_path_factory.mktemp("finetune")
-    write_corpus(root / "corpus", n_speakers=8, utterances=6, seconds=1.8, sample_rate=16000, seed=11)
-    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
+    make_dataset(root, speakers=8, utterances=6, seconds=1.8, seed=11)
     train(root / "ds", root / "base", stage="all", overrides=BASE, epochs=8, early_stop=False, console=QUIET)
     # the new voice: a register and vocal tract outside the base corpus's range
     voice = Speaker("newvoice", f0_hz=330.0, formant_scale=1.32, tilt_db=-5.0, breath=0.01, bandwidth=0.9)

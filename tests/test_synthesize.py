@@ -26,16 +26,12 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tmp_path_factory, make_dataset) -> dict[str, Path]:
     """A corpus, and a run with both stages trained for a few short epochs."""
-    from voiceclone.config import load_recipe
-    from voiceclone.data.prepare import prepare
-    from voiceclone.synthetic import write_corpus
     from voiceclone.train.command import train
 
     root = tmp_path_factory.mktemp("synth")
-    write_corpus(root / "corpus", n_speakers=6, utterances=6, seconds=2.0, sample_rate=16000, seed=5)
-    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
+    make_dataset(root, speakers=6, utterances=6, seconds=2.0, seed=5)
     overrides = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4",
                  "vocoder.train.lr=2e-3"]
     train(root / "ds", root / "run", stage="acoustic", overrides=overrides, epochs=6, early_stop=False, console=QUIET)

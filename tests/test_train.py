@@ -32,14 +32,9 @@ FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "acou
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(tmp_path_factory, make_dataset) -> Path:
     """10 synthetic voices (1 held out as unseen), 8 utterances each, prepared with the demo recipe."""
-    from voiceclone.synthetic import write_corpus
-
-    root = tmp_path_factory.mktemp("train")
-    write_corpus(root / "corpus", n_speakers=10, utterances=8, seconds=1.6, sample_rate=16000, seed=3)
-    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=2, console=QUIET)
-    return root / "ds"
+    return make_dataset(tmp_path_factory.mktemp("train"), speakers=10, utterances=8, seconds=1.6, seed=3)
 
 
 @pytest.fixture(scope="module")
