@@ -128,10 +128,23 @@ def synthesize(
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output (default: the model's rate)."),
     chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
+    block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded up to whole frames)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.synthesize import synthesize as run_synthesize
 
+    if stream:  # the streaming path (voiceclone/inference/stream.py)
+        from voiceclone.errors import UserError
+        from voiceclone.inference.stream import synthesize_stream
+
+        if source is None:
+            raise UserError("--stream converts a --source file (not --text)")
+        synthesize_stream(model, reference or [], source, out, block_ms=block_ms, lookahead_ms=lookahead_ms,
+                          transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, device=device,
+                          console=console)
+        return
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
 
