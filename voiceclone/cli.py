@@ -106,11 +106,24 @@ def train(
 @user_errors
 def export(
     run: Path = typer.Argument(..., help="A run folder with trained acoustic and vocoder stages."),
-    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead, write ONNX graphs and their config.json into this folder (needs the `onnx` extra)."),
 ) -> None:
-    """Write the run's best models as one shareable safetensors file (config inside, no pickle)."""
+    """Write the run's best models as one shareable safetensors file (config inside, no pickle), or as ONNX graphs."""
     from voiceclone.bundle import export as run_export
 
+    if (out is None) == (onnx is None):
+        raise UserError("give exactly one of --out MODEL.safetensors or --onnx FOLDER")
+    if onnx is not None:  # ONNX graphs (voiceclone/inference/onnx_export.py)
+        from voiceclone.inference.onnx_export import export_onnx
+
+        result = export_onnx(run, onnx)
+        console.print(f"wrote {len(result['files'])} files to {onnx}", highlight=False)
+        for name, err in result["parity"].items():
+            console.print(f"  {name}: onnxruntime matches torch, max |difference| {err:.1e}", highlight=False)
+        if not result["parity"]:
+            console.print("  (onnxruntime not installed: parity not checked; pip install 'voiceclone[onnx]')")
+        return
     path = run_export(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
