@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from voiceclone.errors import UserError
 
@@ -28,7 +29,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
 
     return wrapper
@@ -122,7 +124,7 @@ def export(
         for name, err in result["parity"].items():
             console.print(f"  {name}: onnxruntime matches torch, max |difference| {err:.1e}", highlight=False)
         if not result["parity"]:
-            console.print("  (onnxruntime not installed: parity not checked; pip install 'voiceclone[onnx]')")
+            console.print("  (onnxruntime not installed: parity not checked; pip install 'voiceclone[onnx]')", markup=False)
         return
     path = run_export(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -160,6 +162,32 @@ def synthesize(
         return
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
+
+
+@app.command()
+@user_errors
+def live(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
+    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Audio of the target voice (repeat to average several); optional for a fine-tuned model."),
+    input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone: index or part of the name (default: the system's)."),
+    output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers: index or part of the name (default: the system's)."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
+    block_ms: float = typer.Option(80.0, "--block-ms", help="Block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="Audio after each block the models see (ms)."),
+    transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
+    keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep your own register instead of moving to the reference's."),
+    source_f0: Optional[float] = typer.Option(None, "--source-f0", help="Your median F0 in Hz, if known (else measured as you speak)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds (default: at Ctrl-C)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+) -> None:
+    """Convert the microphone into the reference voice, live, to the speakers (needs the `live` extra)."""
+    from voiceclone.inference.live import live as run_live
+
+    if model is None and not list_devices:
+        raise UserError("--model is needed (or --list-devices)")
+    run_live(model, reference or [], input_device=input_device, output_device=output_device,
+             list_devices=list_devices, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
+             keep_pitch=keep_pitch, source_f0=source_f0, seconds=seconds, device=device, console=console)
 
 
 @app.command()

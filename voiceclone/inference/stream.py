@@ -444,12 +444,14 @@ def describe(report: StreamReport, cfg) -> dict:
             "compute_ms_max": float(times.max()), "real_time_factor": float(np.median(times)) / report.block_ms}
 
 
+def latency_line(r: dict) -> str:
+    return (f"algorithmic latency {r['latency_ms']:.0f} ms = block {r['block_ms']:.0f} ms + lookahead "
+            f"{r['lookahead_ms']:.0f} ms (the lookahead holds the STFT/iSTFT overhang {r['analysis_overhang_ms']:.0f} ms, "
+            f"half the F0 window {r['f0_window_half_ms']:.0f} ms and the networks' right context; the vocoder adds none)")
+
+
 def print_report(console, r: dict) -> None:
-    console.print(
-        f"algorithmic latency {r['latency_ms']:.0f} ms = block {r['block_ms']:.0f} ms + lookahead "
-        f"{r['lookahead_ms']:.0f} ms (the lookahead holds the STFT/iSTFT overhang {r['analysis_overhang_ms']:.0f} ms, "
-        f"half the F0 window {r['f0_window_half_ms']:.0f} ms and the networks' right context; the vocoder adds none)",
-        highlight=False)
+    console.print(latency_line(r), highlight=False)
     console.print(f"compute per block {r['compute_ms_median']:.1f} ms median (p90 {r['compute_ms_p90']:.1f}, max "
                   f"{r['compute_ms_max']:.1f}) over {r.get('blocks', 0)} blocks; real-time factor "
                   f"{r['real_time_factor']:.2f} (compute / block duration, < 1 keeps up)", highlight=False)
