@@ -27,7 +27,8 @@ SPEAKERS = {"name": "Fake Speakers", "max_input_channels": 0, "max_output_channe
 
 def fake_sounddevice(devices, feed: np.ndarray | None = None, played: list | None = None):
     """A stand-in for the sounddevice module: `devices` as query_devices() returns them; a Stream that calls
-    its callback from a thread with `feed` block by block and keeps what the callback plays in `played`."""
+    its callback from a thread with `feed` block by block (then silence, until closed) and keeps what the
+    callback plays in `played`."""
     sd = types.ModuleType("sounddevice")
     sd.query_devices = lambda: [dict(d, index=i) for i, d in enumerate(devices)]
     sd.default = types.SimpleNamespace(device=[0, 1])
@@ -39,17 +40,17 @@ def fake_sounddevice(devices, feed: np.ndarray | None = None, played: list | Non
         def __init__(self, samplerate, blocksize, device, channels, dtype, callback):
             self.blocksize, self.callback, self.stop = blocksize, callback, threading.Event()
 
-        def run(self):
-            for i in range(0, len(feed), self.blocksize):
-                if self.stop.is_set():
-                    return
+        def run(self):  # as a device: blocks until stopped, silence once `feed` is over
+            i = 0
+            while not self.stop.is_set():
                 x = np.zeros((self.blocksize, 1), np.float32)
                 chunk = feed[i : i + self.blocksize]
                 x[: len(chunk), 0] = chunk
                 out = np.zeros((self.blocksize, 1), np.float32)
                 self.callback(x, out, self.blocksize, None, None)
                 played.append(out[:, 0].copy())
-                time.sleep(0.001)
+                i += self.blocksize
+                time.sleep(0.005)
 
         def __enter__(self):
             self.thread = threading.Thread(target=self.run, daemon=True)

@@ -78,7 +78,7 @@ def test_how_the_input_arrives_does_not_change_the_output(setup):
 
 def test_blocks_and_lookahead_are_whole_frames(setup):
     model, ref, _ = setup
-    conv = StreamConverter(model, ref, block_ms=50, lookahead_ms=20)  # 16 ms frames at 16 kHz
+    conv = StreamConverter(model, ref, block_ms=50, lookahead_ms=30)  # 16 ms frames at 16 kHz: 3.1 and 1.9
     assert (conv.block, conv.lookahead) == (3, 2)
     assert conv.latency == 5 * 256
 

@@ -145,7 +145,7 @@ def synthesize(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
-    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded up to whole frames)."),
+    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.synthesize import synthesize as run_synthesize
