@@ -118,3 +118,10 @@ def test_synthesize_stream_prints_latency_and_speed(tiny_run, tmp_path):
         r = runner.invoke(app, [*args, *bad, "--out", str(tmp_path / "x.wav")])
         assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
         assert "Traceback" not in r.output
+
+
+def test_any_input_length_gives_the_same_length_out(setup):
+    model, ref, source = setup
+    for n in (0, 1, 255, 256, 1281, 2600):  # nothing, under a frame, a frame, a block and a sample, ...
+        out, _ = stream_file(model, ref, source[:n])
+        assert len(out) == n and np.isfinite(out).all()

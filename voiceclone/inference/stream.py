@@ -214,6 +214,11 @@ class StreamConverter:
         m0 = max(0, a0 - 2)
         mel, energy = self._mel(m0, avail)
         n_end = m0 + mel.shape[1]
+        if n_end <= b0:  # the input ends within this frame: silence, as offline pads the last partial hop
+            self.done, self.tail = b1, np.zeros(0, np.float32)
+            self.report.block_seconds.append(time.perf_counter() - started)
+            self.report.block_cpu_seconds.append(time.process_time() - cpu_started)
+            return np.zeros(last_sample - b0 * hop, np.float32)
         f0 = self._f0(b0, avail, n_end)  # source F0 of [b0, n_end)
         if n_end > b0:
             final = n_end if self.ended else min(n_end, (avail - (cfg.n_fft - hop) // 2 - hop) // hop + 1)
