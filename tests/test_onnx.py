@@ -39,7 +39,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored for the tests after these
     folder = tmp_path_factory.mktemp("onnx") / "model"
     r = runner.invoke(app, ["export", str(tiny_run["run"]), "--onnx", str(folder)])
     assert r.exit_code == 0, r.output
@@ -49,8 +50,9 @@ def exported(tiny_run, tmp_path_factory):
     cfg = model.recipe.audio
     ref_path, src_path = corpus / "spk000" / "spk000_000.wav", corpus / "spk005" / "spk005_001.wav"
     source = A.clean(A.load_audio(src_path, cfg.sample_rate), model.recipe.prepare)
-    return {"folder": folder, "model": model, "voice": OnnxVoice(folder), "ref_path": ref_path, "src_path": src_path,
-            "source": source, "ref": embed_references(model, [ref_path])}
+    yield {"folder": folder, "model": model, "voice": OnnxVoice(folder), "ref_path": ref_path, "src_path": src_path,
+           "source": source, "ref": embed_references(model, [ref_path])}
+    torch.set_num_threads(threads)
 
 
 def test_the_folder_holds_four_graphs_and_their_config(exported):

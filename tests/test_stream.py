@@ -25,14 +25,16 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def setup(tiny_run):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the stream runs; restored for the tests after these
     model = load_model(tiny_run["run"])
     corpus = tiny_run["corpus"]
     ref = embed_references(model, [corpus / "spk000" / "spk000_000.wav"])
     cfg = model.recipe.audio
     source = np.concatenate([A.clean(A.load_audio(corpus / "spk005" / f"spk005_00{i}.wav", cfg.sample_rate),
                                      model.recipe.prepare) for i in range(2)])
-    return model, ref, source
+    yield model, ref, source
+    torch.set_num_threads(threads)
 
 
 def offline(model, ref, source, **kwargs) -> np.ndarray:

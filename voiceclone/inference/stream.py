@@ -30,7 +30,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -361,15 +361,6 @@ def stream_file(model: Model, ref: Reference, y: np.ndarray, chunk: int | None =
     out = [conv.push(y[i : i + chunk]) for i in range(0, len(y), chunk)]
     out.append(conv.flush())
     return np.concatenate(out), conv.report
-
-
-def blocks_of(chunks: Iterable[np.ndarray], conv: StreamConverter) -> Iterator[np.ndarray]:
-    """Output blocks of a converter fed from an iterator of input chunks, flushed at its end."""
-    for x in chunks:
-        y = conv.push(x)
-        if len(y):
-            yield y
-    yield conv.flush()
 
 
 def synthesize_stream(model_path, references, source, out, block_ms: float = 80.0, lookahead_ms: float = 60.0,
