@@ -151,7 +151,6 @@ def synthesize(
     from voiceclone.synthesize import synthesize as run_synthesize
 
     if stream:  # the streaming path (voiceclone/inference/stream.py)
-        from voiceclone.errors import UserError
         from voiceclone.inference.stream import synthesize_stream
 
         if source is None:
