@@ -87,3 +87,21 @@ def interrupt_after_first_epoch(monkeypatch):
     monkeypatch.setattr(Trainer, "_train_step", step)
     yield
     monkeypatch.setattr(Trainer, "_train_step", original)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, quiet) -> dict[str, Path]:
+    """A corpus and a run with both tiny stages briefly trained (the streaming, ONNX and live tests share it):
+    {"corpus": ROOT/spk00k/spk00k_00u.wav, "run": the run folder}."""
+    from voiceclone.data.prepare import prepare
+    from voiceclone.train.command import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    write_corpus(root / "corpus", n_speakers=6, utterances=6, seconds=2.0, sample_rate=16000, seed=5)
+    prepare([root / "corpus"], root / "ds", load_recipe("demo"), workers=1, console=quiet)
+    overrides = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4",
+                 "vocoder.train.lr=2e-3"]
+    train(root / "ds", root / "run", stage="acoustic", overrides=overrides, epochs=4, early_stop=False, console=quiet)
+    # enough vocoder steps for the harmonic source's filter to matter, so its phase carry is exercised
+    train(root / "ds", root / "run", stage="vocoder", overrides=overrides, epochs=12, early_stop=False, console=quiet)
+    return {"corpus": root / "corpus", "run": root / "run"}

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from voiceclone.errors import UserError
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
@@ -29,7 +30,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
 
     return wrapper
@@ -107,11 +109,24 @@ def train(
 @user_errors
 def export(
     run: Path = typer.Argument(..., help="A run folder with trained acoustic and vocoder stages."),
-    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The bundle to write (MODEL.safetensors)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead, write ONNX graphs and their config.json into this folder (needs the `onnx` extra)."),
 ) -> None:
-    """Write the run's best models as one shareable safetensors file (config inside, no pickle)."""
+    """Write the run's best models as one shareable safetensors file (config inside, no pickle), or as ONNX graphs."""
     from voiceclone.inference.bundle import export as run_export
 
+    if (out is None) == (onnx is None):
+        raise UserError("give exactly one of --out MODEL.safetensors or --onnx FOLDER")
+    if onnx is not None:  # ONNX graphs (voiceclone/inference/onnx_export.py)
+        from voiceclone.inference.onnx_export import export_onnx
+
+        result = export_onnx(run, onnx)
+        console.print(f"wrote {len(result['files'])} files to {onnx}", highlight=False)
+        for name, err in result["parity"].items():
+            console.print(f"  {name}: onnxruntime matches torch, max |difference| {err:.1e}", highlight=False)
+        if not result["parity"]:
+            console.print("  (onnxruntime not installed: parity not checked; pip install 'voiceclone[onnx]')", markup=False)
+        return
     path = run_export(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -129,12 +144,50 @@ def synthesize(
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output (default: the model's rate)."),
     chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
+    block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.inference.synthesize import synthesize as run_synthesize
 
+    if stream:  # the streaming path (voiceclone/inference/stream.py)
+        from voiceclone.inference.stream import synthesize_stream
+
+        if source is None:
+            raise UserError("--stream converts a --source file (not --text)")
+        synthesize_stream(model, reference or [], source, out, block_ms=block_ms, lookahead_ms=lookahead_ms,
+                          transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, device=device,
+                          console=console)
+        return
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
+
+
+@app.command()
+@user_errors
+def live(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
+    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Audio of the target voice (repeat to average several); optional for a fine-tuned model."),
+    input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone: index or part of the name (default: the system's)."),
+    output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers: index or part of the name (default: the system's)."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
+    block_ms: float = typer.Option(80.0, "--block-ms", help="Block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="Audio after each block the models see (ms)."),
+    transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
+    keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep your own register instead of moving to the reference's."),
+    source_f0: Optional[float] = typer.Option(None, "--source-f0", help="Your median F0 in Hz, if known (else measured as you speak)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds (default: at Ctrl-C)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+) -> None:
+    """Convert the microphone into the reference voice, live, to the speakers (needs the `live` extra)."""
+    from voiceclone.inference.live import live as run_live
+
+    if model is None and not list_devices:
+        raise UserError("--model is needed (or --list-devices)")
+    run_live(model, reference or [], input_device=input_device, output_device=output_device,
+             list_devices=list_devices, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
+             keep_pitch=keep_pitch, source_f0=source_f0, seconds=seconds, device=device, console=console)
 
 
 @app.command()

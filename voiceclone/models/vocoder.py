@@ -117,10 +117,10 @@ class HarmonicSource(nn.Module):
         self.register_buffer("ramp", ramp, persistent=False)
         self.register_buffer("ramp_sum", ramp.cumsum(0), persistent=False)
 
-    def signal(self, f0_hz: Tensor) -> Tensor:
-        """f0_hz [B, T] -> source [B, (T - 1) * hop + n_fft], starting (n_fft - hop) // 2 samples before
-        frame 0's hop: the span that T analysis frames of the log_mel grid cover."""
-        frames = f0_hz.shape[-1]
+    def _segments(self, f0_hz: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample F0 and gain, the phase (cycles) advanced within each segment between frame centres, and
+        each segment's total advance. f0_hz [B, T] -> f, gain, within [B, T + 2 * margin - 1, hop], totals
+        [B, T + 2 * margin - 1] float64."""
         f0 = fill_unvoiced(f0_hz).clamp(F0_SOURCE_MIN_HZ, self.sample_rate / 4)
         tracks = torch.stack([f0, (f0_hz > 0).to(f0.dtype)], dim=1)
         # Per-sample values linear between frame centres, flat beyond the ends, built segment by segment:
@@ -133,8 +133,26 @@ class HarmonicSource(nn.Module):
         f_lo, f_hi = lo[:, 0], hi[:, 0]
         steps = torch.arange(1, self.hop + 1, device=f.device, dtype=f.dtype)
         within = (f_lo * steps + (f_hi - f_lo) * self.ramp_sum) / self.sample_rate  # [B, S, hop]
-        totals = within[..., -1].double()
+        return f, gain, within, within[..., -1].double()
+
+    def cycles_at(self, f0_hz: Tensor, sample: int) -> Tensor:
+        """The source's phase in cycles (float64 [B]) just after `sample` (0 = the first sample of frame 0's
+        hop, in [0, T * hop)), counted from the start of `signal`'s span: what a stream needs to continue a
+        previous window's phase (`offset`)."""
+        _, _, within, totals = self._segments(f0_hz.float())
+        flat = self.margin * self.hop - self.hop // 2 + sample
+        seg, k = divmod(flat, self.hop)
+        return totals[:, :seg].sum(-1) + within[:, seg, k].double()
+
+    def signal(self, f0_hz: Tensor, offset: Tensor | None = None) -> Tensor:
+        """f0_hz [B, T] -> source [B, (T - 1) * hop + n_fft], starting (n_fft - hop) // 2 samples before
+        frame 0's hop: the span that T analysis frames of the log_mel grid cover. offset [B] (cycles) shifts
+        the phase, so consecutive windows of a stream join in phase."""
+        frames = f0_hz.shape[-1]
+        f, gain, within, totals = self._segments(f0_hz)
         starts = totals.cumsum(-1) - totals
+        if offset is not None:
+            starts = starts + offset.double().unsqueeze(-1)
         cycles = (starts - starts.round()).float()[..., None] + within
         phase = 2 * math.pi * (cycles - cycles.round())  # in [-pi, pi]
         begin = self.margin * self.hop - self.hop // 2 - self.left
@@ -149,9 +167,10 @@ class HarmonicSource(nn.Module):
                                 torch.sin((full + 0.5) * phase) / (2 * torch.where(small, 1.0, half_sin))) - 0.5
         return HARMONIC_AMPLITUDE * gain * (dirichlet + top * torch.cos((full + 1) * phase))
 
-    def forward(self, f0_hz: Tensor) -> Tensor:
-        """f0_hz [B, T] (Hz, 0 = unvoiced) -> complex STFT [B, T, n_fft // 2 + 1] (time before frequency)."""
-        frames = self.signal(f0_hz.float()).unfold(-1, self.n_fft, self.hop)  # [B, T, n_fft], a view
+    def forward(self, f0_hz: Tensor, offset: Tensor | None = None) -> Tensor:
+        """f0_hz [B, T] (Hz, 0 = unvoiced), offset [B] cycles or None -> complex STFT [B, T, n_fft // 2 + 1]
+        (time before frequency)."""
+        frames = self.signal(f0_hz.float(), offset).unfold(-1, self.n_fft, self.hop)  # [B, T, n_fft], a view
         return torch.fft.rfft(frames * self.window, dim=-1)
 
 
@@ -175,8 +194,9 @@ class Vocoder(nn.Module):
         self.source = HarmonicSource(audio)
         self.istft = ISTFT(audio.n_fft, audio.hop_length, audio.win_length)
 
-    def forward(self, mel: Tensor, f0_hz: Tensor) -> Tensor:
+    def forward(self, mel: Tensor, f0_hz: Tensor, source_offset: Tensor | None = None) -> Tensor:
         """mel [B, n_mels, T] (audio.log_mel), f0_hz [B, T] (Hz, 0 = unvoiced) -> audio [B, T * hop] float32.
+        source_offset [B]: the harmonic source's starting phase in cycles (a stream's windows join in phase).
 
         Samples are clamped to [-1, 1] with a straight-through gradient: the contract of a waveform,
         without silencing the gradient of a generator that is still too loud.
@@ -199,7 +219,7 @@ class Vocoder(nn.Module):
             log_mag, phase = self.free(x).chunk(2, dim=-1)  # [B, T, bins] each
             free = torch.polar(log_mag.exp().clamp(max=MAX_MAGNITUDE), phase)
             filt = torch.view_as_complex(self.filter(x).unflatten(-1, (-1, 2)))  # (real, imag) pairs
-            audio = self.istft(free + filt * self.source(f0_hz))
+            audio = self.istft(free + filt * self.source(f0_hz, source_offset))
         return audio + (audio.clamp(-1.0, 1.0) - audio).detach()
 
 

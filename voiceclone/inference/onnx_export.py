@@ -1,0 +1,206 @@
+"""`voiceclone export RUN --onnx DIR`: the four networks as ONNX graphs, for runtimes without torch.
+
+DIR holds:
+
+    content_encoder.onnx  mel_normalized [B, n_mels, T] -> code [B, content_dim, T]
+    speaker_encoder.onnx  mel [B, n_mels, R] -> speaker [B, speaker_dim]
+    decoder.onnx          content [B, content_dim, T], f0_hz [B, T], energy [B, T], speaker [B, speaker_dim]
+                          -> mel [B, n_mels, T]
+    vocoder.onnx          mel [B, n_mels, T], f0_hz [B, T] -> free_real, free_imag, filter_real, filter_imag
+                          [B, T, n_fft // 2 + 1]
+    mel_basis.npy         the mel filterbank [n_mels, n_fft // 2 + 1] (float32; np.load(allow_pickle=False))
+    config.json           the audio front end, sizes, every graph's inputs and outputs, and the arithmetic left to
+                          the caller
+
+Time (T, R) and batch are dynamic axes. What stays outside the graphs, because a stream replaces it with running
+statistics or because ONNX has no complex numbers: the content encoder's two instance norms (each channel to zero
+mean and unit variance over time, eps 1e-5: before the graph on the mel, after it on the code), the energy's mean
+(the decoder takes energy minus its mean over the utterance), and the vocoder's harmonic source and inverse STFT
+(audio = iSTFT(free + filter * STFT(source(f0)))). examples/onnx_convert.py does all of it in numpy.
+
+Exported with torch's TorchScript-based exporter (opset 17): the torch.export-based one needs onnxscript and
+took 20x longer for the same graphs. The graphs are checked against torch with onnxruntime when it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from voiceclone import __version__
+from voiceclone import audio as A
+from voiceclone.inference.bundle import Model, load_model
+from voiceclone.errors import UserError
+from voiceclone.inference.stream import EPS, content_code
+from voiceclone.models.modules import F0_REF_HZ, pitch_features
+from voiceclone.models.vocoder import F0_SOURCE_MIN_HZ, HARMONIC_AMPLITUDE, MAX_MAGNITUDE, Vocoder
+
+OPSET = 17
+FORMAT = "voiceclone-onnx"
+FORMAT_VERSION = 1
+TOLERANCE = 1e-3  # largest |onnxruntime - torch| accepted on any graph output (float32 noise is ~1e-5)
+
+
+class ContentGraph(nn.Module):
+    """The content encoder between its instance norms."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.encoder = model.acoustic.content_encoder
+
+    def forward(self, mel_normalized: Tensor) -> Tensor:
+        return content_code(self.encoder, mel_normalized)
+
+
+class SpeakerGraph(nn.Module):
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.encoder = model.acoustic.speaker_encoder
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return self.encoder(mel)
+
+
+class DecoderGraph(nn.Module):
+    """The decoder with its pitch features; energy comes in relative to the utterance's mean."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.decoder = model.acoustic.decoder
+
+    def forward(self, content: Tensor, f0_hz: Tensor, energy: Tensor, speaker: Tensor) -> Tensor:
+        return self.decoder(content, pitch_features(f0_hz), energy.unsqueeze(1), speaker)
+
+
+class VocoderGraph(nn.Module):
+    """The vocoder up to its two spectra (Vocoder.forward without the complex arithmetic)."""
+
+    def __init__(self, vocoder: Vocoder) -> None:
+        super().__init__()
+        self.v = vocoder
+
+    def forward(self, mel: Tensor, f0_hz: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+
+        v = self.v
+        x = v.norm(v.embed(torch.cat([mel, pitch_features(f0_hz)], dim=1)))
+        for block in v.blocks:
+            x = block(x)
+        x = v.final_norm(x.transpose(1, 2))
+        log_mag, phase = v.free(x).chunk(2, dim=-1)
+        magnitude = log_mag.exp().clamp(max=MAX_MAGNITUDE)
+        filt = v.filter(x).unflatten(-1, (-1, 2))
+        return magnitude * torch.cos(phase), magnitude * torch.sin(phase), filt[..., 0], filt[..., 1]
+
+
+def _graphs(model: Model, frames: int = 64) -> dict[str, tuple[nn.Module, dict[str, Tensor], list[str], dict]]:
+    """name -> (module, example inputs, output names, dynamic axes)."""
+    ac = model.recipe.acoustic.model
+    n_mels = model.recipe.audio.n_mels
+    g = torch.Generator().manual_seed(0)
+    mel = torch.randn(1, n_mels, frames, generator=g) - 4
+    f0 = torch.full((1, frames), 140.0)
+    f0[:, ::5] = 0.0
+    bt = {0: "batch", 1: "frames"}
+    bct = {0: "batch", 2: "frames"}
+    return {
+        "content_encoder": (ContentGraph(model), {"mel_normalized": torch.randn(1, n_mels, frames, generator=g)},
+                            ["code"], {"mel_normalized": bct, "code": bct}),
+        "speaker_encoder": (SpeakerGraph(model), {"mel": mel}, ["speaker"], {"mel": bct, "speaker": {0: "batch"}}),
+        "decoder": (DecoderGraph(model),
+                    {"content": torch.randn(1, ac.content_dim, frames, generator=g), "f0_hz": f0,
+                     "energy": torch.randn(1, frames, generator=g), "speaker": torch.randn(1, ac.speaker_dim, generator=g)},
+                    ["mel"], {"content": bct, "f0_hz": bt, "energy": bt, "speaker": {0: "batch"}, "mel": bct}),
+        "vocoder": (VocoderGraph(model.vocoder), {"mel": mel, "f0_hz": f0},
+                    ["free_real", "free_imag", "filter_real", "filter_imag"],
+                    {"mel": bct, "f0_hz": bt, **{k: bt for k in ("free_real", "free_imag", "filter_real", "filter_imag")}}),
+    }
+
+
+def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> dict:
+    """Write the ONNX graphs, mel basis and config of a run folder or bundle into the folder `out`.
+
+    Returns {"files": [...], "parity": {graph: max |onnxruntime - torch|} (empty without onnxruntime)}.
+    """
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes the graphs through it)
+    except ImportError:
+        raise UserError("export --onnx needs the onnx package: pip install 'voiceclone[onnx]' "
+                        "(onnx and onnxruntime)") from None
+    model = load_model(model_path, need_vocoder=True)
+    out = Path(out)
+    if out.suffix in (".onnx", ".safetensors") or out.is_file():
+        raise UserError(f"{out}: --onnx names a folder (the graphs and config.json go inside)")
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
+        for name, (module, inputs, outputs, axes) in _graphs(model).items():
+            path = out / f"{name}.onnx"
+            torch.onnx.export(module.eval(), tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=list(inputs), output_names=outputs, dynamic_axes=axes)
+            files.append(path)
+    np.save(out / "mel_basis.npy", A.mel_filterbank(model.recipe.audio), allow_pickle=False)
+    files.append(out / "mel_basis.npy")
+    (out / "config.json").write_text(json.dumps(_config(model), indent=2))
+    files.append(out / "config.json")
+    parity = check_parity(model, out) if check and _have_onnxruntime() else {}
+    bad = {k: v for k, v in parity.items() if v > TOLERANCE}
+    if bad:
+        raise UserError(f"{out}: onnxruntime disagrees with torch beyond {TOLERANCE:g} on {bad}")
+    return {"files": [str(f) for f in files], "parity": parity}
+
+
+def _config(model: Model) -> dict:
+    audio, prep, ac = model.recipe.audio, model.recipe.prepare, model.recipe.acoustic.model
+    voice = model.acoustic.voice
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "voiceclone_version": __version__, "opset": OPSET,
+        "audio": {"sample_rate": audio.sample_rate, "n_fft": audio.n_fft, "win_length": audio.win_length,
+                  "hop_length": audio.hop_length, "n_mels": audio.n_mels, "fmin": audio.fmin, "fmax": audio.fmax,
+                  "f0_min": audio.f0_min, "f0_max": audio.f0_max, "log_floor": A.LOG_FLOOR,
+                  "mel": "log(max(mel_basis @ sqrt(|STFT|^2 + 1e-9), log_floor)); frames centred on (t + 0.5) * hop: "
+                         "reflect-pad (n_fft - hop) // 2 on the left, n_fft - hop - that on the right, periodic Hann "
+                         "window of win_length centred in n_fft, T = samples // hop",
+                  "energy": "0.5 * log(max(sum over bins of |STFT|^2, log_floor^2))"},
+        "prepare": {"trim_top_db": prep.trim_top_db, "loudness_db": prep.loudness_db},
+        "sizes": {"content_dim": ac.content_dim, "speaker_dim": ac.speaker_dim},
+        "normalization": {"eps": EPS, "content_encoder": "instance norm (per channel over time, biased variance) "
+                          "of the mel before the graph and of the code after it",
+                          "energy": "the decoder takes energy minus its mean over the utterance"},
+        "pitch": {"f0_center_hz": F0_REF_HZ, "shift": "f0 * reference median / source median over voiced "
+                  "frames (unless the source's register is kept), times 2^(semitones / 12)"},
+        "source": {"min_hz": F0_SOURCE_MIN_HZ, "unvoiced_fill_hz": F0_REF_HZ, "max_hz": audio.sample_rate / 4, "harmonic_amplitude": HARMONIC_AMPLITUDE,
+                   "spectrum": "audio = iSTFT(free + filter * STFT(source)) on the mel's frame grid, clipped to [-1, 1]"},
+        "voice": voice.detach().cpu().tolist() if voice is not None else None,
+        "graphs": {name: {"inputs": list(inputs), "outputs": outputs}
+                   for name, (_, inputs, outputs, _) in _graphs(model, frames=8).items()},
+    }
+
+
+def _have_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_parity(model: Model, folder: Path, frames: int = 157) -> dict[str, float]:
+    """Max |onnxruntime - torch| of every output of every graph, on inputs of another length than the export's
+    (so the dynamic axes are exercised)."""
+    import onnxruntime as ort
+
+    result = {}
+    for name, (module, inputs, outputs, _) in _graphs(model, frames=frames).items():
+        session = ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        with torch.inference_mode():
+            want = module.eval()(*inputs.values())
+        want = want if isinstance(want, tuple) else (want,)
+        result[name] = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want))
+    return result
