@@ -22,7 +22,7 @@ from voiceclone.config import load_recipe
 from voiceclone.evaluation.convergence import STATUSES
 from voiceclone.data.prepare import prepare
 from voiceclone.data.store import Dataset
-from voiceclone.evaluation.judges import Verifier
+from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.report import measure
 from voiceclone.train.command import train
 

