@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`python benchmarks/zero_shot_quality.py` (see its docstring). Judges: {spk_judge.name}; "
               f"{asr.name}; {mos.name}. SECS = cosine of GE2E embeddings to the target's (source's) profile of "
               f"other utterances; WER in %, pooled over the pairs; DNSMOS OVRL 1-5; CPU minutes of the "
-              f"conversions alone ({args.threads} threads).")
+              f"conversions alone (torch/judge threads: {args.threads}).")
     trained = train_minutes(args.run)
     notes = [f"- **{args.variant}**: run `{args.run}` ({trained}), data `{args.data}`, {len(pairs)} pairs over "
              f"{len(roles)} unseen speakers (seed {args.seed}), references {REF_MIN_S:.0f}-{REF_MAX_S:.0f} s; "
