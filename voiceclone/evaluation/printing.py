@@ -39,10 +39,15 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     for stage, entry in report["validation"].items():
         for name, v in entry.get("losses", {}).items():
             table.add_row(f"  {stage} {name}", fmt(v["value"]), "", str(entry["segments"]), v["unit"])
-    for section in ("reconstruction", "copy_synthesis", "zero_shot"):
+    sections = [(name, report[name]["metrics"]) for name in ("reconstruction", "copy_synthesis", "zero_shot")]
+    independent = report.get("independent", {})
+    if independent.get("available"):
+        sections += [("independent judges: zero_shot", independent["zero_shot"]),
+                     ("independent judges: copy_synthesis", independent["copy_synthesis"])]
+    for section, rows in sections:
         table.add_section()
         table.add_row(f"[bold]{section}[/]")
-        for name, m in report[section]["metrics"].items():
+        for name, m in rows.items():
             if "share" in m:
                 table.add_row(f"  {name}", fmt(m["share"]), "", str(m["n"]), m["unit"])
                 continue
@@ -52,6 +57,11 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     console.print(table)
     console.print(f"speaker encoder: {enc['which']} ({enc['source']}); MCD order {MCD_ORDER}, c0 excluded, "
                   f"frame-aligned; {report['zero_shot']['pairs']} zero-shot pairs", highlight=False)
+    if independent.get("available"):
+        for what, name in independent["judges"].items():
+            console.print(f"independent judge, {what}: {name}", highlight=False, markup=False)
+    elif independent:
+        console.print(f"independent judges: {independent['reason']}", highlight=False, markup=False)
     print_convergence(report["convergence"], console)
 
 

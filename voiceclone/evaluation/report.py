@@ -36,6 +36,9 @@ UNITS = {
     "gpe": "fraction of voiced frames", "f0_corr": "Pearson r", "mcd_db": "dB",
     "speaker_similarity": "cosine", "similarity_to_target": "cosine", "similarity_to_source": "cosine",
     "nearer_target": "fraction of pairs", "pitch_shift": "semitones",
+    "secs_to_target": "cosine (Resemblyzer GE2E)", "secs_to_source": "cosine (Resemblyzer GE2E)",
+    "wer_out": "word error rate vs the source's transcript", "cer_out": "character error rate vs the source's transcript",
+    "dnsmos_ovrl": "DNSMOS OVRL (1-5)", "dnsmos_sig": "DNSMOS SIG (1-5)", "dnsmos_bak": "DNSMOS BAK (1-5)",
 }
 VALIDATION_UNITS = {"mel": "log-mel L1", "f0_rmse_cents": "cents"}
 DEFINITIONS = {
@@ -52,6 +55,9 @@ DEFINITIONS = {
                      "source speaker's",
     "requested_f0": "reconstruction and copy synthesis: the source's F0 from the dataset; zero-shot: the "
                     "source's F0 times the register ratio (target median F0 / source median F0) synthesis used",
+    "independent": "judges outside the project, never used in training (evaluation/judges.py): Resemblyzer's GE2E "
+                   "speaker encoder (SECS, the scale Seed-VC reports), faster-whisper (WER and CER of the output "
+                   "against the same recogniser's transcript of the source) and DNSMOS P.835",
     "validation": "stages.validation.validation_losses on the stage's fixed middle segments of the split, as in training",
 }
 F0_KEYS = {"rmse_cents": "f0_rmse_cents", "rmse_hz": "f0_rmse_hz", "vuv_error": "vuv_error", "gpe": "gpe",
