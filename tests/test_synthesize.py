@@ -250,3 +250,23 @@ def test_a_short_reference_warns(trained, tmp_path):
     model = load_model(trained["run"])
     ref = embed_references(model, [tmp_path / "two.wav"])
     assert isinstance(ref, Reference) and ref.warnings and "3 s" in ref.warnings[0]
+
+
+def test_several_short_references_count_together(trained, tmp_path):
+    """Eight clips of 0.4 s of one voice (3.2 s of speech) are one usable reference; one such clip is not."""
+    y, sr = sf.read(wav(trained["corpus"], 0, 1), dtype="float32")
+    speech = y[np.abs(y) > 0].copy()
+    clips = []
+    for k in range(8):
+        piece = np.tile(speech, 3)[k * int(0.4 * sr):(k + 1) * int(0.4 * sr)]
+        sf.write(tmp_path / f"digit{k}.wav", piece, sr)
+        clips.append(tmp_path / f"digit{k}.wav")
+    model = load_model(trained["run"])
+    ref = embed_references(model, clips)
+    assert ref.seconds > 2.5 and torch.isfinite(ref.vector).all()
+    assert ref.warnings == []  # 3 s or more in all: no warning
+    few = embed_references(model, clips[:4])
+    assert len(few.warnings) == 1 and "in all" in few.warnings[0]
+    r = synth("--model", str(trained["run"]), "--reference", str(clips[0]), "--source",
+              str(wav(trained["corpus"], 1, 0)), "--out", str(tmp_path / "o.wav"))
+    assert r.exit_code == 2 and "at least 1 s" in r.output and "Traceback" not in r.output

@@ -54,20 +54,28 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
         return Reference(model.acoustic.voice.detach(), 0.0, model.meta.get("acoustic", {}).get("voice_f0_median"),
                          [])
     cfg, prep = model.recipe.audio, model.recipe.prepare
-    mels, f0s, total, warnings = [], [], 0.0, []
+    clips = []
     for p in paths:
         y = A.clean(A.load_audio(p, cfg.sample_rate), prep, p)
-        secs = len(y) / cfg.sample_rate
-        if secs < MIN_REFERENCE_SECONDS:
-            raise UserError(f"{p}: reference has {secs:.2f} s of speech; at least {MIN_REFERENCE_SECONDS:.0f} s is "
-                            f"needed ({GOOD_REFERENCE_SECONDS:.0f}-10 s recommended)")
-        if secs < GOOD_REFERENCE_SECONDS:
-            warnings.append(f"{p}: only {secs:.1f} s of speech; {GOOD_REFERENCE_SECONDS:.0f} s or more clones "
-                            "the voice more faithfully")
-        feats = A.features(y, cfg)
-        mels.append(torch.from_numpy(feats.mel.T.copy()))
-        f0s.append(feats.f0)
-        total += secs
+        clips.append((p, y, A.features(y, cfg)))
+    # Several references are one voice: the minimum applies to their speech together, so eight spoken digits
+    # of 0.4 s each make a usable reference. Clips too short to embed alone are pooled into one.
+    total = sum(len(y) for _, y, _ in clips) / cfg.sample_rate
+    names = ", ".join(str(p) for p, _, _ in clips)
+    if total < MIN_REFERENCE_SECONDS:
+        raise UserError(f"{names}: the reference{'s have' if len(clips) > 1 else ' has'} {total:.2f} s of speech "
+                        f"in all; at least {MIN_REFERENCE_SECONDS:.0f} s is needed ({GOOD_REFERENCE_SECONDS:.0f}-10 s "
+                        "recommended)")
+    warnings = []
+    if total < GOOD_REFERENCE_SECONDS:
+        warnings.append(f"{names}: only {total:.1f} s of speech in all; {GOOD_REFERENCE_SECONDS:.0f} s or more "
+                        "clones the voice more faithfully")
+    alone = [f for _, y, f in clips if len(y) >= MIN_REFERENCE_SECONDS * cfg.sample_rate]
+    short = [f for _, y, f in clips if len(y) < MIN_REFERENCE_SECONDS * cfg.sample_rate]
+    mels = [torch.from_numpy(f.mel.T.copy()) for f in alone]
+    if short:
+        mels.append(torch.from_numpy(np.concatenate([f.mel for f in short]).T.copy()))
+    f0s = [f.f0 for _, _, f in clips]
     device = next(model.acoustic.parameters()).device
     vector = model.acoustic.embed([m.to(device) for m in mels])
     return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings)
