@@ -102,3 +102,13 @@ def test_differences_lists_each_changed_setting():
     a, b = AudioConfig(sample_rate=16000, fmax=8000.0), AudioConfig(sample_rate=22050, fmax=7000.0)
     assert differences(a, b, "audio") == ["audio.fmax: 8000.0 vs 7000.0", "audio.sample_rate: 16000 vs 22050"]
     assert differences(a, a, "audio") == []
+
+
+def test_a_new_size_on_a_saved_recipe_takes_the_new_preset():
+    """A dataset's saved recipe spells out the tiny preset; `--set acoustic.model.size=base` must train base,
+    while a value set apart from the preset stays."""
+    saved = load_recipe("demo", ["acoustic.model.kernel_size=7"]).to_dict()
+    fresh = load_recipe("demo", ["acoustic.model.size=base", "acoustic.model.kernel_size=7"])
+    again = recipe_from_dict(saved, ["acoustic.model.size=base"])
+    assert again.acoustic.model == fresh.acoustic.model and again.acoustic.model.hidden > 96
+    assert recipe_from_dict(saved).acoustic.model == load_recipe("demo", ["acoustic.model.kernel_size=7"]).acoustic.model

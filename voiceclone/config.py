@@ -398,7 +398,28 @@ def recipe_from_dict(data: dict[str, Any], overrides: Sequence[str] = (), source
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
+    for item in overrides:
+        keys, value = parse_override(item)
+        if keys[-1] == "size":
+            _release_preset(data, keys[:-1], value)
     return build(Recipe, merge_overrides(data, overrides), source=source)
+
+
+def _release_preset(data: dict[str, Any], section: list[str], new_size: Any) -> None:
+    """A saved recipe spells out every value its `size` preset gave. When `--set SECTION.size=...` changes the
+    size, the values that still equal the old preset's are the old preset, not choices: drop them so the new
+    preset applies. Values set apart from the preset are kept."""
+    cls: Any = Recipe
+    node: Any = data
+    for k in section:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        cls, node = hints.get(k), node.get(k) if isinstance(node, dict) else None
+    presets = getattr(cls, "PRESETS", None)
+    if not presets or not isinstance(node, dict) or node.get("size") not in presets or new_size == node.get("size"):
+        return
+    for key, value in presets[node["size"]].items():
+        if node.get(key) == value:
+            del node[key]
 
 
 def read_recipe_json(path: Path) -> Recipe:
