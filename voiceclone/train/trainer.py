@@ -37,6 +37,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
 from voiceclone.train import checkpoint
 from voiceclone.train import finetune as ft
+from voiceclone.train import tboard
 from voiceclone.train.tasks import Task, make_task
 
 STAGES = ("acoustic", "vocoder")
@@ -127,6 +128,7 @@ class Trainer:
         self.device = task.device
         self.progress = Progression()
         self.history: list[dict[str, Any]] = []
+        self.scalars = None  # a tboard.Scalars when --tensorboard (rank 0 only)
         if dist_info.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -322,6 +324,8 @@ class Trainer:
                     self._save_best(epoch, value)
                 if self.dist.main:
                     append_history(self.dir / HISTORY_FILE, row)
+                    if self.scalars is not None:
+                        self.scalars.write(row)
                 self.good_state = self._snapshot()
                 self._save_last()
                 self._barrier()
@@ -341,6 +345,8 @@ class Trainer:
                         display.stop()
                         self.console.print(f"[bold]Early stop at epoch {epoch}[/]: {assessment.summary()}")
                     break
+        if self.scalars is not None:
+            self.scalars.close()
         result["assessment"] = convergence.assess(self.history, self.recipe.convergence, monitor=monitor_key)
         result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
         result["epochs"] = p.epoch
@@ -513,7 +519,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           overrides: Sequence[str] = (), epochs: int | None = None, resume: bool = False,
           device: str | None = None, early_stop: bool | None = None, finetune_on_acoustic: bool = False,
           init_from: Path | None = None, finetune: bool = False,
-          console: Console | None = None) -> dict[str, dict[str, Any]]:
+          console: Console | None = None, tensorboard: bool = False) -> dict[str, dict[str, Any]]:
     """Train one stage or both ('all': acoustic, then vocoder). Returns each stage's result.
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
@@ -527,6 +533,8 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if init_from is not None and not finetune:
         raise UserError("--init-from starts a fine-tune: add --finetune (other training starts from scratch, "
                         "or continues a run with --resume)")
+    if tensorboard:
+        tboard.require()
     dataset = Dataset.open(data)
     base = None
     if finetune:
@@ -546,7 +554,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     for s in STAGES if stage == "all" else (stage,):
         results[s] = _train_stage(dataset, Path(run), s, base_recipe, epochs, resume, dev, dist_info, early_stop,
                                   finetune_on_acoustic and s == "vocoder", console, data, recipe, overrides,
-                                  base, init_from)
+                                  base, init_from, tensorboard)
         if results[s]["interrupted"]:
             break
     return results
@@ -564,7 +572,7 @@ def _finetune_recipe(recipe: Recipe, stage: str) -> Recipe:
 def _train_stage(dataset: Dataset, run: Path, stage: str, recipe: Recipe, epochs: int | None, resume: bool,
                  device: torch.device, dist_info: Distributed, early_stop: bool | None, on_acoustic: bool,
                  console: Console, data: Path, recipe_arg: str | None, overrides: Sequence[str],
-                 base=None, init_from: Path | None = None) -> dict[str, Any]:
+                 base=None, init_from: Path | None = None, tensorboard: bool = False) -> dict[str, Any]:
     finetuning = base is not None
     if finetuning:
         recipe = _finetune_recipe(recipe, stage)
@@ -606,6 +614,8 @@ def _train_stage(dataset: Dataset, run: Path, stage: str, recipe: Recipe, epochs
                + "".join(f" --set {o}" for o in overrides) + (f" --epochs {epochs}" if epochs else ""))
     trainer = Trainer(task, stage_dir, n_epochs, recipe.convergence.early_stop if early_stop is None else early_stop,
                       dist_info, console, command)
+    if tensorboard and dist_info.main:
+        trainer.scalars = tboard.Scalars(stage_dir, stage)
     if state is not None:
         trainer.resume(state)
         if dist_info.main:
