@@ -33,9 +33,12 @@ curve's level):
 - epochs since improvement: epochs since the smoothed curve last beat its running reference by more than
   the threshold (the reference moves only on such improvements, as in Keras' EarlyStopping with
   min_delta, but on the smoothed curve). The count restarts when the learning rate is dropped.
-- trend: the least-squares line over the last max(P, W) + 1 points; `trend_gain` is how much lower it
-  ends than it starts (relative; positive = still falling), `trend_gain_se` its standard error for
-  noise sigma. The trend "still promises more than min_delta" when trend_gain > max(d, Z * trend_gain_se).
+- trend: the least-squares line over the longest recent stretch (max(P, W) + 1 up to TREND_SPANS * P + 1
+  points) that a line explains to within the noise (residual mean square within CHI_SIGMAS standard errors
+  of sigma^2): a slow descent under noise gets a long stretch and so a well-measured slope, a kink into a
+  plateau is cut off where the line stops fitting. `trend_gain` is how much lower the line projects the
+  curve P epochs on (relative; positive = still falling), `trend_gain_se` its standard error for noise
+  sigma. The trend "still promises more than min_delta" when trend_gain > max(d, Z_TREND * trend_gain_se).
 - change over the window: the same fitted change over the window, and `noise_bound` NOISE_SIGMAS
   standard errors of it (used to call a rise real).
 - best: the lowest monitored value (earliest on ties): what the trainer's `best` checkpoint holds.
@@ -51,9 +54,9 @@ Rules, first match wins:
 4. `overfitting`: the monitored loss rises over the window by more than max(d, noise_bound), the training
    loss falls over the same window by more than max(d, its own noise_bound), the train/validation gap
    widens, and the latest monitored value is more than d relative above the best.
-5. `converged`: no improvement above the threshold for at least P epochs, and the trend does not promise
-   more than min_delta: a longer run at the current settings is not expected to win more than d. When
-   the history records "lr_drops" and fewer than cfg.max_lr_drops were made, the plateau is first
+5. `converged`: no improvement above the threshold for at least P epochs, at least P + W + 1 points, and
+   the trend does not promise more than min_delta: a longer run at the current settings is not expected
+   to win more than d. When the history records "lr_drops" and fewer than cfg.max_lr_drops were made, the plateau is first
    answered by dropping the learning rate (evidence["reduce_lr"] = True; `should_stop` is False), and
    training stops only when the plateau holds at the lowest rate.
 6. `improving`: the change over the window is below -max(d, noise_bound) (falling beyond the noise).
@@ -74,7 +77,7 @@ from voiceclone.config import ConvergenceConfig
 STATUSES = ("too early", "improving", "converged", "overfitting", "diverged")
 STOP_STATUSES = frozenset({"converged", "overfitting", "diverged"})
 NOISE_SIGMAS = 3.0  # a window's rise must exceed this many standard errors of the noise to be real
-Z = 2.0  # an improvement, or a trend that still promises one, must exceed this many standard errors
+Z = 2.0  # an improvement of the smoothed curve must exceed this many standard errors of the noise
 TREND_SPANS = 4  # the trend line is fitted over at most TREND_SPANS * patience + 1 epochs
 Z_TREND = 1.0  # a trend promising more than min_delta by this many standard errors keeps training going
 CHI_SIGMAS = 1.0  # a line fits a stretch when its residual mean square is within this many s.e. of sigma^2
