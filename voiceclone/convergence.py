@@ -34,8 +34,8 @@ curve's level):
   the threshold (the reference moves only on such improvements, as in Keras' EarlyStopping with
   min_delta, but on the smoothed curve). The count restarts when the learning rate is dropped.
 - trend: the least-squares line over the longest recent stretch (max(P, W) + 1 up to TREND_SPANS * P + 1
-  points) that a line explains to within the noise (residual mean square within CHI_SIGMAS standard errors
-  of sigma^2): a slow descent under noise gets a long stretch and so a well-measured slope, a kink into a
+  points) that a line explains to within the noise (the residuals' robust variance within CHI_SIGMAS
+  standard errors of sigma^2): a slow descent under noise gets a long stretch and so a well-measured slope, a kink into a
   plateau is cut off where the line stops fitting. `trend_gain` is how much lower the line projects the
   curve P epochs on (relative; positive = still falling), `trend_gain_se` its standard error for noise
   sigma. The trend "still promises more than min_delta" when trend_gain > max(d, Z_TREND * trend_gain_se).
@@ -349,9 +349,11 @@ def _trend_stretch(epochs: list[int], values: list[float], sigma: float, shortes
     shortest = min(shortest, len(x_all))
     for k in range(min(longest, len(x_all)), shortest, -1):
         x, y = x_all[-k:], y_all[-k:]
-        coef = np.polyfit(x, y, 1)
-        ms = float(np.sum((y - np.polyval(coef, x)) ** 2)) / (k - 2)
-        if ms <= max(sigma, 1e-12) ** 2 * (1.0 + CHI_SIGMAS * math.sqrt(2.0 / (k - 2))):
+        r = y - np.polyval(np.polyfit(x, y, 1), x)
+        # robust spread of the residuals (a spike is noise, not a misfit); a median-based variance has
+        # 1 / 0.37 times the variance of a mean square, hence the wider tolerance
+        spread = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * math.sqrt(k / (k - 2))
+        if spread**2 <= max(sigma, 1e-12) ** 2 * (1.0 + CHI_SIGMAS * math.sqrt(2.0 / (0.37 * (k - 2)))):
             return x, y
     return x_all[-shortest:], y_all[-shortest:]
 
