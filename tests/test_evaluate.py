@@ -296,3 +296,22 @@ def test_judges_asked_for_but_missing_is_one_line(trained, monkeypatch):
                           "--judges")
     assert code == 2 and 'pip install "voiceclone[eval]"' in output, output
     assert "Traceback" not in output
+@pytest.mark.parametrize("columns", ["40", "80"])
+def test_convergence_table_keeps_its_header_and_nothing_is_cut_off(columns, tmp_path):
+    """Not a terminal (CliRunner), narrow or default width: headers print, wide text wraps, no "…"."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("converged")))
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--out", str(tmp_path / "r.json")],
+                           env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "…" not in out
+    lines = out[out.index("convergence:"):].splitlines()
+    head = lines[next(i for i, x in enumerate(lines) if x.startswith("┏")) + 1:
+                 next(i for i, x in enumerate(lines) if x.startswith("┡"))]
+    cells = [x.strip("┃").split("┃") for x in head]  # a folded header spans lines: join each column's pieces
+    headers = ["".join("".join(c[k].split()) for c in cells) for k in range(len(cells[0]))]
+    assert headers == ["stage", "epochs", "status", "best@epoch", "monitor", "earlystop"], head
+    recommendation = json.loads((tmp_path / "r.json").read_text())["convergence"]["stages"]["acoustic"]["summary"]
+    assert "".join(recommendation.split()) in "".join(out.split())  # every word of it, wrapped, none cut

@@ -123,7 +123,22 @@ def test_early_stopping_on_a_plateau_restores_the_best(dataset, tmp_path):
     r = results["acoustic"]
     assert r["early_stopped"] and r["epochs"] < 20
     assert r["assessment"].status == "converged"
-    assert history(tmp_path / "run")[-1]["status"] == "converged"
+    rows = history(tmp_path / "run")
+    assert rows[-1]["status"] == "converged"
+    # reduce-on-plateau (default 2 drops of x0.5) before the stop: the history shows each drop and its rate
+    drops = [row["lr_drops"] for row in rows]
+    assert drops == sorted(drops) and drops[0] == 0 and drops[-1] == 2
+    first_at = {k: next(row for row in rows if row["lr_drops"] == k) for k in (1, 2)}
+    before = {k: next(row for row in reversed(rows) if row["lr_drops"] == k - 1) for k in (1, 2)}
+    for k in (1, 2):  # the cosine moves little over one epoch; the drop halves the rate
+        assert first_at[k]["lr"] == pytest.approx(0.5 * before[k]["lr"], rel=0.1)
+
+
+def test_no_lr_drops_stops_on_the_first_plateau(dataset, tmp_path):
+    overrides = FAST + ["acoustic.train.lr=1e-12", "convergence.patience=2", "convergence.window=2",
+                        "convergence.max_lr_drops=0"]
+    r = train(dataset, tmp_path / "run", overrides=overrides, epochs=20, console=QUIET)["acoustic"]
+    assert r["early_stopped"] and {row["lr_drops"] for row in history(tmp_path / "run")} == {0}
 
 
 def test_non_finite_losses_are_skipped_then_the_last_good_state_is_reloaded(dataset, tmp_path, monkeypatch):

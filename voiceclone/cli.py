@@ -91,13 +91,14 @@ def train(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this trained model (run folder or bundle)."),
     finetune: bool = typer.Option(False, "--finetune/--no-finetune", help="Adapt --init-from to the dataset's voice (recipe [finetune] settings)."),
     set_: Optional[List[str]] = SetOpt,
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/<stage>/tensorboard/ (needs the tensorboard extra)."),
 ) -> None:
     """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
     from voiceclone.train.command import train as run_train
 
     results = run_train(data, run, stage=stage, recipe=recipe, overrides=set_ or [], epochs=epochs, resume=resume,
                         device=device, early_stop=early_stop, finetune_on_acoustic=finetune_on_acoustic,
-                        init_from=init_from, finetune=finetune, console=console)
+                        init_from=init_from, finetune=finetune, console=console, tensorboard=tensorboard)
     for name, result in results.items():
         if result["interrupted"]:
             raise typer.Exit(code=130)

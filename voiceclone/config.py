@@ -190,11 +190,17 @@ class ConvergenceConfig:
     min_delta: float = 0.005  # relative improvement that counts (0.005 = 0.5%)
     diverge_factor: float = 1.5  # validation this far above its best and rising = `diverged`
     early_stop: bool = True
+    # reduce-on-plateau: a plateau first multiplies the learning rate by lr_drop_factor, up to max_lr_drops
+    # times; early stopping fires only on a plateau at the lowest rate (0 drops = stop on the first plateau)
+    lr_drop_factor: float = 0.5
+    max_lr_drops: int = 2
 
     def __post_init__(self) -> None:
         _require(self.window >= 2, "convergence.window", "must be >= 2")
         _require(self.patience >= 1, "convergence.patience", "must be >= 1")
         _require(self.min_delta >= 0, "convergence.min_delta", "must be >= 0")
+        _require(0 < self.lr_drop_factor < 1, "convergence.lr_drop_factor", "must be in (0, 1)")
+        _require(0 <= self.max_lr_drops <= 10, "convergence.max_lr_drops", "must be in [0, 10]")
 
 
 @dataclass(frozen=True)

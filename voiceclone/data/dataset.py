@@ -22,7 +22,10 @@ FLOOR = float(np.log(LOG_FLOOR))
 class Segments(TorchDataset):
     """Fixed-length segments of one split. Items are requested as (epoch, index) pairs.
 
-    train=True: a random segment per (epoch, index); False: the middle segment, always the same.
+    train=True: a random segment per (epoch, index). train=False (validation): fixed segments, the same every
+    epoch; with cover=0 the middle one of each utterance, with cover=K up to K evenly spaced segments that
+    together cover the utterance (an item is then one segment, and len() counts segments), so validation
+    measures whole utterances and its value moves only when the model does.
     references: a pool of other utterances per speaker ([(Split, index)]); the reference is always a
     different utterance of the same speaker, so the target segment can never leak through it.
     Items: mel [frames, n_mels] float32, f0 [frames], energy [frames], mask [frames],
@@ -31,20 +34,26 @@ class Segments(TorchDataset):
 
     def __init__(self, split: Split, frames: int, hop: int, seed: int, train: bool,
                  references: dict[str, list[tuple[Split, int]]] | None = None, ref_frames: int = 0,
-                 with_audio: bool = False, speaker_ids: dict[str, int] | None = None) -> None:
+                 with_audio: bool = False, speaker_ids: dict[str, int] | None = None, cover: int = 0) -> None:
         self.split, self.frames, self.hop, self.seed, self.train = split, frames, hop, seed, train
         self.references, self.ref_frames = references, ref_frames
         self.with_audio, self.speaker_ids = with_audio, speaker_ids or {}
+        self.fixed = None if train or cover <= 0 else fixed_segments(split, frames, cover)
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.split) if self.fixed is None else len(self.fixed)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray | int]:
         epoch, i = key
+        if self.fixed is not None:
+            i, start = self.fixed[i]
         rng = np.random.default_rng([self.seed, epoch if self.train else 0, i])
         s = self.split
         n = s.n_frames(i)
-        start = int(rng.integers(0, max(n - self.frames, 0) + 1)) if self.train else max(n - self.frames, 0) // 2
+        if self.train:
+            start = int(rng.integers(0, max(n - self.frames, 0) + 1))
+        elif self.fixed is None:
+            start = max(n - self.frames, 0) // 2
         item: dict[str, np.ndarray | int] = {}
         item["mel"], item["mask"] = _crop(s.mel(i), start, self.frames, FLOOR)
         item["f0"], _ = _crop(s.f0(i), start, self.frames, 0.0)
@@ -66,6 +75,18 @@ class Segments(TorchDataset):
         if not pool:  # a speaker with one utterance: nothing else to use (prepare warns about these)
             return self.split, i
         return pool[int(rng.integers(len(pool)))] if self.train else pool[i % len(pool)]
+
+
+def fixed_segments(split: Split, frames: int, most: int) -> list[tuple[int, int]]:
+    """(utterance, start frame) of up to `most` evenly spaced segments per utterance, covering it when
+    ceil(n / frames) <= most (first and last frames included); utterances in order."""
+    out = []
+    for i in range(len(split)):
+        n = split.n_frames(i)
+        k = min(most, max(1, -(-n // frames)))
+        last = max(n - frames, 0)
+        out += [(i, int(round(j * last / (k - 1))) if k > 1 else last // 2) for j in range(k)]
+    return out
 
 
 def _crop(x: np.ndarray, start: int, length: int, fill: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,45 +1,67 @@
 """The convergence detector of docs/architecture.md section 8: one pure function of the per-epoch history.
 
 Training calls `assess` after every epoch (the status goes into the history row; `should_stop` drives early
-stopping, after which the trainer restores the `best` weights) and `evaluate` calls it on a finished run.
+stopping, after which the trainer restores the `best` weights; `reduces_lr` drives reduce-on-plateau) and
+`evaluate` calls it on a finished run.
 
 Inputs. `history` is the list of rows of `history.jsonl`, e.g. {"epoch": 3, "train_loss": 1.2,
-"val_loss": 1.1, "unseen_loss": 1.3}. Rows are ordered by "epoch"; when an epoch appears twice (a run
-resumed after being killed between writing the row and the checkpoint) the later row wins. A value that
-is missing or None means "not measured" and is skipped; a loss that went non-finite must be recorded as
-NaN or Infinity (Python's json writes and reads both). The monitored key is `monitor` if any row has a
-value for it, else "val_loss" (a single-speaker dataset has no unseen split), else `train_key`;
+"val_loss": 1.1, "unseen_loss": 1.3, "lr_drops": 0}. Rows are ordered by "epoch"; when an epoch appears
+twice (a run resumed after being killed between writing the row and the checkpoint) the later row wins. A
+value that is missing or None means "not measured" and is skipped; a loss that went non-finite must be
+recorded as NaN or Infinity (Python's json writes and reads both). The monitored key is `monitor` if any
+row has a value for it, else "val_loss" (a single-speaker dataset has no unseen split), else `train_key`;
 `Assessment.monitor` names the key actually used and `evidence["requested_monitor"]` is set when it
-differs from the one asked for.
+differs from the one asked for. "lr_drops" (how many reduce-on-plateau drops the epoch was trained after)
+is written by the trainer; a history without it was trained without reduce-on-plateau, and none is
+proposed for it.
+
+Why noise matters. A validation curve measured on a few voices jumps from epoch to epoch by more than the
+progress it is meant to show. Comparing single epochs then lets one lucky low epoch set a reference that
+later epochs cannot beat, and training stops while the curve underneath still falls. So every comparison
+is made against the curve's measured noise:
 
 Quantities (W = cfg.window, P = cfg.patience, d = cfg.min_delta, F = cfg.diverge_factor; "points" are
-epochs with a finite monitored value, "window" is the last W + 1 points):
-- best: the lowest monitored value (earliest on ties): what the trainer's `best` checkpoint holds when it
-  saves on every strict improvement.
-- change over the window: least-squares slope over the window times its span in epochs, divided by the
-  window's mean. A fitted line rather than last-minus-first, so one noisy epoch does not decide a trend.
-- noise: RMS of second differences over the last 2W + 1 points, / sqrt(6) (white noise of std s gives
-  second differences of std s * sqrt(6)), relative to the window mean; its 2-sigma bound on the change over
-  the window is `noise_bound`. Curvature of a real curve also counts as noise, which only makes the
-  overfitting rule more cautious; `converged` catches whatever it lets through.
-- epochs since improvement: epochs since the last value that beat the running reference by more than d
-  relative (the reference moves only on such improvements, as in Keras' EarlyStopping with min_delta).
+epochs with a finite monitored value, "window" is the last W + 1 points; all changes are relative to the
+curve's level):
+- noise (sigma): the robust standard deviation of one epoch's value around the local trend: the median
+  absolute second difference over the last NOISE_SPAN * W + 1 points, / (0.6745 * sqrt(6)) (white noise of
+  std s gives second differences of std s * sqrt(6); a median, so one spike or one kink does not count
+  as noise); the RMS when there are fewer than MIN_ROBUST second differences.
+- smoothed curve: the mean of the last W points at each epoch (its noise is sigma / sqrt(W)).
+- improvement threshold: max(d, Z * sigma * sqrt(2 / W)), i.e. min_delta or Z standard errors of the
+  difference of two smoothed values, whichever is larger. `evidence["improvement_threshold"]`.
+- epochs since improvement: epochs since the smoothed curve last beat its running reference by more than
+  the threshold (the reference moves only on such improvements, as in Keras' EarlyStopping with
+  min_delta, but on the smoothed curve). The count restarts when the learning rate is dropped.
+- trend: the least-squares line over the longest recent stretch (max(P, W) + 1 up to TREND_SPANS * P + 1
+  points) that a line explains to within the noise (the residuals' robust variance within CHI_SIGMAS
+  standard errors of sigma^2): a slow descent under noise gets a long stretch and so a well-measured slope, a kink into a
+  plateau is cut off where the line stops fitting. `trend_gain` is how much lower the line projects the
+  curve P epochs on (relative; positive = still falling), `trend_gain_se` its standard error for noise
+  sigma. The trend "still promises more than min_delta" when trend_gain > max(d, Z_TREND * trend_gain_se).
+- change over the window: the same fitted change over the window, and `noise_bound` NOISE_SIGMAS
+  standard errors of it (used to call a rise real).
+- best: the lowest monitored value (earliest on ties): what the trainer's `best` checkpoint holds.
 
 Rules, first match wins:
-1. `diverged`: the latest row has a non-finite training or monitored loss. (Checked before `too early`:
-   a NaN in epoch 1 already says the run is broken.)
+1. `diverged`: the latest row has a non-finite training or monitored loss, or no epoch has a finite
+   monitored value at all. (Checked before `too early`: a NaN in epoch 1 already says the run is broken.)
 2. `too early`: fewer than W + 1 points.
 3. `diverged`: the last two points are both more than (F - 1) * |best| above the best (for positive
-   losses: above best * F) and the change over the window is positive. Two points, so a one-epoch spike
-   does not end a run; the fitted slope, so a jump to a high plateau still counts as rising.
+   losses: above best * F) and the window is not falling back by more than its noise bound. Two points,
+   so a one-epoch spike does not end a run; "not falling back" rather than "rising", so a run that blew
+   up and then sat flat at a high loss is `diverged`, not a plateau.
 4. `overfitting`: the monitored loss rises over the window by more than max(d, noise_bound), the training
    loss falls over the same window by more than max(d, its own noise_bound), the train/validation gap
    widens, and the latest monitored value is more than d relative above the best.
-5. `converged`: no improvement above d for at least P epochs.
-6. `improving`: the change over the window is below -d (still falling by more than min_delta).
-7. otherwise `improving` with evidence["slowing"] = True: the trend is flat but patience has not run out;
-   the recommendation says how many epochs remain before early stopping and suggests a lower learning rate
-   if the plateau persists.
+5. `converged`: no improvement above the threshold for at least P epochs, at least P + W + 1 points, and
+   the trend does not promise more than min_delta: a longer run at the current settings is not expected
+   to win more than d. When the history records "lr_drops" and fewer than cfg.max_lr_drops were made, the plateau is first
+   answered by dropping the learning rate (evidence["reduce_lr"] = True; `should_stop` is False), and
+   training stops only when the plateau holds at the lowest rate.
+6. `improving`: the change over the window is below -max(d, noise_bound) (falling beyond the noise).
+7. otherwise `improving` with evidence["slowing"] = True: the trend is flat within the noise but patience
+   has not run out (or the longer trend still promises more than min_delta).
 """
 
 from __future__ import annotations
@@ -54,8 +76,13 @@ from voiceclone.config import ConvergenceConfig
 
 STATUSES = ("too early", "improving", "converged", "overfitting", "diverged")
 STOP_STATUSES = frozenset({"converged", "overfitting", "diverged"})
-NOISE_SIGMAS = 3.0  # a trend must exceed this many standard errors of epoch-to-epoch noise to be "rising"
+NOISE_SIGMAS = 3.0  # a window's rise must exceed this many standard errors of the noise to be real
+Z = 2.0  # an improvement of the smoothed curve must exceed this many standard errors of the noise
+TREND_SPANS = 4  # the trend line is fitted over at most TREND_SPANS * patience + 1 epochs
+Z_TREND = 1.0  # a trend promising more than min_delta by this many standard errors keeps training going
+CHI_SIGMAS = 1.0  # a line fits a stretch when its residual mean square is within this many s.e. of sigma^2
 NOISE_SPAN = 4  # noise is estimated over the last NOISE_SPAN * window + 1 epochs
+MIN_ROBUST = 5  # second differences needed for the median estimate; fewer use the RMS
 
 
 @dataclass(frozen=True)
@@ -86,8 +113,19 @@ class Assessment:
 
 
 def should_stop(a: Assessment) -> bool:
-    """Early stopping: True for `converged`, `overfitting` and `diverged`."""
-    return a.status in STOP_STATUSES
+    """Early stopping: True for `overfitting` and `diverged`, and for `converged` unless the plateau is to be
+    answered by a learning-rate drop first (reduce-on-plateau)."""
+    return a.status in STOP_STATUSES and not reduces_lr(a)
+
+
+def reduces_lr(a: Assessment) -> bool:
+    """Reduce-on-plateau: True when the plateau should drop the learning rate instead of stopping."""
+    return a.status == "converged" and bool(a.evidence.get("reduce_lr"))
+
+
+def lr_scale(drops: int, cfg: ConvergenceConfig) -> float:
+    """The learning-rate multiplier after `drops` reduce-on-plateau drops (the schedule is multiplied by it)."""
+    return cfg.lr_drop_factor ** max(0, int(drops))
 
 
 def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor: str = "unseen_loss",
@@ -95,14 +133,15 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
     """Classify a training history; see the module docstring for the exact rules and thresholds."""
     rows = _ordered(history)
     key = _choose_monitor(rows, monitor, train_key)
-    w, d = cfg.window, cfg.min_delta
-    ev: dict[str, Any] = {"epochs": len(rows), "window": w, "patience": cfg.patience, "min_delta": d}
+    w, d, patience = cfg.window, cfg.min_delta, cfg.patience
+    ev: dict[str, Any] = {"epochs": len(rows), "window": w, "patience": patience, "min_delta": d}
     if key != monitor:
         ev["requested_monitor"] = monitor
 
     epochs: list[int] = []
     values: list[float] = []
     train: list[float] = []
+    drops: list[int | None] = []
     nonfinite: list[int] = []
     for row, epoch in rows:
         v, t = _number(row.get(key)), _number(row.get(train_key))
@@ -112,6 +151,7 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
             epochs.append(epoch)
             values.append(v)
             train.append(t if t is not None and math.isfinite(t) else math.nan)
+            drops.append(_count(row.get("lr_drops")))
     if nonfinite:
         ev["nonfinite_epochs"] = nonfinite
     n = len(values)
@@ -128,7 +168,7 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
 
     use_best = _use_best(best_epoch, best_value, key)
 
-    # 1. a non-finite loss in the latest row
+    # 1. a non-finite loss in the latest row, or nothing finite at all
     if rows:
         last_row, last_epoch = rows[-1]
         bad = [(k, _number(last_row.get(k))) for k in dict.fromkeys((train_key, key))]
@@ -136,6 +176,9 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
         if bad:
             what = ", ".join(f"{k} = {x}" for k, x in bad)
             return verdict("diverged", f"stop: {what} at epoch {last_epoch}; {use_best} and lower the learning rate")
+        if n == 0 and nonfinite:
+            return verdict("diverged", f"stop: no epoch has a finite {key} (non-finite losses at epochs "
+                                       f"{_epochs_text(nonfinite)}); train again with a lower learning rate")
 
     # 2. not enough points for a trend
     if n < w + 1:
@@ -144,8 +187,9 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
     x = np.asarray(epochs[-(w + 1):], dtype=np.float64)
     y = np.asarray(values[-(w + 1):], dtype=np.float64)
     ty = np.asarray(train[-(w + 1):], dtype=np.float64)
+    level = max(abs(float(np.mean(y))), 1e-12)
     change = _relative_change(x, y)
-    noise = _relative_noise(np.asarray(values[-(NOISE_SPAN * w + 1):]), float(np.mean(y)))
+    noise = _relative_noise(np.asarray(values[-(NOISE_SPAN * w + 1):]), level)
     bound = _noise_bound(x, noise)
     ev.update(change_over_window=change, noise=noise, noise_bound=bound)
     train_ok = bool(np.all(np.isfinite(ty)))
@@ -159,47 +203,79 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
     gap_best = values[best_i] - train[best_i] if math.isfinite(train[best_i]) else None
     gap_start = float(y[0] - ty[0]) if train_ok else None
     ev.update(gap_now=gap_now, gap_at_best=gap_best, gap_at_window_start=gap_start)
-    ref_i = _last_significant_improvement(values, d)
-    since = epochs[-1] - epochs[ref_i]
-    ev["epochs_since_improvement"] = since
     ev["ratio_to_best"] = values[-1] / best_value if best_value > 0 else None
     gap_text = f"train/val gap {gap_best:.4g} at best, {gap_now:.4g} now" if gap_now is not None and \
         gap_best is not None else f"no {train_key} to compare"
 
-    # 3. far above the best and rising
+    # the noise-aware plateau measures
+    threshold = max(d, Z * noise * math.sqrt(2.0 / w))
+    smooth = _trailing_mean(values, w)
+    ref_i = _last_significant_improvement(smooth, threshold)
+    restart = _rate_start(epochs, drops)  # the last epoch at the previous learning rate, if it was dropped
+    since = epochs[-1] - max(epochs[ref_i], restart if restart is not None else epochs[0])
+    # the trend: a line over the longest recent stretch it explains to within the noise, projected P epochs on
+    tx, ty_ = _trend_stretch(epochs, values, noise * level, max(patience, w) + 1, TREND_SPANS * patience + 1)
+    slope, slope_se = _slope(tx, ty_, noise * level)
+    gain, gain_se = -slope * patience / level, slope_se * patience / level
+    promising = gain > max(d, Z_TREND * gain_se)
+    ev.update(improvement_threshold=threshold, epochs_since_improvement=since, trend_epochs=int(tx[-1] - tx[0]),
+              trend_gain=gain, trend_gain_se=gain_se, promising=promising)
+    current_drops = drops[-1]
+    if current_drops is not None:
+        ev.update(lr_drops=current_drops, max_lr_drops=cfg.max_lr_drops)
+    noise_text = f"noise {_pct(noise, sign=False)} per epoch"
+    trend_text = (f"the trend of the last {int(tx[-1] - tx[0])} epochs projects {_pct(-gain)} "
+                  f"± {_pct(gain_se, sign=False)} over the next {patience} ({noise_text})")
+
+    # 3. far above the best and not coming back
     allowed = (cfg.diverge_factor - 1.0) * abs(best_value)
-    if n >= 2 and values[-1] - best_value > allowed and values[-2] - best_value > allowed and change > 0:
+    if values[-1] - best_value > allowed and values[-2] - best_value > allowed and change >= -max(d, bound):
         ratio = f"{values[-1] / best_value:.2f}x its best" if best_value > 0 else "far above its best"
-        return verdict("diverged", f"stop: {key} {values[-1]:.4g} at epoch {epochs[-1]} is {ratio} and rising "
-                                   f"({_pct(change)} over the last {w} epochs); {use_best} and lower the "
-                                   f"learning rate")
+        trend = "and rising" if change > max(d, bound) else "and not coming back"
+        return verdict("diverged", f"stop: {key} {values[-1]:.4g} at epoch {epochs[-1]} is {ratio} {trend} "
+                                   f"({_pct(change)} over the last {w} epochs, {noise_text}); {use_best} and "
+                                   f"lower the learning rate")
 
     # 4. validation rising while training still falls
     if (train_change is not None and gap_now is not None and gap_start is not None
             and change > max(d, bound) and train_change < -max(d, train_bound)
             and gap_now > gap_start and values[-1] > best_value + d * abs(best_value)):
-        return verdict("overfitting", f"stop and {use_best}: {key} rose {_pct(change)} over the last {w} epochs "
-                                      f"while {train_key} fell {_pct(train_change)}; {gap_text}; more data or "
-                                      f"regularization (dropout, weight decay, augmentation)")
+        return verdict("overfitting", f"stop and {use_best}: {key} rose {_pct(change)} over the last {w} epochs, "
+                                      f"beyond its noise bound {_pct(bound, sign=False)}, while {train_key} fell "
+                                      f"{_pct(train_change)}; {gap_text}; more data or regularization "
+                                      f"(dropout, weight decay, augmentation)")
 
-    # 5. a plateau for `patience` epochs
-    if since >= cfg.patience:
-        return verdict("converged", f"stop and {use_best}: no improvement above {_pct(d, sign=False)} for "
-                                    f"{since} epochs ({_pct(change)} over the last {w}); {gap_text}; to go "
+    plateau = (f"no improvement of the smoothed {key} beyond {_pct(threshold, sign=False)} (the larger of "
+               f"min_delta {_pct(d, sign=False)} and {Z:g} standard errors of the noise) for {since} epochs")
+    # 5. a plateau for `patience` epochs that the trend does not promise to leave
+    if since >= patience and n >= patience + w + 1 and not promising:
+        why = "below min_delta" if gain <= d else "within its noise"
+        if current_drops is not None and current_drops < cfg.max_lr_drops:
+            ev["reduce_lr"] = True
+            return verdict("converged", f"plateau at this learning rate: {plateau}; {trend_text}, {why}; "
+                                        f"lowering the learning rate x{cfg.lr_drop_factor:g} (drop "
+                                        f"{current_drops + 1} of {cfg.max_lr_drops}) and continuing; best "
+                                        f"{best_value:.4g} at epoch {best_epoch}")
+        lowest = " at the lowest learning rate" if current_drops else ""
+        return verdict("converged", f"stop and {use_best}: {plateau}{lowest}; {trend_text}, {why}, so a longer "
+                                    f"run is not expected to gain more than min_delta; {gap_text}; to go "
                                     f"further, lower the learning rate or add data")
 
-    # 6. still falling
-    if change < -d:
-        return verdict("improving", f"keep training: {key} {_pct(change)} over the last {w} epochs, best "
-                                    f"{best_value:.4g} at epoch {best_epoch}; {gap_text}")
+    # 6. still falling beyond the noise
+    if change < -max(d, bound):
+        return verdict("improving", f"keep training: {key} {_pct(change)} over the last {w} epochs "
+                                    f"({noise_text}), best {best_value:.4g} at epoch {best_epoch}; {gap_text}")
 
-    # 7. flat, patience not yet spent
+    # 7. flat within the noise: patience not yet spent, or a longer trend that still falls
     ev["slowing"] = True
-    left = cfg.patience - since
+    if since >= patience:
+        return verdict("improving", f"keep training, but progress has slowed: {plateau}, yet {trend_text}, "
+                                    f"beyond min_delta and the noise; best {best_value:.4g} at epoch {best_epoch}")
+    left = patience - since
     return verdict("improving", f"keep training, but progress has slowed: {key} {_pct(change)} over the last "
-                                f"{w} epochs, no improvement above {_pct(d, sign=False)} for {since} epochs "
-                                f"(early stop in {left} more); best {best_value:.4g} at epoch {best_epoch}; "
-                                f"if the plateau persists, lower the learning rate")
+                                f"{w} epochs, within the noise; {plateau} (plateau declared in {left} more "
+                                f"without one); best {best_value:.4g} at epoch {best_epoch}; if the plateau "
+                                f"persists, lower the learning rate")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,11 +321,70 @@ def _relative_change(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _relative_noise(y: np.ndarray, scale: float) -> float:
-    """Std of epoch-to-epoch noise of y, relative to |scale|, from second differences (0 if < 3 values)."""
+    """Std of epoch-to-epoch noise of y around its local trend, relative to |scale| (0 if < 3 values).
+
+    From second differences, which a straight line does not change: their median absolute value when
+    there are MIN_ROBUST of them (a spike or a kink moves a median little), else their RMS.
+    """
     if len(y) < 3:
         return 0.0
     d2 = np.diff(y, n=2)
-    return float(np.sqrt(np.mean(d2**2) / 6.0)) / max(abs(scale), 1e-12)
+    if len(d2) >= MIN_ROBUST:
+        sigma = float(np.median(np.abs(d2))) / (0.6745 * math.sqrt(6.0))
+    else:
+        sigma = float(np.sqrt(np.mean(d2**2) / 6.0))
+    return sigma / max(abs(scale), 1e-12)
+
+
+def _trend_stretch(epochs: list[int], values: list[float], sigma: float, shortest: int,
+                   longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """The longest recent stretch (shortest..longest points) that a straight line fits to within the noise.
+
+    A stretch is accepted when its residuals' mean square is within 2 standard errors of sigma^2 (a
+    chi-square test with n - 2 degrees of freedom): a slow descent under noise gets a long stretch and so a
+    well-measured slope, while a kink into a plateau is cut off where the line stops fitting.
+    """
+    x_all = np.asarray(epochs, dtype=np.float64)
+    y_all = np.asarray(values, dtype=np.float64)
+    shortest = min(shortest, len(x_all))
+    for k in range(min(longest, len(x_all)), shortest, -1):
+        x, y = x_all[-k:], y_all[-k:]
+        r = y - np.polyval(np.polyfit(x, y, 1), x)
+        # robust spread of the residuals (a spike is noise, not a misfit); a median-based variance has
+        # 1 / 0.37 times the variance of a mean square, hence the wider tolerance
+        spread = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * math.sqrt(k / (k - 2))
+        if spread**2 <= max(sigma, 1e-12) ** 2 * (1.0 + CHI_SIGMAS * math.sqrt(2.0 / (0.37 * (k - 2)))):
+            return x, y
+    return x_all[-shortest:], y_all[-shortest:]
+
+
+def _slope(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
+    """Least-squares slope of y over x [per epoch] and its standard error for i.i.d. noise of std sigma."""
+    xc = x - x.mean()
+    sxx = float(np.dot(xc, xc))
+    return float(np.dot(xc, y - y.mean()) / sxx), sigma / math.sqrt(sxx)
+
+
+def _trailing_mean(values: list[float], k: int) -> list[float]:
+    """Each value replaced by the mean of it and the k - 1 before it (fewer at the start)."""
+    c = np.concatenate([[0.0], np.cumsum(values)])
+    return [float((c[i + 1] - c[max(0, i + 1 - k)]) / (i + 1 - max(0, i + 1 - k))) for i in range(len(values))]
+
+
+def _rate_start(epochs: list[int], drops: list[int | None]) -> int | None:
+    """The last epoch trained before the current learning-rate drop (None when there was no drop)."""
+    for i in range(len(drops) - 1, 0, -1):
+        if drops[i] is not None and drops[i - 1] is not None and drops[i] != drops[i - 1]:
+            return epochs[i - 1]
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    return ", ".join(map(str, epochs)) if len(epochs) <= 4 else f"{epochs[0]}-{epochs[-1]}"
 
 
 def _noise_bound(x: np.ndarray, noise: float) -> float:
@@ -258,11 +393,11 @@ def _noise_bound(x: np.ndarray, noise: float) -> float:
     return NOISE_SIGMAS * noise * float(x[-1] - x[0]) / math.sqrt(float(np.dot(xc, xc)))
 
 
-def _last_significant_improvement(values: list[float], min_delta: float) -> int:
-    """Index of the last value that beat the running reference by more than min_delta relative."""
+def _last_significant_improvement(values: list[float], threshold: float) -> int:
+    """Index of the last value that beat the running reference by more than `threshold` relative."""
     ref_i = 0
     for i in range(1, len(values)):
-        if values[i] < values[ref_i] - min_delta * abs(values[ref_i]):
+        if values[i] < values[ref_i] - threshold * abs(values[ref_i]):
             ref_i = i
     return ref_i
 

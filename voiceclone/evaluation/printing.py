@@ -33,7 +33,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     enc = report["speaker_encoder"]
     table = Table(title=f"{model['source']} on {ds['path']} [{report['split']}]", title_justify="left")
     for col in ("metric", "mean ± std", "median", "n"):
-        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "metric" else "right", overflow="fold")  # wrap, never cut
     table.add_column("unit")
     table.add_row("[bold]validation[/]")
     for stage, entry in report["validation"].items():
@@ -71,14 +71,15 @@ def print_convergence(conv: Mapping[str, Any], console: Console) -> None:
         return
     table = Table(title=f"convergence: {conv['run']}", title_justify="left")
     for col in ("stage", "epochs", "status", "best @ epoch", "monitor", "early stop"):
-        table.add_column(col, no_wrap=True)
+        # fold, not no_wrap: on a narrow or non-terminal console no_wrap cut cells to "…" and blanked headers
+        table.add_column(col, overflow="fold")
     for stage, s in conv["stages"].items():
         best = "-" if s["best_epoch"] is None else f"{fmt(s['best_value'])} @ {s['best_epoch']}"
         stop = "-" if s["stop_epoch"] is None else f"{s['stop_epoch']}" + ("" if s["stopped_early"] else " (if on)")
         table.add_row(stage, str(s["epochs"]), s["status"], best, s["monitor"], stop)
     console.print(table)
     for stage, s in conv["stages"].items():
-        console.print(f"{stage}: {s['summary']}", highlight=False)
+        console.print(f"{stage}: {s['summary']}", highlight=False, overflow="fold")
 
 
 def print_curves(convergence: Mapping[str, Any], console: Console) -> None:
@@ -87,7 +88,7 @@ def print_curves(convergence: Mapping[str, Any], console: Console) -> None:
         best = convergence["assessments"][stage].best_epoch
         table = Table(title=f"{stage}: last {min(CURVE_ROWS, len(rows))} of {len(rows)} epochs", title_justify="left")
         for col in ("epoch", "train_loss", "val_loss", "unseen_loss", "status"):
-            table.add_column(col, justify="right" if col != "status" else "left")
+            table.add_column(col, justify="right" if col != "status" else "left", overflow="fold")
         for row in rows[-CURVE_ROWS:]:
             mark = " *" if row.get("epoch") == best else ""
             table.add_row(f"{row.get('epoch', '?')}{mark}", *(fmt(number(row.get(k))) for k in

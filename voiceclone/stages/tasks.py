@@ -30,6 +30,10 @@ from voiceclone.train import augment
 from voiceclone.train import finetune as ft
 from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
+# validation segments per utterance (fixed, evenly spaced, covering utterances up to this many segments
+# long): the monitored loss then measures whole utterances, not one slice of each
+VAL_COVER = 6
+
 
 GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
 
@@ -155,7 +159,8 @@ class AcousticTask(Task):
         # seen speakers' references come from their training utterances too; unseen ones only from their own
         pool = reference_pool(s, self.dataset.split("train")) if split == "val" else reference_pool(s)
         return Segments(s, self.train_cfg.segment_frames, self.recipe.audio.hop_length, self.train_cfg.seed,
-                        train=False, references=pool, ref_frames=self.ref_frames, speaker_ids=self.speaker_ids)
+                        train=False, references=pool, ref_frames=self.ref_frames, speaker_ids=self.speaker_ids,
+                        cover=VAL_COVER)
 
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         mel, ref = batch["mel"].transpose(1, 2), batch["ref_mel"].transpose(1, 2)  # [B, M, T], [B, M, R]
@@ -230,7 +235,8 @@ class VocoderTask(Task):
             return None
         refs = reference_pool(s, self.dataset.split("train")) if self.acoustic is not None else None
         return Segments(s, frames, self.recipe.audio.hop_length, self.train_cfg.seed, train=train,
-                        references=refs, ref_frames=2 * frames if refs else 0, with_audio=True)
+                        references=refs, ref_frames=2 * frames if refs else 0, with_audio=True,
+                        cover=0 if train else VAL_COVER)
 
     def train_segments(self) -> Segments:
         return self._segments("train", self.train_cfg.segment_frames, True)

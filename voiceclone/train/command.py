@@ -18,6 +18,7 @@ from voiceclone.errors import UserError
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.train import finetune as ft
+from voiceclone.train import tboard
 from voiceclone.train.distributed import Distributed, setup_distributed
 from voiceclone.train.loop import Trainer
 
@@ -66,6 +67,7 @@ class TrainRequest:
     console: Console
     base: Model | None = None  # the model being fine-tuned
     init_from: Path | None = None
+    tensorboard: bool = False  # also write TensorBoard scalars beside each stage's history
 
     @property
     def finetuning(self) -> bool:
@@ -89,7 +91,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           overrides: Sequence[str] = (), epochs: int | None = None, resume: bool = False,
           device: str | None = None, early_stop: bool | None = None, finetune_on_acoustic: bool = False,
           init_from: Path | None = None, finetune: bool = False,
-          console: Console | None = None) -> dict[str, dict[str, Any]]:
+          console: Console | None = None, tensorboard: bool = False) -> dict[str, dict[str, Any]]:
     """Train one stage or both ('all': acoustic, then vocoder). Returns each stage's result.
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
@@ -103,6 +105,8 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if init_from is not None and not finetune:
         raise UserError("--init-from starts a fine-tune: add --finetune (other training starts from scratch, "
                         "or continues a run with --resume)")
+    if tensorboard:
+        tboard.require()
     dataset = Dataset.open(data)
     base = None
     if finetune:
@@ -119,7 +123,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if finetune and dist_info.world > 1:
         raise UserError("fine-tuning runs on one device; start it without torchrun")
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
-                           finetune_on_acoustic, dev, dist_info, console, base, init_from)
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard)
     results = {}
     for s in R.STAGES if stage == "all" else (stage,):
         results[s] = _train_stage(request, dataset, s)
@@ -180,6 +184,8 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     trainer = Trainer(task, R.stage_dir(req.run, stage), req.epochs or getattr(recipe, stage).train.epochs,
                       early_stop, req.dist, req.console, req.resume_command(stage))
     console = req.console
+    if req.tensorboard and req.dist.main:
+        trainer.scalars = tboard.Scalars(R.stage_dir(req.run, stage), stage)
     if state is not None:
         trainer.resume(state)
         if req.dist.main:

@@ -52,6 +52,7 @@ class Progression:
     best_value: float = math.inf
     best_epoch: int = 0
     lr_scale: float = 1.0  # lowered after repeated non-finite losses
+    lr_drops: int = 0  # reduce-on-plateau drops so far; the rate is multiplied by convergence.lr_scale(lr_drops)
     nonfinite: int = 0  # batches skipped for a non-finite loss, in all
 
 
@@ -65,6 +66,7 @@ class Trainer:
         self.device = task.device
         self.progress = Progression()
         self.history: list[dict[str, Any]] = []
+        self.scalars = None  # a tboard.Scalars when --tensorboard (rank 0 only)
         if dist_info.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -156,7 +158,7 @@ class Trainer:
 
     def _set_lr(self) -> float:
         factor = lr_factor(self.progress.step, self.cfg.warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
-        factor *= self.progress.lr_scale
+        factor *= self.progress.lr_scale * convergence.lr_scale(self.progress.lr_drops, self.recipe.convergence)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
@@ -250,6 +252,8 @@ class Trainer:
                 assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
                 row["status"] = assessment.status
                 self.history.append(row)
+                dropped = convergence.reduces_lr(assessment)  # reduce-on-plateau: next epochs at a lower rate
+                p.lr_drops += int(dropped)  # before _save_last, so a resumed run continues at the lowered rate
                 value = row.get(assessment.monitor)
                 value = value if value is not None else math.nan
                 improved = math.isfinite(value) and value < p.best_value
@@ -258,10 +262,17 @@ class Trainer:
                     self._save_best(epoch, value)
                 if self.dist.main:
                     R.append_history(self.dir / R.HISTORY_FILE, row)
+                    if self.scalars is not None:
+                        self.scalars.write(row)
                 self.good_state = self._snapshot()
                 self._save_last()
                 self._barrier()
                 display.epoch_done(row, p)
+                if dropped and self.dist.main:
+                    self.console.print(f"{task.stage}: plateau at epoch {epoch}; learning rate x"
+                                       f"{self.recipe.convergence.lr_drop_factor:g} (drop {p.lr_drops} of "
+                                       f"{self.recipe.convergence.max_lr_drops}): {assessment.summary()}",
+                                       highlight=False, soft_wrap=True)
                 if stop.requested:
                     result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
                     break
@@ -272,6 +283,8 @@ class Trainer:
                         display.stop()
                         self.console.print(f"[bold]Early stop at epoch {epoch}[/]: {assessment.summary()}")
                     break
+        if self.scalars is not None:
+            self.scalars.close()
         result["assessment"] = convergence.assess(self.history, self.recipe.convergence, monitor=monitor_key)
         result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
         result["epochs"] = p.epoch
@@ -304,7 +317,7 @@ class Trainer:
             "val_loss": val[monitor] if val else None,
             "unseen_loss": unseen[monitor] if unseen else None,
             "lr": lr, "seconds": round(seconds, 3), "samples_per_second": round(seen / max(seconds, 1e-9), 2),
-            "nonfinite_skipped": self.progress.nonfinite,
+            "nonfinite_skipped": self.progress.nonfinite, "lr_drops": self.progress.lr_drops,
         }
         for k, v in sorted(sums.items()):
             row[f"train_{k}"] = v / n
