@@ -56,7 +56,8 @@ def aam_softmax_loss(embedding: Tensor, weight: Tensor, labels: Tensor, margin: 
     embedding [B, D], weight [C, D] (one row per class), labels [B] -> scalar. Embeddings and class rows are
     compared by cosine; the true class must win by `margin` radians, so classes spread over the sphere.
     """
-    cos = torch.nn.functional.normalize(embedding.float(), dim=1) @ torch.nn.functional.normalize(weight.float(), dim=1).T
+    normalize = torch.nn.functional.normalize
+    cos = normalize(embedding.float(), dim=1) @ normalize(weight.float(), dim=1).T
     theta = torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6))
     target = torch.nn.functional.one_hot(labels, cos.shape[1]).bool()
     logits = scale * torch.where(target, torch.cos(theta + margin), cos)
