@@ -91,6 +91,14 @@ class AcousticModelConfig:
     decoder_layers: int = 4
     speaker_layers: int = 2
     kernel_size: int = 5
+    # the auxiliary speaker objective: "softmax" (plain cross-entropy) or "aam" (additive angular margin,
+    # as speaker verifiers are trained: classes pushed apart on the sphere, so unseen voices spread out too)
+    speaker_loss: str = "softmax"
+    aam_margin: float = 0.2
+    aam_scale: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require(self.speaker_loss in ("softmax", "aam"), "acoustic.model.speaker_loss", "must be 'softmax' or 'aam'")
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,25 @@ class AcousticLossWeights:
 
     mel: float = 1.0  # L1 between predicted and target log-mel
     speaker: float = 0.05  # cross-entropy of the auxiliary speaker classifier
+    # 1 - cosine between the model's own speaker embedding of a *converted* output (content of one item,
+    # another item's reference) and that reference's embedding; the encoder is frozen on this path
+    consistency: float = 0.0
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    """Training-time perturbations of the acoustic model (train/augment.py); off with `augment = false`."""
+
+    formant_semitones: float = 3.0  # content input: frequency warp within +- this
+    eq_depth: float = 0.35  # content input: random EQ, each cosine term within +- this (nepers)
+    eq_terms: int = 3  # content input: cosine terms of the EQ curve (more = narrower peaks and notches)
+    gain: float = 0.7  # content input: random gain within +- this (nepers)
+    virtual_share: float = 0.5  # share of items turned into a virtual speaker (target and reference warped)
+    virtual_semitones: float = 4.0  # their warp within +- this
+
+    def __post_init__(self) -> None:
+        _require(self.eq_terms >= 1, "acoustic.perturb.eq_terms", "must be >= 1")
+        _require(0 <= self.virtual_share <= 1, "acoustic.perturb.virtual_share", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,7 @@ class AcousticStage:
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: AcousticLossWeights = field(default_factory=AcousticLossWeights)
     augment: bool = True  # content perturbation and virtual speakers; off only for ablations
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
 
 
 @dataclass(frozen=True)

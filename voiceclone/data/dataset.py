@@ -29,7 +29,8 @@ class Segments(TorchDataset):
     references: a pool of other utterances per speaker ([(Split, index)]); the reference is always a
     different utterance of the same speaker, so the target segment can never leak through it.
     Items: mel [frames, n_mels] float32, f0 [frames], energy [frames], mask [frames],
-    optional audio [frames * hop], ref_mel [ref_frames, n_mels], ref_mask [ref_frames], speaker (int, -1 if unknown).
+    optional audio [frames * hop], ref_mel [ref_frames, n_mels], ref_mask [ref_frames], ref_f0 [ref_frames],
+    speaker (int, -1 if unknown).
     """
 
     def __init__(self, split: Split, frames: int, hop: int, seed: int, train: bool,
@@ -66,6 +67,7 @@ class Segments(TorchDataset):
             rn = ref_split.n_frames(j)
             rstart = int(rng.integers(0, max(rn - self.ref_frames, 0) + 1)) if self.train else 0
             item["ref_mel"], item["ref_mask"] = _crop(ref_split.mel(j), rstart, self.ref_frames, FLOOR)
+            item["ref_f0"], _ = _crop(ref_split.f0(j), rstart, self.ref_frames, 0.0)
         item["speaker"] = self.speaker_ids.get(s.speaker(i), -1)
         return item
 

@@ -23,12 +23,20 @@ from voiceclone.evaluation import metrics
 from voiceclone.config import FinetuneConfig, Recipe
 from voiceclone.data.dataset import Segments, reference_pool
 from voiceclone.data.store import Dataset
-from voiceclone.models.acoustic import AcousticModel
+from voiceclone.models.acoustic import AcousticModel, energy_features, pitch_features
 from voiceclone.models.discriminators import Discriminators
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.train import augment
 from voiceclone.train import finetune as ft
-from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from voiceclone.train.losses import (aam_softmax_loss, discriminator_loss, feature_matching_loss,
+                                     generator_adversarial_loss)
+
+
+def _log_median(f0: Tensor) -> Tensor:
+    """f0 [B, T] (0 = unvoiced) -> log of each row's median voiced F0 [B] (log 150 Hz for an unvoiced row)."""
+    logs = torch.where(f0 > 0, torch.log(f0.clamp(min=1.0)), torch.full_like(f0, float("nan")))
+    med = torch.nanmedian(logs, dim=1).values
+    return torch.nan_to_num(med, nan=float(np.log(150.0)))
 
 # validation segments per utterance (fixed, evenly spaced, covering utterances up to this many segments
 # long): the monitored loss then measures whole utterances, not one slice of each
@@ -165,16 +173,21 @@ class AcousticTask(Task):
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         mel, ref = batch["mel"].transpose(1, 2), batch["ref_mel"].transpose(1, 2)  # [B, M, T], [B, M, R]
         f0, energy, mask = batch["f0"], batch["energy"], batch["mask"]
+        ref_f0 = batch.get("ref_f0")
         known = batch["speaker"] >= 0
-        if getattr(self.recipe, self.stage).augment:
-            # virtual speakers: half the batch gets one warp on target and reference alike (F0 follows)
+        stage = getattr(self.recipe, self.stage)
+        if stage.augment:
+            p = stage.perturb
+            # virtual speakers: part of the batch gets one warp on target and reference alike (F0 follows)
             b = mel.shape[0]
-            warp = torch.rand(b, device=mel.device) < 0.5
-            ratio = torch.where(warp, augment.random_ratio(b, 4.0, device=mel.device), torch.ones(b, device=mel.device))
-            source = augment.perturb_content(mel, self.recipe.audio)
+            warp = torch.rand(b, device=mel.device) < p.virtual_share
+            ratio = torch.where(warp, augment.random_ratio(b, p.virtual_semitones, device=mel.device),
+                                torch.ones(b, device=mel.device))
+            source = augment.perturb_content(mel, self.recipe.audio, perturb=p)
             target = augment.warp_frequency(mel, ratio, self.recipe.audio)
             ref = augment.warp_frequency(ref, ratio, self.recipe.audio)
             f0 = f0 * ratio[:, None]
+            ref_f0 = ref_f0 * ratio[:, None] if ref_f0 is not None else None
             known = known & ~warp  # a warped voice is no longer the labelled speaker
         else:
             source, target = mel, mel
@@ -182,12 +195,39 @@ class AcousticTask(Task):
             ref = None  # a fine-tuned voice is its learned vector, not a reference
         pred, speaker = self.net("model")(source, f0, energy, ref, batch["ref_mask"], mask)
         out = {"mel": masked_l1(pred, target, mask).mean()}
-        logits = self.model.classifier(speaker.float())
-        if known.any():
-            out["speaker"] = F.cross_entropy(logits[known], batch["speaker"][known])
+        cfg = self.recipe.acoustic.model
+        if cfg.speaker_loss == "aam":
+            if known.any():
+                out["speaker"] = aam_softmax_loss(speaker[known], self.model.classifier.weight,
+                                                  batch["speaker"][known], cfg.aam_margin, cfg.aam_scale)
+            else:
+                out["speaker"] = self.model.classifier.weight.sum() * 0.0
         else:
-            out["speaker"] = logits.sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+            logits = self.model.classifier(speaker.float())
+            if known.any():
+                out["speaker"] = F.cross_entropy(logits[known], batch["speaker"][known])
+            else:
+                out["speaker"] = logits.sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+        if self.weights.get("consistency", 0.0) > 0 and ref is not None and pred.shape[0] > 1:
+            out["consistency"] = self._consistency(source, f0, energy, mask, speaker, ref_f0)
         return out
+
+    def _consistency(self, source: Tensor, f0: Tensor, energy: Tensor, mask: Tensor, speaker: Tensor,
+                     ref_f0: Tensor | None) -> Tensor:
+        """Convert each item's content into the *next* item's voice (register moved as synthesis moves it)
+        and ask the model's own speaker encoder, frozen here, to find that voice in the output."""
+        model = self.model
+        other = torch.roll(speaker, 1, dims=0)
+        f0_other = f0
+        if ref_f0 is not None:
+            log_med = _log_median(f0)
+            ratio = torch.exp(torch.roll(_log_median(ref_f0), 1) - log_med)  # [B]
+            f0_other = f0 * ratio[:, None]
+        content = model.content_encoder(source)
+        converted = model.decoder(content, pitch_features(f0_other), energy_features(energy, mask), other)
+        frozen = {n: p.detach() for n, p in model.speaker_encoder.named_parameters()}
+        embedded = torch.func.functional_call(model.speaker_encoder, frozen, (converted, mask))
+        return (1 - F.cosine_similarity(embedded.float(), other.detach().float(), dim=1)).mean()
 
     @torch.no_grad()
     def val_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from voiceclone.audio import LOG_FLOOR, mel_band_edges
-from voiceclone.config import AudioConfig
+from voiceclone.config import AudioConfig, PerturbConfig
 
 
 def warp_frequency(mel: Tensor, ratio: Tensor, cfg: AudioConfig) -> Tensor:
@@ -43,17 +43,20 @@ def random_ratio(batch: int, max_semitones: float, generator: torch.Generator | 
     return (2 ** (u * max_semitones / 12)).to(device)
 
 
-def perturb_content(mel: Tensor, cfg: AudioConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Formant shift (+-3 semitones), random EQ (a smooth curve of +-6 dB over frequency), gain (+-6 dB).
+def perturb_content(mel: Tensor, cfg: AudioConfig, generator: torch.Generator | None = None,
+                    perturb: PerturbConfig | None = None) -> Tensor:
+    """Formant shift, random EQ (a smooth curve over frequency) and gain; the defaults (+-3 semitones,
+    3 cosine terms of +-0.35 neper, +-0.7 neper = +-6 dB) are the original settings.
 
     mel [B, n_mels, T] -> [B, n_mels, T]
     """
+    p = perturb or PerturbConfig()
     b, m, _ = mel.shape
-    out = warp_frequency(mel, random_ratio(b, 3.0, generator, mel.device), cfg)
+    out = warp_frequency(mel, random_ratio(b, p.formant_semitones, generator, mel.device), cfg)
     # smooth EQ: a random combination of low-order cosines over the band axis
-    k = torch.arange(1, 4, dtype=torch.float32)
-    basis = torch.cos(torch.pi * k[:, None] * torch.linspace(0, 1, m)[None, :])  # [3, M]
-    coeffs = (torch.rand(b, 3, generator=generator) * 2 - 1) * 0.35
-    eq = (coeffs @ basis).to(mel.device)  # [B, M] in ln units; 0.35 * 3 ~ 1 neper max
-    gain = ((torch.rand(b, 1, generator=generator) * 2 - 1) * 0.7).to(mel.device)  # +-0.7 neper = +-6 dB
+    k = torch.arange(1, p.eq_terms + 1, dtype=torch.float32)
+    basis = torch.cos(torch.pi * k[:, None] * torch.linspace(0, 1, m)[None, :])  # [K, M]
+    coeffs = (torch.rand(b, p.eq_terms, generator=generator) * 2 - 1) * p.eq_depth
+    eq = (coeffs @ basis).to(mel.device)  # [B, M] in ln units
+    gain = ((torch.rand(b, 1, generator=generator) * 2 - 1) * p.gain).to(mel.device)
     return out + (eq + gain).unsqueeze(-1).to(mel.dtype)

@@ -48,3 +48,17 @@ def feature_matching_loss(real_feats: Sequence[Sequence[Tensor]], fake_feats: Se
 def _check(real: Sequence, fake: Sequence, what: str) -> None:
     if len(real) != len(fake) or len(real) == 0:
         raise ValueError(f"real and generated {what} must be equally many and not none ({len(real)} vs {len(fake)})")
+
+
+def aam_softmax_loss(embedding: Tensor, weight: Tensor, labels: Tensor, margin: float, scale: float) -> Tensor:
+    """Additive angular margin softmax (ArcFace / AAM-softmax, as speaker verifiers are trained).
+
+    embedding [B, D], weight [C, D] (one row per class), labels [B] -> scalar. Embeddings and class rows are
+    compared by cosine; the true class must win by `margin` radians, so classes spread over the sphere.
+    """
+    normalize = torch.nn.functional.normalize
+    cos = normalize(embedding.float(), dim=1) @ normalize(weight.float(), dim=1).T
+    theta = torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6))
+    target = torch.nn.functional.one_hot(labels, cos.shape[1]).bool()
+    logits = scale * torch.where(target, torch.cos(theta + margin), cos)
+    return torch.nn.functional.cross_entropy(logits, labels)
