@@ -13,7 +13,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
 from voiceclone.train import augment
 from voiceclone.train.losses import aam_softmax_loss
-from voiceclone.train.tasks import AcousticTask
+from voiceclone.stages.tasks import AcousticTask
 
 
 def _batch(task: AcousticTask, n: int = 4) -> dict[str, torch.Tensor]:
