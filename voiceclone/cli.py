@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from voiceclone.errors import UserError
+from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,6 +33,11 @@ def user_errors(fn):
             # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
+        except OSError as e:  # an output path that cannot be written, a full disk: the file and the reason
+            if e.errno not in KNOWN_ERRNOS:
+                raise
+            console.print(f"[bold red]error:[/] {file_error(e)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper
 

@@ -40,7 +40,9 @@ class AudioConfig:
     f0_max: float = 1100.0
 
     def __post_init__(self) -> None:
-        _require(self.sample_rate >= 8000, "audio.sample_rate", "must be at least 8000")
+        _require(8000 <= self.sample_rate <= 192000, "audio.sample_rate", "must be in [8000, 192000]")
+        _require(16 <= self.n_fft <= 16384, "audio.n_fft", "must be in [16, 16384]")
+        _require(1 <= self.n_mels <= 512, "audio.n_mels", "must be in [1, 512]")
         _require(self.win_length <= self.n_fft, "audio.win_length", "must not exceed audio.n_fft")
         _require(0 < self.hop_length <= self.win_length, "audio.hop_length", "must be in (0, win_length]")
         _require(self.fmax <= self.sample_rate / 2, "audio.fmax", "must not exceed sample_rate / 2")
@@ -100,6 +102,13 @@ class AcousticModelConfig:
     def __post_init__(self) -> None:
         _require(self.speaker_loss in ("softmax", "aam"), "acoustic.model.speaker_loss", "must be 'softmax' or 'aam'")
 
+    def __post_init__(self) -> None:
+        # far above any sensible model, far below what would exhaust a machine's memory: a typo or a
+        # hostile bundle is refused before anything is allocated
+        for key, top in (("hidden", 4096), ("content_dim", 1024), ("speaker_dim", 2048), ("encoder_layers", 64),
+                         ("decoder_layers", 64), ("speaker_layers", 64), ("kernel_size", 63)):
+            _require(1 <= getattr(self, key) <= top, f"acoustic.model.{key}", f"must be in [1, {top}]")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -123,8 +132,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _require(self.segment_frames >= 8, "train.segment_frames", "must be >= 8")
+        _require(1 <= self.batch_size <= 4096, "train.batch_size", "must be in [1, 4096]")
+        _require(8 <= self.segment_frames <= 8192, "train.segment_frames", "must be in [8, 8192]")
         _require(self.lr > 0, "train.lr", "must be positive")
 
 
@@ -185,6 +194,15 @@ class VocoderModelConfig:
     mpd_channels: int = 4  # first layer's; HiFi-GAN's 32-128-512-1024-1024 at 32
     mrd_channels: int = 8
     mrd_resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (256, 64, 256))
+
+    def __post_init__(self) -> None:
+        for key, top in (("dim", 4096), ("intermediate_dim", 16384), ("layers", 64), ("mpd_channels", 1024),
+                         ("mrd_channels", 1024)):
+            _require(1 <= getattr(self, key) <= top, f"vocoder.model.{key}", f"must be in [1, {top}]")
+        _require(len(self.mpd_periods) <= 16 and all(1 <= p <= 64 for p in self.mpd_periods),
+                 "vocoder.model.mpd_periods", "must be at most 16 periods in [1, 64]")
+        _require(len(self.mrd_resolutions) <= 16 and all(1 <= x <= 16384 for r in self.mrd_resolutions for x in r),
+                 "vocoder.model.mrd_resolutions", "must be at most 16 resolutions with sizes in [1, 16384]")
 
 
 @dataclass(frozen=True)
@@ -305,7 +323,12 @@ def build(cls: type, data: dict[str, Any], where: str = "", source: str = "confi
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
             raise UserError(f"{source}: unknown key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path, source)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a range check: name the file it came from
+        if str(e).startswith(source):
+            raise
+        raise UserError(f"{source}: {e}") from None
 
 
 def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:

@@ -1,4 +1,13 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exception types the CLI turns into a one-line message, and the translation of file-system errors
+(a full disk, a read-only or misnamed output path) into such a line."""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -9,3 +18,74 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class TrainingFailed(UserError):
+    """Training ran but produced nothing usable (no epoch with a finite validation loss): exit code 3, so a
+    script can tell it from bad input."""
+
+    exit_code = 3
+
+
+class FileWriteError(UserError):
+    """A file could not be written (full disk, read-only or misnamed path); `errno` says which."""
+
+    def __init__(self, message: str, errno_: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied", errno.EISDIR: "is a folder, not a file",
+            errno.ENOTDIR: "a part of this path is a file, not a folder",
+            errno.EEXIST: "exists and is not a folder", errno.ENOENT: "no such file or folder",
+            errno.ENAMETOOLONG: "name too long"}
+KNOWN_ERRNOS = frozenset((*DISK_FULL, *_REASONS))
+
+
+def mount_point(path: Path | str) -> str:
+    """The mount point of the file system `path` is (or would be) on: the 'device' a user frees space on."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def file_error(e: OSError, path: Path | str | None = None) -> FileWriteError:
+    """One line for an OSError met while writing `path` (or e.filename): what and where, no traceback."""
+    where = str(path) if path is not None else (e.filename if e.filename is not None else "")
+    if e.errno in DISK_FULL:
+        device = mount_point(where) if where else "the device"
+        return FileWriteError(f"no space left on {device}" + (f" writing {where}" if where else ""), e.errno)
+    reason = _REASONS.get(e.errno, e.strerror or str(e))
+    return FileWriteError(f"{where}: {reason}" if where else reason, e.errno)
+
+
+def check_output(path: Path | str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file is to go (or
+    the reverse), or a path below a file."""
+    p = Path(path)
+    if not folder and p.is_dir():
+        raise UserError(f"{p}: is a folder; name the file to write")
+    if folder and p.exists() and not p.is_dir():
+        raise UserError(f"{p}: is a file; name a folder to write into")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{p}: cannot be written: {parent} is a file, not a folder")
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a file-system error inside the block into a UserError naming `path` (writes on a full disk
+    raise an OSError without a file name)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in KNOWN_ERRNOS:
+            raise file_error(e, path) from None
+        raise

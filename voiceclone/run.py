@@ -4,6 +4,7 @@
     RUN/<stage>/last.pt         resume checkpoint (weights, optimizers, counters, RNG), rewritten every epoch
     RUN/<stage>/best.pt         weights at the best monitored validation loss
     RUN/<stage>/history.jsonl   one JSON row per epoch
+    RUN/.train-lock             held (flock) by the one `train` writing the run
 
 with <stage> one of STAGES (docs/architecture.md describes the formats). Checkpoints are written atomically
 and read with `torch.load(weights_only=True)` only, never with a fallback. Shared models are not these
@@ -13,18 +14,25 @@ read or written, so reading histories (evaluate's watch mode, the CLI) does not 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from voiceclone.config import ConvergenceConfig, read_recipe_json
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, writing
 
 STAGES = ("acoustic", "vocoder")  # in pipeline order; other stage folders (none today) sort after them
 CONFIG_FILE, LAST_FILE, BEST_FILE, HISTORY_FILE = "config.json", "last.pt", "best.pt", "history.jsonl"
+LOCK_FILE = ".train-lock"
+TMP_SUFFIX = ".tmp"  # of a checkpoint being written: .<name>.<random>.tmp beside it
 
 
 def stage_dir(run: Path | str, stage: str) -> Path:
@@ -49,8 +57,56 @@ def has_history(folder: Path | str) -> bool:
 
 def write_stage_config(run: Path | str, stage: str, recipe_json: str) -> None:
     folder = stage_dir(run, stage)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(recipe_json)
+    with writing(folder / CONFIG_FILE):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(recipe_json)
+
+
+@contextlib.contextmanager
+def locked(run: Path | str) -> Iterator[None]:
+    """One `train` at a time per run folder: two would interleave their histories and write `last` and
+    `best` in turn. An flock, so a killed process never leaves the run locked."""
+    run = Path(run)
+    with writing(run):
+        run.mkdir(parents=True, exist_ok=True)
+        f = open(run / LOCK_FILE, "a")
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run}: another `voiceclone train` is using this run folder; wait for it to end "
+                            "or choose another --run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(run: Path | str, stage: str) -> None:
+    """Checkpoints half-written by a killed run (each can be checkpoint-sized). Only under `locked`: another
+    process's temporary file is never stale."""
+    for stale in stage_dir(run, stage).glob(f".*.pt.*{TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
+def dataset_identity(dataset) -> dict[str, Any]:
+    """What a checkpoint records of the data it was trained on: resume refuses other speakers."""
+    by_split: dict[str, list[str]] = {"train": [], "unseen": []}
+    for name, info in sorted(dataset.speakers.items()):
+        by_split.setdefault(info.get("split", "train"), []).append(name)
+    return {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "speakers": by_split}
+
+
+def speaker_changes(saved: Mapping[str, Any], dataset) -> list[str]:
+    """How the dataset's train and unseen speakers differ from those a checkpoint recorded ([] = same)."""
+    now = dataset_identity(dataset)
+    diffs = []
+    for split in ("train", "unseen"):
+        old, new = set(saved["speakers"].get(split, [])), set(now["speakers"].get(split, []))
+        if old != new:
+            moved = [f"+{s}" for s in sorted(new - old)[:3]] + [f"-{s}" for s in sorted(old - new)[:3]]
+            diffs.append(f"{split} speakers {' '.join(moved)}")
+    return diffs
 
 
 def stage_convergence(folder: Path | str) -> ConvergenceConfig:
@@ -68,12 +124,22 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (a checkpoint cut short); not a voiceclone checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # an unpicklable payload, a truncated file, a foreign format: refuse, never fall back
-        raise UserError(f"{path}: not a voiceclone checkpoint ({str(e).splitlines()[0][:160]})") from None
+    except pickle.UnpicklingError as e:  # weights_only refused something: say what, never offer the way around
+        found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"Unsupported operand (\S+)", str(e))
+        what = found.group(1) if found else "Python objects"
+        raise UserError(f"{path}: refused: it holds {what}, not only tensors and plain values, and voiceclone "
+                        "never unpickles objects (not a voiceclone checkpoint)") from None
+    except Exception as e:  # a truncated file, a foreign format: refuse, never fall back
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -81,17 +147,22 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # serialized in memory first: torch's zip writer reports a full disk as "unexpected pos", without errno
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -116,11 +187,38 @@ def append_history(path: Path | str, row: Mapping[str, Any]) -> None:
     """Append one row, durably. JSON has no NaN: a non-finite value is written as the string "nan", "inf" or
     "-inf" (strict JSON that any tool reads), and read_history turns it back into the float; null keeps
     meaning "not measured" (e.g. a run with no unseen split)."""
-    encoded = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    with open(path, "a") as f:
-        f.write(json.dumps(encoded) + "\n")
+    with writing(path), open(path, "ab") as f:
+        end = f.tell()
+        if end:  # never append to a row cut short by a kill: drop the fragment first
+            with open(path, "rb") as r:
+                r.seek(end - 1)
+                if r.read(1) != b"\n":
+                    r.seek(0)
+                    f.truncate(r.read().rfind(b"\n") + 1)
+        f.write(_history_line(row).encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _history_line(row: Mapping[str, Any]) -> str:
+    encoded = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(encoded) + "\n"
+
+
+def write_history(path: Path | str, rows: list[Mapping[str, Any]]) -> None:
+    """Replace a history with `rows` atomically (temp file, fsync, rename): how resume repairs one (a torn
+    last line, rows of epochs redone after a kill)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with writing(path):
+        try:
+            with open(tmp, "w") as f:
+                f.write("".join(_history_line(r) for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def read_history(path: Path | str) -> list[dict[str, Any]]:

@@ -52,6 +52,8 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     no samples, non-finite samples.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(path, "a folder", "not an audio file")
     if not path.is_file():
         raise AudioError(path, "missing", "no such file")
     if path.stat().st_size == 0:

@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -43,7 +44,7 @@ from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import (FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker,
                                     piece_arrays, process_file)
-from voiceclone.errors import UserError
+from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
 
 CACHE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-cache", ".prepare-lock", ".prepare-tmp-"
 NO_USABLE = "no usable audio"
@@ -71,15 +72,43 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
     digest = hashlib.sha256(json.dumps([[dataclasses.astuple(s) for s in sources], pre_skipped, fhash, splits_cfg,
                                         store.FORMAT_VERSION]).encode()).hexdigest()[:16]
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     job = _Job(out, cfg, sources, pre_skipped, ignored, fhash, splits_cfg, digest, workers, strict, console, started)
     try:
-        summary = _prepare_locked(job)
+        with _terminate_as_interrupt():
+            summary = _prepare_locked(job)
+    except (OSError, FileWriteError) as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # what is left cannot be finished without space, and keeps the disk full: remove it, and say so
+        shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        message = str(e) if isinstance(e, FileWriteError) else str(file_error(e, e.filename or out))
+        raise UserError(f"{message} (the unfinished dataset's files were removed to free the space)") from None
     except UserError as e:
         if created and str(e).startswith(NO_USABLE):  # nothing worth resuming: leave no folder behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     return summary
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops prepare as Ctrl-C does: the pool is shut down and the lock released, the work kept."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -146,7 +175,11 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
             by_speaker[s.speaker].extend(ids)
         split_of = assign_splits(dict(by_speaker), cfg.prepare, pinned)
         report = _report(sources, pre_skipped, skipped, job.ignored, usable, origin)
-        fingerprint = _assemble(job, usable, utt_ids, split_of, previous, report)
+        try:
+            fingerprint = _assemble(job, usable, utt_ids, split_of, previous, report)
+        except BaseException:
+            shutil.rmtree(out / f"{TMP_PREFIX}{os.getpid()}", ignore_errors=True)  # half a dataset helps no one
+            raise
         shutil.rmtree(cache, ignore_errors=True)
     summary = summary_of(Dataset.open(out), started, up_to_date=False, report=report)
     summary["speed"] = {**speed, "x_real_time": round(speed["hours"] * 3600 / max(speed["seconds"], 1e-9), 1)}
@@ -163,6 +196,7 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
+    check_output(out, folder=True)
     if out.is_dir() and any(out.iterdir()):
         ours = (out / LOCK_FILE).exists() or (out / CACHE_DIR).exists()
         if not ours and (out / store.CONFIG).is_file():

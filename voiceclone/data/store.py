@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Iterable
 import numpy as np
 
 from voiceclone.config import AudioConfig, Recipe, recipe_from_dict
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, writing
 
 FORMAT = "voiceclone-dataset"
 FORMAT_VERSION = 1
@@ -225,9 +225,13 @@ def _check_arrays(path: Path, config: dict[str, Any], cfg: AudioConfig) -> None:
                 size = p.stat().st_size
             except (OSError, ValueError) as e:
                 raise UserError(f"{p}: missing or unreadable ({e}); prepare the dataset again") from None
-            if got_shape != shape or got_dtype != np.dtype(dtype) or size < start + int(np.prod(shape)) * got_dtype.itemsize:
+            if got_shape != shape or got_dtype != np.dtype(dtype):
                 raise UserError(f"{p}: shape {got_shape} {got_dtype}, expected {shape} {np.dtype(dtype)} "
                                 f"(damaged dataset; prepare it again)")
+            need = start + int(np.prod(shape)) * got_dtype.itemsize
+            if size < need:
+                raise UserError(f"{p}: truncated ({size} bytes, {need} needed for {shape} {got_dtype}); "
+                                "damaged dataset, prepare it again")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,15 +253,17 @@ class _NpyAppender:
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.shape[1:] != self.shape[1:]:
             raise ValueError(f"{self.path.name}: row shape {x.shape[1:]} != {self.shape[1:]}")
-        self.f.write(x.data)
+        with writing(self.path):  # a full disk: name the file
+            self.f.write(x.data)
         self.rows += len(x)
 
     def close(self) -> None:
         if self.rows != self.shape[0]:
             raise ValueError(f"{self.path}: wrote {self.rows} rows, declared {self.shape[0]}")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        with writing(self.path):
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
 
 
 class SplitWriter:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,22 @@ PREPARE_KEYS = ("max_seconds", "min_seconds", "trim_top_db", "loudness_db")  # t
 def init_worker() -> None:
     torch.set_num_threads(1)  # one process per core: intra-op threads would only fight over the cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A worker outliving a killed parent would hold the dataset's lock (inherited) forever: on Linux, ask
+    the kernel to kill it when the parent goes, however the parent goes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 @dataclass

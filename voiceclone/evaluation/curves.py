@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from voiceclone.errors import writing
 from voiceclone.evaluation.convergence import Assessment
 
 CURVES = (("train_loss", "train", "tab:blue"), ("val_loss", "val (seen speakers)", "tab:orange"),
@@ -64,8 +65,9 @@ def plot_curves(histories: Mapping[str, list[dict[str, Any]]], assessments: Mapp
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper right")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=100)
     return path
 
 

@@ -39,7 +39,7 @@ from voiceclone import audio as A
 from voiceclone import run as R
 from voiceclone.data.dataset import reference_pool
 from voiceclone.data.store import SPLITS, Dataset, Split
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, check_output
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
 from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
@@ -67,6 +67,9 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     `baseline` its comparison against that model; without `data`: `watch(run)`, the convergence status
     and curves from the history alone. Returns the report."""
     console = console or Console(stderr=True)
+    for path in (out, plot):  # before the long part: a path that cannot be written fails now
+        if path is not None:
+            check_output(path)
     if baseline is not None:
         if data is None or (model or run) is None:
             raise UserError("--baseline needs --model MODEL and --data DATASET")

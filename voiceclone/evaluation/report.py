@@ -20,7 +20,7 @@ from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.config import AudioConfig, differences
 from voiceclone.data.store import Split
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, writing
 from voiceclone.evaluation import metrics
 from voiceclone.inference.bundle import Model
 from voiceclone.inference.synthesize import Reference
@@ -67,8 +67,9 @@ F0_KEYS = {"rmse_cents": "f0_rmse_cents", "rmse_hz": "f0_rmse_hz", "vuv_error": 
 def write_report(report: Mapping[str, Any], path: Path | str) -> Path:
     """report.json, strict JSON: a non-finite number (a NaN loss) is written as null."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -4,12 +4,15 @@ A bundle is one safetensors file: the acoustic model's tensors under `acoustic.`
 under `vocoder.`, and in the metadata the format name and version, the full recipe as JSON and what else is
 needed to rebuild the networks. safetensors holds only raw tensors and a JSON header, so opening a file, even
 a hostile one, runs no code. A run folder's `best.pt` checkpoints are read by run.load_checkpoint
-(`torch.load(weights_only=True)`), which refuses anything but tensors and plain containers.
+(`torch.load(weights_only=True)`), which refuses anything but tensors and plain containers. Every size a
+network is built with is checked (config bounds, metadata) before it is allocated, and every tensor must have
+the type the network expects and finite values.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,18 +20,19 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from voiceclone import __version__
 from voiceclone.config import Recipe, recipe_from_dict
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, check_output, writing
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.run import best_path, load_checkpoint
 
 FORMAT = "voiceclone-bundle"
 FORMAT_VERSION = 1
+MAX_SPEAKERS = 100_000  # training speakers a model may name (its classifier has one row each)
 
 
 @dataclass
@@ -48,6 +52,18 @@ class Model:
         return self
 
 
+def check_meta(meta: Any, where: str) -> dict[str, Any]:
+    """A model's stored metadata, checked before anything is sized by it."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: damaged model metadata (expected a JSON object, got {type(meta).__name__})")
+    speakers = meta.get("speakers", [])
+    if not isinstance(speakers, list) or not all(isinstance(x, str) for x in speakers):
+        raise UserError(f"{where}: damaged model metadata ('speakers' must be a list of names)")
+    if len(speakers) > MAX_SPEAKERS:
+        raise UserError(f"{where}: names {len(speakers)} training speakers; at most {MAX_SPEAKERS} are supported")
+    return meta
+
+
 def build_acoustic(recipe: Recipe, meta: dict[str, Any]) -> AcousticModel:
     model = AcousticModel(recipe.acoustic.model, recipe.audio, len(meta.get("speakers", [])))
     if meta.get("learned_voice"):
@@ -55,7 +71,17 @@ def build_acoustic(recipe: Recipe, meta: dict[str, Any]) -> AcousticModel:
     return model
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
+    """Load tensors that must match the module's types exactly and be finite: load_state_dict alone would
+    cast int8 to float (a silent model) and take NaN (full-scale noise)."""
+    expected = module.state_dict()
+    for name, t in state.items():
+        want = expected.get(name)
+        if want is not None and t.dtype != want.dtype:
+            raise UserError(f"{where}: tensor {prefix}{name} is {str(t.dtype).removeprefix('torch.')}, expected "
+                            f"{str(want.dtype).removeprefix('torch.')}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: tensor {prefix}{name} has non-finite values (NaN or infinity)")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:  # missing, unexpected or misshapen tensors
@@ -84,7 +110,7 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
     ac = load_checkpoint(ac_path)
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
-    acoustic = build_acoustic(recipe, ac["meta"])
+    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path)))
     _load_state(acoustic, ac["modules"]["model"], str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
     vocoder = None
@@ -107,28 +133,42 @@ def _from_bundle(path: Path, need_vocoder: bool) -> Model:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
+            recipe, meta = _bundle_metadata(header, path)  # checked before any tensor is read or model built
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a voiceclone model bundle (safetensors: {str(e)[:120]})") from None
-    if header.get("format") != FORMAT:
-        raise UserError(f"{path}: not a voiceclone model bundle (no '{FORMAT}' metadata)")
-    if int(header.get("format_version", "0")) > FORMAT_VERSION:
-        raise UserError(f"{path}: bundle format {header['format_version']} is newer than this voiceclone "
-                        f"understands ({FORMAT_VERSION}); upgrade voiceclone")
-    try:
-        recipe = recipe_from_dict(json.loads(header["recipe"]), source=str(path))
-        meta = json.loads(header.get("meta", "{}"))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: damaged bundle metadata ({e})") from None
     acoustic = build_acoustic(recipe, meta.get("acoustic", {}))
-    _load_state(acoustic, _prefixed(tensors, "acoustic."), str(path))
+    _load_state(acoustic, _prefixed(tensors, "acoustic."), str(path), "acoustic.")
     vocoder = None
     if any(k.startswith("vocoder.") for k in tensors):
         vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-        _load_state(vocoder, _prefixed(tensors, "vocoder."), str(path))
+        _load_state(vocoder, _prefixed(tensors, "vocoder."), str(path), "vocoder.")
     elif need_vocoder:
         raise UserError(f"{path}: the bundle has no vocoder")
     return Model(recipe, acoustic, vocoder, meta, source=str(path))
+
+
+def _bundle_metadata(header: dict[str, str], path: Path) -> tuple[Recipe, dict[str, Any]]:
+    if header.get("format") != FORMAT:
+        raise UserError(f"{path}: not a voiceclone model bundle (no '{FORMAT}' metadata)")
+    version = header.get("format_version", "0")
+    if not str(version).isdigit():
+        raise UserError(f"{path}: damaged bundle metadata (format_version {version!r} is not a whole number)")
+    if int(version) > FORMAT_VERSION:
+        raise UserError(f"{path}: bundle format {version} is newer than this voiceclone understands "
+                        f"({FORMAT_VERSION}); upgrade voiceclone")
+    try:
+        recipe_data = json.loads(header["recipe"])
+        meta = json.loads(header.get("meta", "{}"))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged bundle metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: damaged bundle metadata ('meta' must be a JSON object, got {type(meta).__name__})")
+    recipe = recipe_from_dict(recipe_data, source=str(path))  # bounds every size the networks are built with
+    for stage in ("acoustic", "vocoder"):
+        if stage in meta:
+            check_meta(meta[stage], f"{path} ({stage} metadata)")
+    return recipe, meta
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -137,17 +177,26 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 def export(run: Path | str, out: Path | str) -> Path:
     """Write a run's best acoustic model and vocoder as one safetensors bundle."""
-    model = load_model(run, need_vocoder=True)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: a bundle's name must end in .safetensors")
+    check_output(out)
+    model = load_model(run, need_vocoder=True)
     tensors = {f"acoustic.{k}": v.contiguous() for k, v in model.acoustic.state_dict().items()}
     tensors.update({f"vocoder.{k}": v.contiguous() for k, v in model.vocoder.state_dict().items()})
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "voiceclone_version": __version__,
               "recipe": model.recipe.to_json(), "meta": json.dumps(model.meta),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source_run": str(run)}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    data = save(tensors, metadata=header)  # in memory: a full disk then fails our write, with its errno
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(out)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out

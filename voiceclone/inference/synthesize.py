@@ -8,6 +8,10 @@ short crossfades, so memory does not grow with the length of the source and the 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import os
 import shutil
 import subprocess
 import tempfile
@@ -26,13 +30,14 @@ from rich.table import Table
 
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, check_output, writing
 
 MIN_REFERENCE_SECONDS = 1.0
 GOOD_REFERENCE_SECONDS = 3.0
 CONTEXT_SECONDS = 0.5  # audio converted on each side of a chunk and thrown away: the model's receptive field
 FADE_SECONDS = 0.02
-STREAM_SECONDS = 600.0  # longer sources are read block by block (two passes) instead of whole
+STREAM_SECONDS = 30.0  # longer sources are read block by block (two passes) instead of whole
+REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound: 3-10 s of speech suffice
 
 
 @dataclass
@@ -54,9 +59,9 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
         return Reference(model.acoustic.voice.detach(), 0.0, model.meta.get("acoustic", {}).get("voice_f0_median"),
                          [])
     cfg, prep = model.recipe.audio, model.recipe.prepare
-    clips = []
+    clips, notes = [], []  # notes: what reading the references says (a long one was cut)
     for p in paths:
-        y = A.clean(A.load_audio(p, cfg.sample_rate), prep, p)
+        y = A.clean(_read_reference(Path(p), cfg.sample_rate, notes), prep, p)
         clips.append((p, y, A.features(y, cfg)))
     # Several references are one voice: the minimum applies to their speech together, so eight spoken digits
     # of 0.4 s each make a usable reference. Clips too short to embed alone are pooled into one.
@@ -66,7 +71,7 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
         raise UserError(f"{names}: the reference{'s have' if len(clips) > 1 else ' has'} {total:.2f} s of speech "
                         f"in all; at least {MIN_REFERENCE_SECONDS:.0f} s is needed ({GOOD_REFERENCE_SECONDS:.0f}-10 s "
                         "recommended)")
-    warnings = []
+    warnings = notes
     if total < GOOD_REFERENCE_SECONDS:
         warnings.append(f"{names}: only {total:.1f} s of speech in all; {GOOD_REFERENCE_SECONDS:.0f} s or more "
                         "clones the voice more faithfully")
@@ -79,6 +84,24 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     device = next(model.acoustic.parameters()).device
     vector = model.acoustic.embed([m.to(device) for m in mels])
     return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings)
+
+
+def _read_reference(path: Path, sample_rate: int, warnings: list[str]) -> np.ndarray:
+    """A reference's samples; of a long file only REFERENCE_SECONDS from its first sound, read block by
+    block, so an hour-long (or silent) recording costs the memory of a few seconds."""
+    if _duration(path) <= 2 * REFERENCE_SECONDS:
+        return A.load_audio(path, sample_rate)
+    kept: list[np.ndarray] = []
+    n, limit = 0, int(REFERENCE_SECONDS * sample_rate)
+    for block in A.stream_audio(path, sample_rate, block_seconds=5.0):
+        if not kept and float(np.abs(block).max(initial=0.0)) < A.SILENCE_PEAK:
+            continue  # leading silence: nothing to keep
+        kept.append(block[: limit - n])
+        n += len(kept[-1])
+        if n >= limit:
+            warnings.append(f"{path}: long reference; the {REFERENCE_SECONDS:.0f} s from its first sound were used")
+            break
+    return np.concatenate(kept) if kept else np.zeros(0, np.float32)
 
 
 Window = tuple[np.ndarray, int, int]  # (audio with context, start and end of the piece to keep within it)
@@ -95,21 +118,46 @@ def _windows(y: np.ndarray, pieces: list[tuple[int, int]], hop: int, context: in
 def _stream_windows(blocks: Iterator[np.ndarray], gain: float, sample_rate: int, chunk_seconds: float,
                     context: int) -> Iterator[Window]:
     """The same windows as _windows, cut from a stream: each piece ends at the quietest 20 ms of the second
-    half of the next `chunk_seconds`, and only one chunk and its context are ever held."""
-    chunk = int(chunk_seconds * sample_rate)
-    buf, left = np.zeros(0, np.float32), 0  # buf[:left] was emitted already: it is the next piece's context
+    half of the next `chunk_seconds` (of what is left, at the end), and only one chunk and its context are
+    ever held.
+
+    The samples live in one buffer allocated once and reused (the unconverted rest is moved to its front):
+    buffers of a new size for every window fragment the heap until memory grows with the source's length.
+    Each window is a view into it, valid until the next window is asked for.
+    """
+    chunk, frame = int(chunk_seconds * sample_rate), sample_rate // 50
+    buf = np.zeros(0, np.float32)
+    n, left = 0, 0  # buf[:n] holds samples; buf[:left] was emitted already: it is the next piece's context
+
+    def cut_at(end: int) -> int:
+        head = buf[left + chunk // 2 : end]
+        return left + chunk // 2 + int(np.argmin(A.frame_rms(head, frame))) * frame
+
     for block in blocks:
-        buf = np.concatenate([buf, block * np.float32(gain)])
-        while len(buf) - left >= chunk + context:
-            head = buf[left + chunk // 2 : left + chunk]
-            cut = left + chunk // 2 + int(np.argmin(A.frame_rms(head, sample_rate // 50))) * (sample_rate // 50)
+        if n + len(block) > len(buf):  # once (or when a block is longer than any before)
+            grown = np.empty(max(n + len(block), chunk + 2 * context + 2 * len(block)), np.float32)
+            grown[:n] = buf[:n]
+            buf = grown
+        np.multiply(block, np.float32(gain), out=buf[n : n + len(block)])
+        n += len(block)
+        while n - left >= chunk + context:
+            cut = cut_at(left + chunk)
             wa = max(0, left - context)
             yield buf[wa : cut + context], left - wa, cut - wa
             drop = max(0, cut - context)
-            buf, left = buf[drop:], cut - drop
-    if len(buf) > left:
+            ctypes.memmove(buf.ctypes.data, buf.ctypes.data + 4 * drop, 4 * (n - drop))  # in place, no temporary
+            n, left = n - drop, cut - drop
+    # the rest is cut by the same rule, so that the last windows are no longer than the others
+    while n - left > chunk // 2 + frame:
+        cut = cut_at(min(left + chunk, n))
+        if cut <= left:
+            break
         wa = max(0, left - context)
-        yield buf[wa:], left - wa, len(buf) - wa
+        yield buf[wa : min(n, cut + context)], left - wa, cut - wa
+        left = cut
+    if n > left:
+        wa = max(0, left - context)
+        yield buf[wa:n], left - wa, n - wa
 
 
 def _pitch(src_median: float | None, ref: Reference, transpose: float, keep_pitch: bool) -> tuple[float, dict]:
@@ -225,20 +273,38 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
     rate = sample_rate or cfg.sample_rate
     resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32", quality="HQ") \
         if rate != cfg.sample_rate else None
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     try:
-        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format="WAV") as f:
+        with writing(out), _sound_errors(out), sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1,
+                                                            subtype=subtype, format="WAV") as f:
             for block in blocks:
                 f.write(resampler.resample_chunk(block) if resampler else block)
             if resampler:
                 f.write(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        tmp.replace(out)
+        with writing(out):
+            tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     return {"source": str(source), "output": str(out), "seconds": seconds, "elapsed": elapsed,
             "x_real_time": seconds / max(elapsed, 1e-9), "sample_rate": rate, "reference_seconds": ref.seconds, **info}
+
+
+@contextlib.contextmanager
+def _sound_errors(out: Path) -> Iterator[None]:
+    """libsndfile reports a failed open or write without its cause; a full disk is the usual one, so when
+    the disk is (nearly) full, say that."""
+    try:
+        yield
+    except RuntimeError as e:  # soundfile.LibsndfileError is one; a model's RuntimeError passes unchanged
+        if not isinstance(e, sf.LibsndfileError):
+            raise
+        st = os.statvfs(out.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise UserError(f"{out}: cannot write ({str(e).strip() or type(e).__name__})") from None
 
 
 def _duration(path: Path) -> float:
@@ -259,6 +325,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         raise UserError("give exactly one of --source or --text")
     if sample_rate is not None and not 8000 <= sample_rate <= 192000:
         raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
+    check_output(out, folder=source is not None and source.is_dir())
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
     for w in ref.warnings:

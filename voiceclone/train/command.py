@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from rich.console import Console
 from voiceclone import run as R
 from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data.store import Dataset
-from voiceclone.errors import UserError
+from voiceclone.errors import TrainingFailed, UserError, check_output
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.train import finetune as ft
@@ -107,6 +109,9 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
                         "or continues a run with --resume)")
     if tensorboard:
         tboard.require()
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs {epochs}: must be at least 1 (leave it out for the recipe's)")
+    check_output(run, folder=True)
     dataset = Dataset.open(data)
     base = None
     if finetune:
@@ -125,11 +130,30 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
                            finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard)
     results = {}
-    for s in R.STAGES if stage == "all" else (stage,):
-        results[s] = _train_stage(request, dataset, s)
-        if results[s]["interrupted"]:
-            break
+    with R.locked(run) if dist_info.main else contextlib.nullcontext():
+        for s in R.STAGES if stage == "all" else (stage,):
+            results[s] = _train_stage(request, dataset, s)
+            r = results[s]
+            if r["interrupted"]:
+                break
+            if r["epochs"] > 0 and not math.isfinite(r["best_value"]):
+                raise TrainingFailed(f"{s} diverged: no epoch of {r['epochs']} had a finite validation loss, so "
+                                     f"there is no best model; lower the learning rate (--set {s}.train.lr=...) "
+                                     "and start a new --run")
+        if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
+            _adopt_base_vocoder(Path(run), base, init_from)
     return results
+
+
+def _adopt_base_vocoder(run: Path, base: Model, init_from: Path) -> None:
+    """A fine-tune of the acoustic model alone speaks through its base's vocoder: copied into the run (so
+    evaluate, synthesize and export find it), marked as the base's."""
+    path = R.best_path(run, "vocoder")
+    if path.is_file() and not R.load_checkpoint(path).get("meta", {}).get("from_base"):
+        return  # a vocoder of this run's own: keep it
+    R.save_atomic({"format": 1, "stage": "vocoder", "recipe": base.recipe.to_dict(),
+                   "meta": {"from_base": str(init_from)}, "epoch": 0, "value": math.nan,
+                   "modules": {"generator": base.vocoder.state_dict()}}, path)
 
 
 def _finetune_recipe(recipe: Recipe, stage: str) -> Recipe:
@@ -141,11 +165,34 @@ def _finetune_recipe(recipe: Recipe, stage: str) -> Recipe:
     return dataclasses.replace(recipe, **{stage: dataclasses.replace(stage_cfg, train=train_cfg)})
 
 
-def _resume_state(req: TrainRequest, stage: str, recipe: Recipe) -> dict[str, Any] | None:
-    """The stage's last checkpoint when resuming (its fixed settings must match), None for a fresh start."""
-    last, folder = R.last_path(req.run, stage), R.stage_dir(req.run, stage)
+RESUME_KEYS = ("recipe", "progress", "modules", "optimizers", "rng", "meta")
+
+
+def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recipe) -> dict[str, Any] | None:
+    """The stage's last checkpoint when resuming (its fixed settings and speakers must match), None for a
+    fresh start. Never a fresh start over a best model or a history: that would replace them unasked."""
+    last, best, folder = R.last_path(req.run, stage), R.best_path(req.run, stage), R.stage_dir(req.run, stage)
+    if stage == "vocoder" and best.is_file() and not last.is_file() and not R.has_history(folder):
+        if R.load_checkpoint(best).get("meta", {}).get("from_base"):
+            best.unlink()  # the base's vocoder, adopted by a fine-tune: a vocoder trained here replaces it
+    if req.resume and not last.is_file() and (best.is_file() or R.has_history(folder)):
+        raise UserError(f"{last}: missing, so the run cannot be resumed from where it stopped; {best.name} is "
+                        "kept; start a new --run (optionally --init-from this one with --finetune)")
     if req.resume and last.is_file():
         state = R.load_checkpoint(last, req.device)
+        missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise UserError(f"{last}: not a voiceclone resume checkpoint (missing {', '.join(missing)})")
+        if state.get("dataset"):  # checkpoints from before datasets were recorded have none
+            changes = R.speaker_changes(state["dataset"], dataset)
+            if changes:
+                raise UserError(f"{last}: trained on other speakers than {dataset.path} now holds "
+                                f"({'; '.join(changes)}); resume with the dataset it was trained on, or start a "
+                                "new --run")
+            if state["dataset"].get("fingerprint") != dataset.fingerprint and req.dist.main:
+                req.console.print(f"[yellow]{dataset.path} changed since the checkpoint (fingerprint "
+                                  f"{state['dataset'].get('fingerprint')} -> {dataset.fingerprint}); same speakers, "
+                                  "so training continues on the new utterances[/]", highlight=False)
         saved = recipe_from_dict(state["recipe"], source=str(last))
         diff = [d for key in ("audio", stage) for d in differences(getattr(saved, key), getattr(recipe, key), key)
                 if not d.startswith(f"{stage}.train.")]
@@ -153,8 +200,10 @@ def _resume_state(req: TrainRequest, stage: str, recipe: Recipe) -> dict[str, An
             raise UserError(f"{last}: the run was made with other settings ({'; '.join(diff[:4])}); "
                             "resume without changing them, or start a new --run")
         return state
-    if (last.is_file() or R.has_history(folder)) and not req.resume:
-        raise UserError(f"{folder}: a run is already here; continue it with --resume or choose another --run")
+    found = [p.name for p in (last, best, R.history_path(req.run, stage)) if p.is_file()]
+    if found and not req.resume:
+        raise UserError(f"{folder}: a run is already here ({', '.join(found)}); continue it with --resume or "
+                        "choose another --run")
     return None
 
 
@@ -175,9 +224,10 @@ def _task_kwargs(req: TrainRequest, stage: str, recipe: Recipe, state: dict[str,
 def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, Any]:
     recipe = _finetune_recipe(req.recipe, stage) if req.finetuning else req.recipe
     check_splits(dataset, stage, need_unseen=not req.finetuning)
-    state = _resume_state(req, stage, recipe)
+    state = _resume_state(req, dataset, stage, recipe)
     if req.dist.main:
         R.write_stage_config(req.run, stage, recipe.to_json())
+        R.remove_stale_temporaries(req.run, stage)
     torch.manual_seed(getattr(recipe, stage).train.seed)
     task = make_task(stage, recipe, dataset, req.device, **_task_kwargs(req, stage, recipe, state))
     early_stop = recipe.convergence.early_stop if req.early_stop is None else req.early_stop

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ class Progression:
     lr_scale: float = 1.0  # lowered after repeated non-finite losses
     lr_drops: int = 0  # reduce-on-plateau drops so far; the rate is multiplied by convergence.lr_scale(lr_drops)
     nonfinite: int = 0  # batches skipped for a non-finite loss, in all
+    # the unfinished epoch's loss sums and samples: a run stopped mid-epoch logs the whole epoch's mean
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_seen: int = 0
 
 
 class Trainer:
@@ -124,20 +127,40 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {**self._header(), "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng}
+        return {**self._header(), "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng,
+                "history": self.history}  # the rows of exactly the epochs these weights have seen
 
     def _header(self) -> dict[str, Any]:
         """What every checkpoint carries to be read back without the command that wrote it."""
-        return {"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(), "meta": self.task.meta()}
+        return {"format": 1, "stage": self.task.stage, "recipe": self.recipe.to_dict(), "meta": self.task.meta(),
+                "dataset": R.dataset_identity(self.task.dataset)}
 
     def resume(self, state: dict[str, Any]) -> None:
+        # the optimizers' saved rates would win over the recipe's: keep the recipe's (a lower --set ...lr after
+        # `diverged` is the advice), and say when they changed
+        fresh = {n: [g["base_lr"] for g in o.param_groups] for n, o in self.optimizers.items()}
         self._restore(state)
+        changed = []
+        for name, opt in self.optimizers.items():
+            for group, lr in zip(opt.param_groups, fresh[name]):
+                if not math.isclose(group.get("base_lr", lr), lr):
+                    changed.append((group.get("base_lr"), lr))
+                group["base_lr"] = lr
+        if changed and self.dist.main:
+            old, new = changed[-1]
+            self.console.print(f"{self.task.stage}: learning rate {old:g} -> {new:g} (the recipe's, with --set)",
+                               highlight=False)
         self.progress = Progression(**state["progress"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        rows = R.read_history(self.dir / R.HISTORY_FILE) if R.has_history(self.dir) else []
+        if "history" in state:
+            rows = [dict(r) for r in state["history"]]
+        else:  # a checkpoint from before they carried their rows
+            rows = R.read_history(self.dir / R.HISTORY_FILE) if R.has_history(self.dir) else []
         self.history = [r for r in rows if r["epoch"] <= self.progress.epoch]
+        if self.dist.main:  # a torn last line, rows of epochs redone after a kill: the file says what the weights saw
+            R.write_history(self.dir / R.HISTORY_FILE, self.history)
         self.good_state = self._snapshot()
 
     def _save_last(self) -> None:
@@ -225,7 +248,8 @@ class Trainer:
                 epoch = p.epoch + 1
                 task.on_epoch_start(epoch)
                 self.sampler.set_epoch(epoch, skip=p.batch_in_epoch)
-                started, seen, sums = time.time(), 0, {}
+                started = time.time()
+                sums, seen = (dict(p.epoch_sums), p.epoch_seen) if p.batch_in_epoch else ({}, 0)
                 for batch in self.loader:
                     p.step += 1
                     lr = self._set_lr()
@@ -242,13 +266,14 @@ class Trainer:
                     if stop.requested:
                         break
                 if stop.requested and p.batch_in_epoch < self.steps_per_epoch:
+                    p.epoch_sums, p.epoch_seen = sums, seen
                     self._save_last()
                     self._barrier()
                     result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
                 n_batches = max(1, p.batch_in_epoch)
                 row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
-                p.epoch, p.batch_in_epoch = epoch, 0
+                p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen = epoch, 0, {}, 0
                 assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
                 row["status"] = assessment.status
                 self.history.append(row)

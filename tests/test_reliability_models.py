@@ -1,0 +1,227 @@
+"""Reliability of trained models in use (issue 11): hostile or damaged bundles, output paths that cannot be
+written, fine-tuned runs, references. Through the CLI, on a briefly trained tiny run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from voiceclone.cli import app
+
+runner = CliRunner()
+FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4"]
+
+
+def _sets(overrides) -> list[str]:
+    return sum((["--set", o] for o in overrides), [])
+
+
+def one_line_error(r, *words: str) -> None:
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    for w in words:
+        assert w in r.output, (w, r.output)
+
+
+@pytest.fixture(scope="module")
+def model(prepared_dataset, synthetic_corpus, tmp_path_factory) -> dict[str, Path]:
+    """A run with both stages briefly trained, and its bundle."""
+    root = tmp_path_factory.mktemp("rel_models")
+    for stage, epochs in (("acoustic", "2"), ("vocoder", "1")):
+        r = runner.invoke(app, ["train", "--data", str(prepared_dataset), "--run", str(root / "run"), "--stage",
+                                stage, "--epochs", epochs, "--no-early-stop", *_sets(FAST)])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(root / "run"), "--out", str(root / "model.safetensors")])
+    assert r.exit_code == 0, r.output
+    wavs = sorted(synthetic_corpus.rglob("*.wav"))
+    ref = root / "ref.wav"  # 4 s of one voice: no warning about a short reference
+    sf.write(ref, np.concatenate([sf.read(w, dtype="float32")[0] for w in wavs[:2]]), 16000)
+    return {"root": root, "run": root / "run", "bundle": root / "model.safetensors", "ref": ref,
+            "src": wavs[-1], "data": prepared_dataset, "corpus": synthetic_corpus}
+
+
+def synth(model: dict, model_path: Path, out: Path, *extra: str):
+    args = ["synthesize", "--model", str(model_path), "--out", str(out)]
+    if "--reference" not in extra:
+        args += ["--reference", str(model["ref"])]
+    if "--source" not in extra:
+        args += ["--source", str(model["src"])]
+    return runner.invoke(app, [*args, *extra])
+
+
+def rewrite_bundle(src: Path, dst: Path, tensors=None, meta=None) -> Path:
+    with safe_open(str(src), "pt") as f:
+        header = f.metadata()
+    save_file(tensors if tensors is not None else load_file(str(src)), str(dst),
+              metadata={**header, **(meta or {})})
+    return dst
+
+
+# --- 10. non-finite and wrongly typed weights ----------------------------------------------------------
+
+
+def test_bundles_with_non_finite_or_integer_weights_are_refused(model, tmp_path):
+    tensors = load_file(str(model["bundle"]))
+    name = next(k for k in tensors if k.startswith("acoustic.") and tensors[k].is_floating_point())
+    nan = dict(tensors)
+    nan[name] = torch.full_like(tensors[name], float("nan"))
+    r = synth(model, rewrite_bundle(model["bundle"], tmp_path / "nan.safetensors", nan), tmp_path / "o.wav")
+    one_line_error(r, "nan.safetensors", "non-finite", name)
+    vname = next(k for k in tensors if k.startswith("vocoder.") and tensors[k].is_floating_point())
+    ints = dict(tensors)
+    ints[vname] = tensors[vname].to(torch.int8)
+    r = synth(model, rewrite_bundle(model["bundle"], tmp_path / "int8.safetensors", ints), tmp_path / "o.wav")
+    one_line_error(r, "int8.safetensors", "int8", vname)
+    assert not (tmp_path / "o.wav").exists()
+
+
+# --- 11. fine-tuning the acoustic model alone ----------------------------------------------------------
+
+
+def test_a_fine_tuned_acoustic_model_uses_its_bases_vocoder(model, tmp_path):
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    for wav in sorted((model["corpus"]).rglob("*.wav"))[:6]:  # one speaker's utterances
+        (voice / wav.name).write_bytes(wav.read_bytes())
+    r = runner.invoke(app, ["prepare", str(voice), "--out", str(tmp_path / "vds"), "--workers", "1",
+                            "--set", "prepare.val_per_speaker=2"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "ft"
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "vds"), "--run", str(run), "--init-from",
+                            str(model["run"]), "--finetune", "--epochs", "1", *_sets(FAST)])
+    assert r.exit_code == 0, r.output
+    r = synth(model, run, tmp_path / "o.wav")
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "ft.safetensors")])
+    assert r.exit_code == 0, r.output
+    base, tuned = load_file(str(model["bundle"])), load_file(str(tmp_path / "ft.safetensors"))
+    vocoder = [k for k in base if k.startswith("vocoder.")]
+    assert vocoder and all(torch.equal(base[k], tuned[k]) for k in vocoder)
+
+
+# --- 12. outputs that cannot be written --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_bytes: int):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_unwritable_output_paths_are_one_line(model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    under_file = tmp_path / "file" / "x"
+    (tmp_path / "folder.wav").mkdir()
+    one_line_error(synth(model, model["bundle"], tmp_path / "folder.wav"), "folder.wav")
+    one_line_error(synth(model, model["bundle"], under_file / "o.wav"), "file")
+    one_line_error(runner.invoke(app, ["export", str(model["run"]), "--out", str(under_file / "m.safetensors")]),
+                   "file")
+    (tmp_path / "dir.safetensors").mkdir()
+    one_line_error(runner.invoke(app, ["export", str(model["run"]), "--out", str(tmp_path / "dir.safetensors")]),
+                   "dir.safetensors")
+    base = ["evaluate", "--model", str(model["bundle"]), "--data", str(model["data"]), "--pairs", "2",
+            "--max-utterances", "2"]
+    one_line_error(runner.invoke(app, [*base, "--out", str(under_file / "r.json")]), "file")
+    one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--plot", str(under_file / "c.png")]),
+                   "file")
+
+
+def test_a_full_disk_when_writing_audio_or_a_bundle_is_one_line(model, tmp_path):
+    size = model["bundle"].stat().st_size
+    with small_filesystem(tmp_path / "fs", size + size // 2) as fs:
+        r = runner.invoke(app, ["export", str(model["run"]), "--out", str(fs / "a.safetensors")])
+        assert r.exit_code == 0, r.output
+        before = (fs / "a.safetensors").read_bytes()
+        r = runner.invoke(app, ["export", str(model["run"]), "--out", str(fs / "b.safetensors")])
+        one_line_error(r, "no space left", "b.safetensors")
+        assert sorted(p.name for p in fs.iterdir()) == ["a.safetensors"]
+        assert (fs / "a.safetensors").read_bytes() == before
+        # fill the rest, then synthesize
+        free = fs / "filler"
+        with open(free, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        r = synth(model, model["bundle"], fs / "o.wav")
+        one_line_error(r, "no space left", "o.wav")
+        assert not (fs / "o.wav").exists() and not list(fs.glob(".*"))
+
+
+# --- 13. malformed bundle metadata ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meta", [{"meta": "[1, 2]"}, {"format_version": "abc"}, {"meta": "{\"acoustic\": 3}"},
+                                  {"recipe": "[]"}])
+def test_malformed_bundle_metadata_is_one_line(model, tmp_path, meta):
+    bad = rewrite_bundle(model["bundle"], tmp_path / "bad.safetensors", meta=meta)
+    one_line_error(synth(model, bad, tmp_path / "o.wav"), "bad.safetensors")
+
+
+# --- 14. sizes a bundle asks for ---------------------------------------------------------------------
+
+
+def test_a_bundle_asking_for_absurd_sizes_is_refused_before_allocating(model, tmp_path):
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    meta = json.loads(header["meta"])
+    meta["acoustic"]["speakers"] = [f"s{i}" for i in range(2_000_000)]
+    bad = rewrite_bundle(model["bundle"], tmp_path / "many.safetensors", meta={"meta": json.dumps(meta)})
+    one_line_error(synth(model, bad, tmp_path / "o.wav"), "many.safetensors", "speakers")
+    recipe = json.loads(header["recipe"])
+    recipe["acoustic"]["model"]["hidden"] = 200000
+    bad = rewrite_bundle(model["bundle"], tmp_path / "huge.safetensors", meta={"recipe": json.dumps(recipe)})
+    one_line_error(synth(model, bad, tmp_path / "o.wav"), "huge.safetensors", "hidden")
+
+
+# --- 15. references ----------------------------------------------------------------------------------
+
+
+def test_a_reference_that_is_a_folder_is_called_a_folder(model, tmp_path):
+    r = synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(tmp_path))
+    one_line_error(r, str(tmp_path), "folder")
+    assert "missing" not in r.output
+
+
+def test_a_long_reference_is_not_read_whole(model, tmp_path):
+    sr = 16000
+    speech, _ = sf.read(model["ref"], dtype="float32")
+    long = tmp_path / "long.wav"
+    silent = tmp_path / "silent.wav"
+    minute = np.zeros(60 * sr, np.float32)
+    with sf.SoundFile(long, "w", sr, 1, "PCM_16") as f, sf.SoundFile(silent, "w", sr, 1, "PCM_16") as g:
+        f.write(np.tile(speech, 3))
+        for _ in range(10):  # ten minutes of silence after the speech
+            f.write(minute)
+            g.write(minute)
+    whole = 10 * 60 * 22050 * 4  # the decoded file at the model's rate, float32
+    tracemalloc.start()
+    try:
+        r = synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(long))
+        assert r.exit_code == 0, r.output
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < whole / 2, peak
+        tracemalloc.reset_peak()
+        r = synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(silent))
+        one_line_error(r, "silent.wav", "silent")
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < whole / 2, peak
+    finally:
+        tracemalloc.stop()
