@@ -101,8 +101,6 @@ class AcousticModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.speaker_loss in ("softmax", "aam"), "acoustic.model.speaker_loss", "must be 'softmax' or 'aam'")
-
-    def __post_init__(self) -> None:
         # far above any sensible model, far below what would exhaust a machine's memory: a typo or a
         # hostile bundle is refused before anything is allocated
         for key, top in (("hidden", 4096), ("content_dim", 1024), ("speaker_dim", 2048), ("encoder_layers", 64),
