@@ -28,7 +28,7 @@ from voiceclone.audio import log_mel
 from voiceclone.config import AudioConfig, VocoderLossWeights, VocoderModelConfig, build
 from voiceclone.models.discriminators import Discriminators
 from voiceclone.models.vocoder import Vocoder
-from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from voiceclone.stages.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
 CPU_THREADS = 2
 CPU_SECONDS = 10.0

@@ -16,7 +16,7 @@ from voiceclone.cli import app
 from voiceclone.config import FinetuneConfig, load_recipe
 from voiceclone.data.prepare import prepare
 from voiceclone.synthetic import Speaker, synth_utterance
-from voiceclone.train import finetune as ft
+from voiceclone.stages import finetune as ft
 from voiceclone.train.command import train
 
 QUIET = Console(quiet=True)

@@ -11,8 +11,8 @@ from torch.utils.data import default_collate
 from voiceclone.config import PerturbConfig, load_recipe
 from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
-from voiceclone.train import augment
-from voiceclone.train.losses import aam_softmax_loss
+from voiceclone.stages import augment
+from voiceclone.stages.losses import aam_softmax_loss
 from voiceclone.stages.tasks import AcousticTask
 
 

@@ -12,7 +12,7 @@ from voiceclone.config import AudioConfig, VocoderModelConfig, build
 from voiceclone.models.discriminators import Discriminators
 from voiceclone.models.modules import AdaptiveLayerNorm, ChannelLayerNorm, ConvNeXtBlock, pitch_features
 from voiceclone.models.vocoder import ISTFT, HarmonicSource, Vocoder, fill_unvoiced
-from voiceclone.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from voiceclone.stages.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
 AUDIO = AudioConfig()
 ODD_GRID = AudioConfig(sample_rate=16000, n_fft=1000, win_length=800, hop_length=255, fmax=8000)

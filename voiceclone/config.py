@@ -148,7 +148,7 @@ class AcousticLossWeights:
 
 @dataclass(frozen=True)
 class PerturbConfig:
-    """Training-time perturbations of the acoustic model (train/augment.py); off with `augment = false`."""
+    """Training-time perturbations of the acoustic model (stages/augment.py); off with `augment = false`."""
 
     formant_semitones: float = 3.0  # content input: frequency warp within +- this
     eq_depth: float = 0.35  # content input: random EQ, each cosine term within +- this (nepers)

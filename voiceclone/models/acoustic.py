@@ -4,7 +4,7 @@
     reference mel --SpeakerEncoder--> speaker [B, S]   (attentive statistics pooling over any length)
     content + pitch (log-F0, voicing) + energy --Decoder(speaker)--> mel [B, n_mels, T]
 
-During training the content input is perturbed (train/augment.py) so the encoder cannot pass the source
+During training the content input is perturbed (stages/augment.py) so the encoder cannot pass the source
 voice through; the speaker comes from a *different* utterance of the target speaker. Inference code uses
 this module only; nothing here imports training code.
 """

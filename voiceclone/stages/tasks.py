@@ -26,9 +26,9 @@ from voiceclone.data.store import Dataset
 from voiceclone.models.acoustic import AcousticModel, energy_features, pitch_features
 from voiceclone.models.discriminators import Discriminators
 from voiceclone.models.vocoder import Vocoder
-from voiceclone.train import augment
-from voiceclone.train import finetune as ft
-from voiceclone.train.losses import (aam_softmax_loss, discriminator_loss, feature_matching_loss,
+from voiceclone.stages import augment
+from voiceclone.stages import finetune as ft
+from voiceclone.stages.losses import (aam_softmax_loss, discriminator_loss, feature_matching_loss,
                                      generator_adversarial_loss)
 
 

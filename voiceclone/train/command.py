@@ -19,7 +19,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.errors import TrainingFailed, UserError, check_output
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.stages.tasks import make_task
-from voiceclone.train import finetune as ft
+from voiceclone.stages import finetune as ft
 from voiceclone.train import tboard
 from voiceclone.train.distributed import Distributed, setup_distributed
 from voiceclone.train.loop import Trainer
