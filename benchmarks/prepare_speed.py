@@ -155,7 +155,7 @@ def profile(corpus: Path, files: int = 60) -> list[tuple[str, float]]:
     stages = {k: 0.0 for k in ("decode", "trim, split, loudness", "log-mel + energy", "F0", "store (int16, cache file)")}
     seconds = 0.0
     tmp = Path(tempfile.mkdtemp())
-    A.features(np.zeros(4096, np.float32), cfg.audio)  # warm caches (mel basis, compiled path finder)
+    A.features(np.zeros(4096, np.float32), cfg.audio)  # warm caches (mel basis, F0 window)
     for i, p in enumerate(paths):
         t = time.process_time()
         y = A.load_audio(p, cfg.audio.sample_rate)
@@ -197,7 +197,7 @@ def main() -> None:
     console = Console(width=150)
     rows, stages = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        # one-time costs of a process (imports are done; this loads the compiled F0 path finder and builds
+        # one-time costs of a process (imports are done; this builds
         # the mel basis) are not the corpus's: pay them on a tiny corpus first
         make_corpus(Path(tmp) / "warm", 0.2)
         measure(Path(tmp) / "warm", Path(tmp) / "out", 1)

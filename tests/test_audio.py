@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from voiceclone import audio as A
+from voiceclone.audio.pitch import _pitch_path
 from voiceclone.config import AudioConfig, PrepareConfig
 from voiceclone.synthetic import frame_f0, make_speakers, synth_utterance
 
@@ -64,6 +65,50 @@ def test_fast_f0_agrees_with_praat():
     d = np.concatenate(diffs)
     assert np.median(np.abs(d)) < 5 and np.mean(np.abs(d) > 200) < 0.01, (np.median(np.abs(d)), rms(d))
     assert np.mean(vuv) < 0.05
+
+
+def _pitch_path_reference(delta, logf, vuv_cost, jump_cost):
+    """Praat's path finder as the plain frame-by-frame recursion (what the numba version compiled)."""
+    n, k = delta.shape
+    best, back = delta[0].copy(), np.zeros((n, k), dtype=np.int64)
+    for t in range(1, n):
+        new = np.full(k, -np.inf)
+        for j in range(k):
+            if delta[t, j] == -np.inf:
+                continue
+            top, arg = -np.inf, 0
+            for i in range(k):
+                if best[i] == -np.inf:
+                    continue
+                cost = 0.0 if i == j == 0 else vuv_cost if i == 0 or j == 0 else jump_cost * abs(logf[t - 1, i] - logf[t, j])
+                if best[i] - cost > top:
+                    top, arg = best[i] - cost, i
+            new[j], back[t, j] = top + delta[t, j], arg
+        best = new
+    path = np.zeros(n, dtype=np.int64)
+    path[-1] = np.argmax(best)
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 50, 251])
+def test_pitch_path_is_the_viterbi_recursion(n):
+    """The lane-parallel path finder picks the same columns as the sequential recursion, also with missing
+    candidates, equal strengths (ties) and lengths that do not fill the lanes."""
+    rng = np.random.default_rng(n)
+    for trial in range(4):
+        k = 7
+        delta = rng.uniform(-0.5, 1.0, (n, k))
+        delta[rng.random((n, k)) < 0.3] = -np.inf
+        delta[:, 0] = rng.choice([0.45, 0.9, 2.4], n)  # the unvoiced candidate is always there
+        if trial == 3:
+            delta[:, 1:] = np.where(np.isfinite(delta[:, 1:]), 0.8, -np.inf)  # exact ties everywhere
+        logf = np.where(np.isfinite(delta), np.log2(rng.uniform(60, 900, (n, k))), 0.0)
+        if trial == 3:
+            logf[:, 1:] = np.log2(200.0)
+        got = _pitch_path(delta, logf, 0.14 * 1.16, 0.35 * 1.16)
+        np.testing.assert_array_equal(got, _pitch_path_reference(delta, logf, 0.14 * 1.16, 0.35 * 1.16))
 
 
 def test_every_feature_is_on_one_frame_grid():

@@ -330,7 +330,7 @@ def _run(todo: list[Source], metas: dict[str, FileState], cache: Path, cfg: Reci
     try:
         # one intra-op thread, as in a worker: the clips are too short for more to pay off
         torch.set_num_threads(1)
-        # built once here, the mel basis and the compiled F0 path finder are inherited by forked workers
+        # built once here, the mel basis and the F0 window are inherited by forked workers
         A.features(np.zeros(8 * cfg.audio.hop_length, dtype=np.float32), cfg.audio)
         if n_workers == 1:
             with progress:
