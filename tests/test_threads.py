@@ -1,0 +1,55 @@
+"""The thread policy: torch threads = the cores other processes leave free; explicit counts win."""
+
+from __future__ import annotations
+
+import pytest
+
+from voiceclone import threads as T
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A fake machine: `cores` allowed, and the CPU seconds busy / used by us that the next sample reads."""
+    state = {"cores": 2, "busy": 0.0, "own": 0.0, "at": 0.0}
+    monkeypatch.setattr(T, "allowed_cores", lambda: state["cores"])
+    monkeypatch.setattr(T.CpuSample, "now", classmethod(lambda cls: cls(state["busy"], state["own"], state["at"])))
+    monkeypatch.setattr(T.time, "monotonic", lambda: state["at"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    return state
+
+
+def after(state, seconds, others, ours):
+    """Let `seconds` pass in which other processes use `others` cores and this one `ours`."""
+    start = T.CpuSample.now()
+    state["at"] += seconds
+    state["busy"] += (others + ours) * seconds
+    state["own"] += ours * seconds
+    return start
+
+
+def test_neighbours_are_what_is_busy_beyond_our_own_work(machine):
+    since = after(machine, 1.0, others=0.0, ours=1.0)  # importing torch keeps one core busy: that is us
+    assert T.neighbour_load(since) == pytest.approx(0.0) and T.free_cores(since) == 2
+    since = after(machine, 1.0, others=1.0, ours=1.0)  # one busy neighbour
+    assert T.neighbour_load(since) == pytest.approx(1.0) and T.free_cores(since) == 1
+    since = after(machine, 1.0, others=0.6, ours=0.0)  # a half-busy one still costs a core: barriers wait on it
+    assert T.free_cores(since) == 1
+    since = after(machine, 1.0, others=2.0, ours=0.0)  # fully taken: still one thread, never zero
+    assert T.free_cores(since) == 1
+    machine["cores"] = 8
+    since = after(machine, 1.0, others=3.0, ours=1.0)
+    assert T.free_cores(since) == 5 and T.choose_threads(0, since) == 5
+
+
+def test_an_explicit_count_wins(machine, monkeypatch):
+    since = after(machine, 1.0, others=2.0, ours=0.0)
+    assert T.choose_threads(3, since) == 3  # --threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert T.choose_threads(0, since) == 4  # the user's environment
+    assert T.choose_threads(2, since) == 2
+
+
+def test_the_real_machine_gives_a_sane_count():
+    since = T.CpuSample.now()
+    n = T.free_cores(since)  # a window shorter than MIN_WINDOW is topped up by sleeping
+    assert 1 <= n <= T.allowed_cores() and T.neighbour_load() >= 0.0
