@@ -1,0 +1,25 @@
+"""The console entry point as a real process: exit codes and output survive the fast exit (os._exit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def voiceclone(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "voiceclone", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_a_short_command_keeps_its_exit_code_and_its_one_error_line(tmp_path):
+    done = voiceclone("export", str(tmp_path / "no-run"), "--out", str(tmp_path / "m.safetensors"))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "no such run folder" in lines[0], done.stderr
+    assert voiceclone("synthesize", "--no-such-option").returncode == 2
+    done = voiceclone("--version")
+    assert done.returncode == 0 and done.stdout.startswith("voiceclone ")
