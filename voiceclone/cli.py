@@ -248,8 +248,9 @@ def evaluate(
                  asr_model=asr_model, console=console)
 
 
-# Commands that hold nothing needing an orderly shutdown (no worker processes, no process group) once done.
-FAST_EXIT = ("synthesize", "export", "evaluate")
+# Commands that hold nothing needing an orderly shutdown once done (prepare has shut its pool down by then;
+# train may hold a process group and loader workers).
+FAST_EXIT = ("prepare", "synthesize", "export", "evaluate")
 
 
 def main() -> None:
