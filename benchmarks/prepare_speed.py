@@ -1,12 +1,14 @@
 """Speed and memory of `voiceclone prepare`, end to end, on generated corpora at 22.05 kHz.
 
-    python benchmarks/prepare_speed.py [--minutes 30 60] [--workers 1 0] [--profile] [--json OUT]
+    python benchmarks/prepare_speed.py [--minutes 30 60] [--workers 1 0] [--profile] [--command] [--json OUT]
 
 For each corpus size and worker count: audio hours, wall time, real-time factor overall and per worker,
 CPU time (parent and workers) and the real-time factor per CPU-second, and peak memory of the whole
 process tree (the parent and its workers), sampled every 50 ms: the sum of RSS as the kernel reports it,
 and (every 250 ms) the sum of PSS, which counts pages the forked workers share with the parent once. Peak memory should
-not grow with the corpus: compare the sizes. --profile adds the per-file cost of each stage.
+not grow with the corpus: compare the sizes. --profile adds the per-file cost of each stage. --command also
+times each corpus as a whole `voiceclone prepare` process (imports, start-up and exit included; the recipe
+vctk with this script's feature settings), the figure a user waits for.
 
 The corpus: utterances of generated voices (voiceclone.synthetic) varied in rate, pitch and level, with
 silence around them, as 16-bit WAV in ROOT/<speaker>/ (about 3 s each), 40 speakers.
@@ -20,6 +22,8 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -144,7 +148,26 @@ def measure(corpus: Path, out: Path, workers: int) -> dict:
     return {"files": summary["files"], "workers": used, "audio_hours": audio_s / 3600, "wall_s": wall,
             "x_real_time": audio_s / wall, "x_per_worker": audio_s / wall / used, "cpu_s": cpu,
             "x_per_cpu_second": audio_s / cpu, "peak_rss_mb": mem.peak_rss / 2**20,
-            "peak_pss_mb": mem.peak_pss / 2**20, "load_avg_1min": os.getloadavg()[0]}
+            "peak_pss_mb": mem.peak_pss / 2**20, "load_avg_1min": os.getloadavg()[0], "mode": "in process"}
+
+
+def measure_command(corpus: Path, out: Path, workers: int, seconds: float) -> dict:
+    """The same corpus through a whole `voiceclone prepare` process."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "voiceclone", "prepare", str(corpus), "--out", str(out), "-j", str(workers),
+           "--recipe", "vctk", "--set", "prepare.max_seconds=15", "--set", "prepare.trim_top_db=40"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    kids0, wall0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    with TreeMemory() as mem:
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - wall0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
+    used = max(1, workers) if workers else len(os.sched_getaffinity(0))
+    return {"files": sum(1 for _ in corpus.rglob("*.wav")), "workers": workers or "auto", "audio_hours": seconds / 3600,
+            "wall_s": wall, "x_real_time": seconds / wall, "x_per_worker": seconds / wall / used, "cpu_s": cpu,
+            "x_per_cpu_second": seconds / cpu, "peak_rss_mb": mem.peak_rss / 2**20,
+            "peak_pss_mb": mem.peak_pss / 2**20, "load_avg_1min": os.getloadavg()[0], "mode": "command"}
 
 
 def profile(corpus: Path, files: int = 60) -> list[tuple[str, float]]:
@@ -193,6 +216,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0], help="corpus sizes")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 0], help="worker counts (0 = all cores)")
     parser.add_argument("--profile", action="store_true", help="also time each stage of the per-file path")
+    parser.add_argument("--command", action="store_true", help="also time whole `voiceclone prepare` processes")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     console = Console(width=150)
@@ -205,21 +229,23 @@ def main() -> None:
         for minutes in args.minutes:
             corpus = Path(tmp) / f"corpus{minutes:g}"
             console.print(f"generating {minutes:g} min of audio ...", style="dim")
-            make_corpus(corpus, minutes)
+            seconds = make_corpus(corpus, minutes)
             for w in args.workers:
                 console.print(f"prepare {minutes:g} min, workers={w or 'all'} ...", style="dim")
                 rows.append({"minutes": minutes, **measure(corpus, Path(tmp) / "out", w)})
+                if args.command:
+                    rows.append({"minutes": minutes, **measure_command(corpus, Path(tmp) / "out", w, seconds)})
             if args.profile and stages is None:
                 stages = profile(corpus)
             shutil.rmtree(corpus)
     cores = len(os.sched_getaffinity(0))
     table = Table(title=f"voiceclone prepare, 22.05 kHz, {platform.processor() or platform.machine()}, "
                         f"{cores} cores (shared: see load)", title_justify="left")
-    for col in ("corpus", "files", "workers", "audio h", "wall s", "x RT", "x RT/worker", "CPU s", "x RT/CPU-s",
+    for col in ("corpus", "how", "files", "workers", "audio h", "wall s", "x RT", "x RT/worker", "CPU s", "x RT/CPU-s",
                 "peak RSS MB", "peak PSS MB", "load"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(f"{r['minutes']:g} min", str(r["files"]), str(r["workers"]), f"{r['audio_hours']:.3f}",
+        table.add_row(f"{r['minutes']:g} min", r["mode"], str(r["files"]), str(r["workers"]), f"{r['audio_hours']:.3f}",
                       f"{r['wall_s']:.1f}", f"{r['x_real_time']:.0f}", f"{r['x_per_worker']:.0f}", f"{r['cpu_s']:.1f}",
                       f"{r['x_per_cpu_second']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['peak_pss_mb']:.0f}",
                       f"{r['load_avg_1min']:.1f}")

@@ -1,9 +1,12 @@
 """Vocoder speed: generator parameters, synthesis speed in x real time, raw GAN training steps/s.
 
-    python benchmarks/vocoder_speed.py [--sizes tiny base] [--steps 3] [--json OUT]
+    python benchmarks/vocoder_speed.py [--sizes tiny base vocos] [--steps 3] [--json OUT]
+
+`vocos` is the same generator at Vocos's own size (512/1536/8), for the ratio base / Vocos in one run (its
+training steps are not timed).
 
 Synthesis on CPU: 2 threads, batch 1, 10 s of audio, inference mode (the deployment case of a laptop).
-Synthesis on CUDA, when there is a GPU: batch 16 x 1 s, bf16 autocast. A training step is what the
+Synthesis on CUDA, when there is a GPU: batch 1 x 10 s and batch 16 x 1 s, bf16 autocast. A training step is what the
 vocoder task does per batch: one discriminator step (least squares on real and detached generated audio)
 and one generator step (mel L1 + adversarial + feature matching, weighted as VocoderLossWeights), AdamW,
 batch 8 x 32 frames, no data loading. Timings are medians over repeats after a warm-up; synthesis also
@@ -34,6 +37,7 @@ CPU_THREADS = 2
 CPU_SECONDS = 10.0
 GPU_BATCH, GPU_SECONDS = 16, 1.0
 TRAIN_BATCH, TRAIN_FRAMES = 8, 32
+VOCOS = {"size": "base", "dim": 512, "intermediate_dim": 1536, "layers": 8}  # Vocos's published generator size
 
 
 def cpu_name() -> str:
@@ -124,7 +128,7 @@ def train_speed(cfg: VocoderModelConfig, audio: AudioConfig, device: torch.devic
 
 def measure(size: str, steps: int) -> dict:
     audio = AudioConfig()
-    cfg = build(VocoderModelConfig, {"size": size})
+    cfg = build(VocoderModelConfig, VOCOS if size == "vocos" else {"size": size})
     gen = Vocoder(cfg, audio).eval()
     disc = Discriminators(cfg)
     row = {"size": size, "dim": cfg.dim, "intermediate_dim": cfg.intermediate_dim, "layers": cfg.layers,
@@ -135,20 +139,23 @@ def measure(size: str, steps: int) -> dict:
     try:
         row["cpu_x_realtime"], row["cpu_x_realtime_best"] = synthesis_speed(
             gen, audio, torch.device("cpu"), 1, CPU_SECONDS, False, repeats=9)
-        row["cpu_train_steps_s"] = train_speed(cfg, audio, torch.device("cpu"), steps)
+        row["cpu_train_steps_s"] = train_speed(cfg, audio, torch.device("cpu"), steps) if size != "vocos" else float("nan")
     finally:
         torch.set_num_threads(threads)
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
         row["gpu_x_realtime"], row["gpu_x_realtime_best"] = synthesis_speed(
             gen.to(cuda), audio, cuda, GPU_BATCH, GPU_SECONDS, True, repeats=20)
-        row["gpu_train_steps_s"] = train_speed(cfg, audio, cuda, max(steps, 20))
+        row["gpu_x_realtime_b1"], _ = synthesis_speed(gen, audio, cuda, 1, CPU_SECONDS, True, repeats=20)
+        row["gpu_train_steps_s"] = (train_speed(cfg, audio, cuda, max(steps, 20)) if size != "vocos"
+                                    else float("nan"))
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=sorted(VocoderModelConfig.PRESETS))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base", "vocos"],
+                        choices=[*sorted(VocoderModelConfig.PRESETS), "vocos"])
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per size on CPU")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -166,16 +173,21 @@ def main() -> None:
         f"{TRAIN_BATCH} x {TRAIN_FRAMES} frames."))
     gpu = "gpu_x_realtime" in rows[0]
     for col in ["size", "dim/inter/layers", "G params", "D params", "CPU x RT (best)", "CPU it/s"] + (
-            ["GPU x RT (best)", "GPU it/s"] if gpu else []):
+            ["GPU x RT 1 x 10 s", "GPU x RT (best)", "GPU it/s"] if gpu else []):
         table.add_column(col, justify="right")
     for r in rows:
         cells = [r["size"], f"{r['dim']}/{r['intermediate_dim']}/{r['layers']}",
                  f"{r['generator_params'] / 1e6:.2f}M", f"{r['discriminator_params'] / 1e6:.2f}M",
                  f"{r['cpu_x_realtime']:.0f} ({r['cpu_x_realtime_best']:.0f})", f"{r['cpu_train_steps_s']:.2f}"]
         if gpu:
-            cells += [f"{r['gpu_x_realtime']:.0f} ({r['gpu_x_realtime_best']:.0f})", f"{r['gpu_train_steps_s']:.1f}"]
+            cells += [f"{r['gpu_x_realtime_b1']:.0f}", f"{r['gpu_x_realtime']:.0f} ({r['gpu_x_realtime_best']:.0f})",
+                      f"{r['gpu_train_steps_s']:.1f}"]
         table.add_row(*cells)
     console.print(table)
+    by_size = {r["size"]: r for r in rows}
+    if "base" in by_size and "vocos" in by_size:
+        console.print(f"base / Vocos-size on CPU, batch 1: {by_size['base']['cpu_x_realtime'] / by_size['vocos']['cpu_x_realtime']:.2f}x "
+                      f"(medians, same run)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"devices": devices, "torch": torch.__version__, "results": rows}, indent=2))
