@@ -57,7 +57,7 @@ def test_dataset_layout_and_reader(prepared_dataset):
     cfg = ds.audio
     assert ds.recipe.to_dict() == DEMO.to_dict() and cfg == DEMO.audio
     config = json.loads((prepared_dataset / "config.json").read_text())
-    assert config["format"] == "voiceclone-dataset" and config["version"] == 1 and config["recipe"] == json.loads(DEMO.to_json())
+    assert config["format"] == "voiceclone-dataset" and config["version"] == 2 and config["recipe"] == json.loads(DEMO.to_json())
     assert len(ds.fingerprint) == 12 and ds.fingerprint == config["fingerprint"]
     assert len(ds.manifest) == 36 and len(ds.speakers) == 6
     for name in SPLITS:
@@ -245,6 +245,88 @@ def test_incremental_reruns(tmp_path):
     assert Dataset.open(out).recipe.prepare.loudness_db == -20.0
 
 
+def test_features_are_written_once_into_the_store(tmp_path):
+    """No per-file cache: every file's features go straight into the store's four arrays; a split is an index,
+    and an update appends to the same files instead of copying the dataset."""
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
+    out = tmp_path / "ds"
+    run(corpus, out)
+    features = out / "features"
+    assert sorted(p.name for p in features.iterdir()) == ["audio.npy", "energy.npy", "f0.npy", "journal.jsonl",
+                                                          "mel.npy", "store.json"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["spans.npy"]
+    before = {p.name: (p.stat().st_ino, p.stat().st_size) for p in features.glob("*.npy")}
+    write_corpus(tmp_path / "more", n_speakers=1, utterances=2, seconds=1.0, sample_rate=16000, seed=5)
+    shutil.move(str(tmp_path / "more" / "spk000"), str(corpus / "spk_new"))
+    summary, text = run(corpus, out)
+    assert "reusing 9 from the existing dataset; 2 of 11 files to process" in text
+    after = {p.name: (p.stat().st_ino, p.stat().st_size) for p in features.glob("*.npy")}
+    assert all(after[k][0] == before[k][0] and after[k][1] > before[k][1] for k in before)  # appended in place
+    ds = Dataset.open(out)
+    assert len(ds.manifest) == 11 and len((features / "journal.jsonl").read_text().splitlines()) == 11
+    # the arrays read back are the ones computed: utterances of every split cover the store without overlap
+    spans = sorted((a, b) for name in SPLITS for a, b in np.load(out / name / "spans.npy"))
+    assert spans[0][0] == 0 and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] == ds.config["store"]["frames"]
+
+
+def test_the_store_is_compacted_when_mostly_waste(tmp_path):
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
+    out = tmp_path / "ds"
+    run(corpus, out)
+    frames = Dataset.open(out).config["store"]["frames"]
+    for f in sorted(corpus.rglob("*.wav"))[:6]:
+        f.unlink()
+    _, text = run(corpus, out)
+    ds = Dataset.open(out)
+    assert "compacting" in text and len(ds.manifest) == 3
+    assert ds.config["store"]["frames"] == sum(r["frames"] for r in ds.manifest) < frames / 2
+    assert len((out / "features" / "journal.jsonl").read_text().splitlines()) == 3
+    for name in SPLITS:
+        split = ds.split(name)
+        for i in range(len(split)):
+            assert (split.f0(i) > 0).any() and split.mel(i).shape[0] == split.n_frames(i)
+
+
+def test_a_torn_journal_or_array_tail_is_cut_back(tmp_path):
+    """After a crash, the store keeps exactly the entries whose journal line and arrays are both complete."""
+    from voiceclone.data.store import FeatureStore
+
+    cfg = DEMO.audio
+    rng = np.random.default_rng(0)
+
+    def arrays(n):
+        return {"mel": rng.standard_normal((n, cfg.n_mels)).astype(np.float16), "f0": rng.random(n, np.float32),
+                "energy": rng.random(n, np.float32), "audio": rng.integers(-99, 99, n * cfg.hop_length, np.int16)}
+
+    st = FeatureStore.create(tmp_path / "s", "h", cfg)
+    a, b = arrays(10), arrays(7)
+    st.add({"key": "a", "ok": True, "pieces": [{"frames": 4}, {"frames": 6}]}, **a)
+    st.skip({"key": "bad", "ok": False, "reason": "silent"})
+    st.add({"key": "b", "ok": True, "pieces": [{"frames": 7}]}, **b)
+    st.flush()
+    st.close()
+    with open(tmp_path / "s" / "audio.npy", "ab") as f:  # a file's arrays written, its journal line not
+        f.write(b"\1" * 999)
+    with open(tmp_path / "s" / "journal.jsonl", "a") as f:  # a torn last line
+        f.write('{"key": "c", "ok": tr')
+    again = FeatureStore.open(tmp_path / "s")
+    assert [e["key"] for e in again.entries] == ["a", "bad", "b"] and again.frames == 17
+    assert (tmp_path / "s" / "journal.jsonl").read_text().count("\n") == 3
+    got = store_frames(again, 10, 17)
+    assert np.array_equal(got["mel"], b["mel"]) and np.array_equal(got["audio"], b["audio"])
+    c = arrays(5)
+    assert again.add({"key": "c", "ok": True, "pieces": [{"frames": 5}]}, **c) == 17
+    again.seal()
+    assert np.array_equal(np.load(tmp_path / "s" / "f0.npy")[17:], c["f0"])
+
+
+def store_frames(st, a, b):
+    from voiceclone.data.store import read_frames
+
+    return read_frames(st.folder, st.headers(), a, b, st.hop)
+
+
 def test_an_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypatch):
     corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
     out = tmp_path / "ds"
@@ -269,7 +351,7 @@ def test_an_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypat
     # a crash while the new dataset is moved into place: the folder reads as incomplete, never as complete
     (corpus / "spk000" / "spk000_000.wav").unlink()
 
-    def crash(tmp, dest):
+    def crash(tmp, dest, *rest):
         (dest / "config.json").unlink()
         raise OSError("disk full")
 
@@ -376,7 +458,7 @@ def test_dataset_open_errors(prepared_dataset, tmp_path):
     with pytest.raises(UserError, match="version 9"):
         Dataset.open(tmp_path / "v9")
     (tmp_path / "v9" / "config.json").write_text(json.dumps(config))
-    with open(tmp_path / "v9" / "train" / "mel.npy", "r+b") as f:
+    with open(tmp_path / "v9" / "features" / "mel.npy", "r+b") as f:
         f.truncate(1000)
     with pytest.raises(UserError, match="mel.npy"):
         Dataset.open(tmp_path / "v9")

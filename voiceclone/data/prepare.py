@@ -2,9 +2,11 @@
 
 Per file, in a process pool: decode, mix to mono, resample, trim, split long files at quiet points, normalize
 each piece's loudness (all through voiceclone.audio, the code path `synthesize` uses), then log-mel, F0,
-energy and the audio itself. Every finished file lands in a cache entry inside the output folder, so an
-interrupted run resumes where it stopped; a finished dataset is itself the cache of the next run, which
-only processes new or changed files. Splits come from stable hashes (see `assign_splits`).
+energy and the audio itself. The parent writes each file's features once, straight into the dataset's
+append-only feature store (store.FeatureStore), whose journal says which files it holds: an interrupted
+run resumes where it stopped, and a finished dataset's store is appended to by the next run, which only
+processes new or changed files. Splits are an index into the store, drawn from stable hashes (see
+`assign_splits`) once every file is done.
 """
 
 from __future__ import annotations
@@ -38,15 +40,15 @@ from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.config import Recipe, differences
 from voiceclone.data import store
-from voiceclone.data.store import SPLITS, Dataset, SplitWriter
+from voiceclone.data.store import FEATURES, SPLITS, Dataset, FeatureStore
 from voiceclone.data.discover import Source, discover, skip_record
 from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
-from voiceclone.data.worker import (FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker,
-                                    piece_arrays, process_file)
+from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
 
-CACHE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-cache", ".prepare-lock", ".prepare-tmp-"
+STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
+COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
 NO_USABLE = "no usable audio"
 
 
@@ -82,7 +84,7 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
         if e.errno not in DISK_FULL:
             raise
         # what is left cannot be finished without space, and keeps the disk full: remove it, and say so
-        shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+        shutil.rmtree(out / STORE_DIR, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         message = str(e) if isinstance(e, FileWriteError) else str(file_error(e, e.filename or out))
@@ -138,15 +140,14 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
         existing, reusable = _open_previous(out, fhash, cfg, console)
         previous = existing if reusable else None
         if previous is not None and previous.config.get("inputs_digest") == job.digest:
-            shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+            shutil.rmtree(out / STORE_DIR, ignore_errors=True)
             console.print(f"[green]{out}: up to date[/] ({len(sources)} files, same settings; fingerprint "
                           f"{previous.fingerprint}); nothing to do", highlight=False)
             summary = summary_of(previous, started, up_to_date=True)
             print_summary(summary, console)
             return summary
-        cache = out / CACHE_DIR
-        cache.mkdir(exist_ok=True)
-        metas, origin = _reusable(sources, previous, cache, fhash)
+        feature_store, committed = _open_store(out, fhash, cfg)
+        metas, origin = _reusable(sources, feature_store, committed if previous is not None else 0, fhash)
         todo = [s for s in sources if s.key(fhash) not in metas]
         _say_reuse(console, origin, len(todo), len(sources))
         if job.strict:
@@ -154,7 +155,7 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
                 m = metas.get(s.key(fhash))
                 if m is not None and not m.ok:
                     raise UserError(_skip_line(m))
-        speed = _run(todo, metas, cache, cfg, fhash, job.workers, job.strict, console)
+        speed = _run(todo, metas, feature_store, cfg, fhash, job.workers, job.strict, console)
 
         units = [(s, metas[s.key(fhash)]) for s in sources]
         skipped = pre_skipped + [skip_record(s.path, m.reason, m.detail, s.size, s.mtime_ns)
@@ -176,11 +177,10 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
         split_of = assign_splits(dict(by_speaker), cfg.prepare, pinned)
         report = _report(sources, pre_skipped, skipped, job.ignored, usable, origin)
         try:
-            fingerprint = _assemble(job, usable, utt_ids, split_of, previous, report)
+            fingerprint = _assemble(job, usable, utt_ids, split_of, feature_store, report)
         except BaseException:
             shutil.rmtree(out / f"{TMP_PREFIX}{os.getpid()}", ignore_errors=True)  # half a dataset helps no one
             raise
-        shutil.rmtree(cache, ignore_errors=True)
     summary = summary_of(Dataset.open(out), started, up_to_date=False, report=report)
     summary["speed"] = {**speed, "x_real_time": round(speed["hours"] * 3600 / max(speed["seconds"], 1e-9), 1)}
     warn_single_utterance_speakers(summary, console)
@@ -198,7 +198,7 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a folder")
     check_output(out, folder=True)
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / LOCK_FILE).exists() or (out / CACHE_DIR).exists()
+        ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists()
         if not ours and (out / store.CONFIG).is_file():
             try:
                 ours = json.loads((out / store.CONFIG).read_text()).get("format") == store.FORMAT
@@ -249,38 +249,36 @@ def _changes(prev: Dataset, cfg: Recipe) -> str:
     return "; ".join(diffs) or "feature settings"
 
 
-def _reusable(sources: list[Source], previous: Dataset | None, cache: Path,
+def _open_store(out: Path, fhash: str, cfg: Recipe) -> tuple[FeatureStore, int]:
+    """The feature store this run appends to, and how many of its journal entries a complete dataset at `out`
+    committed (counted as reused from it; the rest as resumed from an interrupted run).
+
+    The dataset's own store (`features/`) when its features hash is this run's (also after a run killed while
+    committing), else the store an interrupted run left in STORE_DIR, else a new one there. A store that
+    cannot be appended to safely (a journal shorter than what its headers declare) is never reused.
+    """
+    for folder in (out / FEATURES, out / STORE_DIR):
+        found = FeatureStore.open(folder) if (folder / store.STORE_META).is_file() else None
+        if found is not None and found.meta.get("features_hash") == fhash:
+            return found, found.meta.get("committed", 0) if folder.name == FEATURES else 0
+    shutil.rmtree(out / STORE_DIR, ignore_errors=True)
+    return FeatureStore.create(out / STORE_DIR, fhash, cfg.audio), 0
+
+
+def _reusable(sources: list[Source], feature_store: FeatureStore, committed: int,
               fhash: str) -> tuple[dict[str, FileState], Counter]:
-    """Metadata of files already done, by cache key: from the previous dataset or from cache entries."""
+    """States of the files already done, by key, counted by where they come from: the complete dataset (the
+    first `committed` journal entries) or an interrupted run."""
+    index = {e.get("key"): i for i, e in enumerate(feature_store.entries)}
     metas: dict[str, FileState] = {}
     origin: Counter = Counter()
-    old_rows: dict[tuple, list[tuple[str, int, dict]]] = defaultdict(list)
-    old_skips: dict[tuple, dict] = {}
-    if previous is not None:
-        for name in SPLITS:
-            for i, r in enumerate(previous.split(name).rows):
-                old_rows[r["source"], r["source_size"], r["source_mtime_ns"]].append((name, i, r))
-        report = store.read_json(previous.path / store.REPORT) or {}
-        for rec in report.get("skipped", []):
-            old_skips[rec["path"], rec.get("size"), rec.get("mtime_ns")] = rec
     for s in sources:
-        key, ident = s.key(fhash), (s.path, s.size, s.mtime_ns)
-        if ident in old_rows:
-            rows = sorted(old_rows[ident], key=lambda t: t[2]["start"])
-            metas[key] = FileState(key, ok=True, path=s.path, seconds=None, previous=[(n, i) for n, i, _ in rows],
-                                   pieces=[{k: r[k] for k in ("start", "end", "frames", "seconds", "voiced_frames", "voiced",
-                                                        "f0_median", "logf0_mean", "logf0_std")} for _, _, r in rows])
-            origin["previous"] += 1
-        elif ident in old_skips:
-            rec = old_skips[ident]
-            metas[key] = FileState(key, path=s.path, reason=rec["reason"], detail=rec.get("detail", ""))
-            origin["previous"] += 1
-        else:
-            meta = FileState.from_json(store.read_json(cache / f"{key}.json"))
-            if (meta is not None and meta.key == key and meta.version == FEATURES_VERSION
-                    and (not meta.ok or (cache / f"{key}.bin").is_file())):
-                metas[key] = meta
-                origin["cache"] += 1
+        key = s.key(fhash)
+        i = index.get(key)
+        meta = FileState.from_json(feature_store.entries[i]) if i is not None else None
+        if meta is not None and meta.version == FEATURES_VERSION:
+            metas[key] = meta
+            origin["previous" if i < committed else "cache"] += 1
     return metas, origin
 
 
@@ -299,9 +297,9 @@ def _workers(requested: int, jobs: int) -> int:
     return max(1, min(requested if requested > 0 else cores, jobs))
 
 
-def _run(todo: list[Source], metas: dict[str, FileState], cache: Path, cfg: Recipe, fhash: str, workers: int,
-         strict: bool, console: Console) -> dict[str, float]:
-    """Process `todo` into cache entries (in a pool when more than one worker), filling `metas`.
+def _run(todo: list[Source], metas: dict[str, FileState], feature_store: FeatureStore, cfg: Recipe, fhash: str,
+         workers: int, strict: bool, console: Console) -> dict[str, float]:
+    """Process `todo` into the feature store (in a pool when more than one worker), filling `metas`.
 
     Returns files, hours of audio decoded, wall seconds and workers, for the closing line. The progress
     bars are transient: on a terminal they vanish when done, in a log they print nothing, so an error
@@ -317,15 +315,20 @@ def _run(todo: list[Source], metas: dict[str, FileState], cache: Path, cfg: Reci
     task = progress.add_task("prepare", total=len(todo), hours=0.0)
     hours = 0.0
 
-    def done(meta: FileState) -> None:
+    def done(result: tuple[FileState, dict[str, np.ndarray] | None]) -> None:
         nonlocal hours
+        meta, arrays = result
+        if arrays is not None:
+            meta.at = feature_store.add(meta.to_json(), **arrays)
+        else:
+            feature_store.skip(meta.to_json())
         metas[meta.key] = meta
         hours += (meta.seconds or 0.0) / 3600
         progress.update(task, advance=1, hours=hours)
         if strict and not meta.ok:
             raise UserError(_skip_line(meta))
 
-    jobs = [(s.path, s.key(fhash), str(cache), cfg.audio, cfg.prepare) for s in todo]
+    jobs = [(s.path, s.key(fhash), cfg.audio, cfg.prepare) for s in todo]
     threads = torch.get_num_threads()
     try:
         # one intra-op thread, as in a worker: the clips are too short for more to pay off
@@ -339,16 +342,18 @@ def _run(todo: list[Source], metas: dict[str, FileState], cache: Path, cfg: Reci
         else:
             _run_pool(jobs, n_workers, done, progress)
     except KeyboardInterrupt:
-        done_files = sum(1 for _ in cache.glob("*.json"))  # workers may have finished more than reported back
-        console.print(f"interrupted: {done_files} processed files are kept in {cache.parent}; run the same command "
-                      f"again to resume", style="yellow", highlight=False)
+        feature_store.flush()
+        console.print(f"interrupted: {len(feature_store.entries)} processed files are kept in "
+                      f"{feature_store.folder.parent}; run the same command again to resume", style="yellow",
+                      highlight=False)
         raise
     finally:
+        feature_store.flush()
         torch.set_num_threads(threads)
     return {"files": len(todo), "hours": hours, "seconds": time.perf_counter() - started, "workers": n_workers}
 
 
-def _run_pool(jobs: list[tuple], n_workers: int, done: Callable[[FileState], None], progress: Progress) -> None:
+def _run_pool(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], progress: Progress) -> None:
     # fork (Linux): workers start in milliseconds and share the parent's imported modules and warm caches;
     # torch is safe here because each worker drops to one intra-op thread before it computes anything.
     # Elsewhere fork is unsafe (macOS system libraries), so workers are spawned.
@@ -399,52 +404,46 @@ def _report(sources: list[Source], pre_skipped: list[dict], skipped: list[dict],
 
 
 def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[list[str]], split_of: dict[str, str],
-              previous: Dataset | None, report: dict) -> str:
-    """Write the dataset into a temporary folder inside `out`, then move it into place (config.json last)."""
+              feature_store: FeatureStore, report: dict) -> str:
+    """Write each split's index and the metadata into a temporary folder inside `out`, then commit.
+
+    The features stay where they were written. Only when most of the store is waste (files since removed or
+    changed) are the ones in use copied into a fresh store."""
     out, cfg = job.out, job.cfg
-    hop = cfg.audio.hop_length
-    totals = {name: [0, 0] for name in SPLITS}
-    for (_, m), ids in zip(usable, utt_ids):
-        for piece, uid in zip(m.pieces, ids):
-            totals[split_of[uid]][0] += 1
-            totals[split_of[uid]][1] += piece["frames"]
     tmp = out / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    writers = {name: SplitWriter(tmp / name, n, frames, cfg.audio) for name, (n, frames) in totals.items()}
-    rows = []
+    if feature_store.frames * (1 - COMPACT_WASTE) > sum(m.frames for _, m in usable):
+        feature_store = _compacted(feature_store, usable, tmp / FEATURES, job)
+    spans: dict[str, list[tuple[int, int]]] = {name: [] for name in SPLITS}
+    rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     speakers: dict[str, dict[str, Any]] = {}
-    n_utts = sum(n for n, _ in totals.values())
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("utterances"), TimeElapsedColumn(), console=job.console, transient=True)
-    with progress:
-        task = progress.add_task("write", total=n_utts)
-        for (s, m), ids in zip(usable, utt_ids):
-            arrays = piece_arrays(s, m, out / CACHE_DIR, previous, hop, cfg.audio.n_mels)
-            for piece, uid, data in zip(m.pieces, ids, arrays):
-                split = split_of[uid]
-                writers[split].append(data["mel"], data["f0"], data["energy"], data["audio"])
-                rows.append({"id": uid, "speaker": s.speaker, "split": split, "source": s.path,
-                             "source_size": s.size, "source_mtime_ns": s.mtime_ns, **piece})
-                sp = speakers.setdefault(s.speaker, {"split": "unseen" if split == "unseen" else "train",
-                                                     "utterances": 0, "seconds": 0.0, "voiced_frames": 0,
-                                                     "_sum": 0.0, "_sumsq": 0.0})
-                sp["utterances"] += 1
-                sp["seconds"] += piece["seconds"]
-                n = piece["voiced_frames"]
-                sp["voiced_frames"] += n
-                sp["_sum"] += n * piece["logf0_mean"]
-                sp["_sumsq"] += n * (piece["logf0_std"] ** 2 + piece["logf0_mean"] ** 2)
-            progress.update(task, advance=len(ids))
-    for w in writers.values():
-        w.close()
+    for (s, m), ids in zip(usable, utt_ids):
+        at = m.at
+        for piece, uid in zip(m.pieces, ids):
+            split = split_of[uid]
+            spans[split].append((at, at + piece["frames"]))
+            at += piece["frames"]
+            rows[split].append({"id": uid, "speaker": s.speaker, "split": split, "source": s.path,
+                                "source_size": s.size, "source_mtime_ns": s.mtime_ns, **piece})
+            sp = speakers.setdefault(s.speaker, {"split": "unseen" if split == "unseen" else "train",
+                                                 "utterances": 0, "seconds": 0.0, "voiced_frames": 0,
+                                                 "_sum": 0.0, "_sumsq": 0.0})
+            sp["utterances"] += 1
+            sp["seconds"] += piece["seconds"]
+            n = piece["voiced_frames"]
+            sp["voiced_frames"] += n
+            sp["_sum"] += n * piece["logf0_mean"]
+            sp["_sumsq"] += n * (piece["logf0_std"] ** 2 + piece["logf0_mean"] ** 2)
+    for name in SPLITS:
+        store.write_spans(tmp / name, np.array(spans[name], dtype=np.int64).reshape(-1, 2))
     for sp in speakers.values():
         n, s1, s2 = sp["voiced_frames"], sp.pop("_sum"), sp.pop("_sumsq")
         mean = s1 / n if n else 0.0
         sp["logf0_mean"] = round(mean, 5)
         sp["logf0_std"] = round(math.sqrt(max(s2 / n - mean**2, 0.0)), 5) if n else 0.0
         sp["seconds"] = round(sp["seconds"], 3)
-    manifest_text = store.write_lines(tmp / store.MANIFEST, rows)
+    manifest_text = store.write_lines(tmp / store.MANIFEST, [r for name in SPLITS for r in rows[name]])
     store.write_json(tmp / store.SPEAKERS, dict(sorted(speakers.items())))
     store.write_json(tmp / store.REPORT, report)
     recipe = cfg.to_dict()
@@ -452,21 +451,40 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
     config = {"format": store.FORMAT, "version": store.FORMAT_VERSION, "voiceclone": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fingerprint": fingerprint,
               "features_hash": job.fhash, "features_version": FEATURES_VERSION,
-              "split_settings": job.splits_cfg, "inputs_digest": job.digest,
-              "splits": {name: {"utterances": n, "frames": f} for name, (n, f) in totals.items()},
+              "split_settings": job.splits_cfg, "inputs_digest": job.digest, "store": {"frames": feature_store.frames},
+              "splits": {name: {"utterances": len(v), "frames": sum(b - a for a, b in v)} for name, v in spans.items()},
               "recipe": recipe}
     store.write_json(tmp / store.CONFIG, config)
-    _commit(tmp, out)
+    _commit(tmp, out, feature_store)
     return fingerprint
 
 
+def _compacted(old: FeatureStore, usable: list[tuple[Source, FileState]], folder: Path, job: _Job) -> FeatureStore:
+    """A new store in `folder` holding only the features of the `usable` files, copied from `old`; their
+    states' `at` move to the new store."""
+    job.console.print(f"compacting the feature store ({old.frames} frames, "
+                      f"{sum(m.frames for _, m in usable)} in use)", style="dim", highlight=False)
+    new = FeatureStore.create(folder, job.fhash, job.cfg.audio)
+    headers = old.headers()
+    for _, m in usable:
+        data = store.read_frames(old.folder, headers, m.at, m.at + m.frames, old.hop)
+        m.at = new.add(m.to_json(), **data)
+    new.flush()
+    return new
 
 
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the assembled dataset from `tmp` into `out`. config.json goes first and comes back last, so at
-    every instant `out` is either complete or recognisably incomplete (the next run resumes from the cache)."""
+def _commit(tmp: Path, out: Path, feature_store: FeatureStore) -> None:
+    """Make the dataset assembled in `tmp`, with the features in `feature_store`, the one at `out`.
+    config.json goes first and comes back last, so at every instant `out` is either complete or recognisably
+    incomplete (the next run resumes from the store's journal)."""
     (out / store.CONFIG).unlink(missing_ok=True)
     store.fsync_dir(out)
+    feature_store.seal()
+    if feature_store.folder != out / FEATURES:
+        if (out / FEATURES).exists():
+            os.rename(out / FEATURES, tmp / f"old-{FEATURES}")
+        os.rename(feature_store.folder, out / FEATURES)
+    shutil.rmtree(out / STORE_DIR, ignore_errors=True)
     for name in (*SPLITS, store.MANIFEST, store.SPEAKERS, store.REPORT):
         src, dst = tmp / name, out / name
         if src.is_dir():

@@ -1,20 +1,30 @@
-"""The dataset on disk: per split, contiguous feature arrays with offsets, read through memory maps.
+"""The dataset on disk: one append-only feature store, per split an index into it, read through memory maps.
 
 Layout of a dataset folder (docs/architecture.md section 4; data/README.md describes it for users):
 
-    config.json       format name and version, the full resolved recipe, hashes, counts per split
-    manifest.jsonl    one utterance a line, splits in any order, each split's rows in its array order
+    config.json       format name and version, the full resolved recipe, hashes, counts per split and store
+    manifest.jsonl    one utterance a line, splits in any order, each split's rows in its index order
     speakers.json     per speaker: split, utterances, seconds, log-F0 mean/std
     report.json       files skipped and why, counts
-    <split>/          for split in train, val, unseen (always all three, possibly empty)
-        offsets.npy   [n + 1] int64, frame offset of every utterance (audio offset = frame offset * hop)
+    features/         every utterance's features, in the order `prepare` produced them
+        store.json    what the features were computed with (features hash, hop, n_mels)
+        journal.jsonl one line per input file whose features are stored (or that was skipped), in store order
         mel.npy       [frames, n_mels] float16, log-mel (audio.log_mel), time-major
         f0.npy        [frames] float32, Hz, 0 = unvoiced
         energy.npy    [frames] float32, log frame energy
         audio.npy     [frames * hop] int16
+    <split>/          for split in train, val, unseen (always all three, possibly empty)
+        spans.npy     [n, 2] int64: utterance i is frames spans[i, 0]:spans[i, 1] of features/
+                      (audio samples hop times those)
+
+`prepare` writes each file's features once, straight into the store (FeatureStore), and never copies them
+again: a split is only an index. Resuming and updating need no cache either: the journal says which files
+are in the store and where, and a later run appends after them. The store may hold more than the dataset
+uses (files since removed or changed); `prepare` compacts it when that waste passes half.
 
 config.json is written last and removed first when a dataset is replaced, so a folder without it is an
-interrupted `prepare`, never a dataset: `Dataset.open` refuses it and `prepare` resumes it.
+interrupted `prepare`, never a dataset: `Dataset.open` refuses it and `prepare` resumes it. The .npy headers
+declare the frames of the last complete dataset; a run appends past them, and its commit rewrites them.
 """
 
 from __future__ import annotations
@@ -22,8 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -31,10 +42,13 @@ from voiceclone.config import AudioConfig, Recipe, recipe_from_dict
 from voiceclone.errors import UserError, writing
 
 FORMAT = "voiceclone-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "unseen")
 CONFIG, MANIFEST, SPEAKERS, REPORT = "config.json", "manifest.jsonl", "speakers.json", "report.json"
-ARRAYS = ("offsets", "mel", "f0", "energy", "audio")
+FEATURES, STORE_META, JOURNAL, SPANS = "features", "store.json", "journal.jsonl", "spans.npy"
+ARRAYS = ("mel", "f0", "energy", "audio")
+HEADER_BYTES = 128  # fixed .npy header size, so a growing store's header is rewritten in place
+FLUSH_SECONDS = 5.0  # journal lines reach the disk (after the arrays they describe) at least this often
 
 
 def fingerprint(recipe: dict[str, Any], manifest_text: str) -> str:
@@ -77,9 +91,11 @@ class Split:
     files again there instead of copying them.
     """
 
-    def __init__(self, path: Path, name: str, rows: list[dict], hop: int) -> None:
+    def __init__(self, path: Path, name: str, rows: list[dict], hop: int, features: Path | None = None) -> None:
         self.path, self.name, self.rows, self.hop = Path(path), name, rows, hop
+        self.features = Path(features) if features is not None else self.path.parent / FEATURES
         self._maps: dict[str, np.ndarray] | None = None
+        self._spans: np.ndarray | None = None
         self._headers: dict[str, tuple] | None = None
 
     def __len__(self) -> int:
@@ -92,17 +108,19 @@ class Split:
 
     def _m(self, key: str) -> np.ndarray:
         if self._maps is None:
-            self._maps = {k: _array(self.path / f"{k}.npy") for k in ARRAYS}
-            if len(self._maps["offsets"]) != len(self.rows) + 1:
-                raise UserError(f"{self.path}: offsets do not match the manifest (damaged dataset)")
+            self._maps = {k: _array(self.features / f"{k}.npy") for k in ARRAYS}
         return self._maps[key]
 
     def _span(self, i: int) -> tuple[int, int]:
         if not -len(self.rows) <= i < len(self.rows):
             raise IndexError(f"utterance {i} out of range for split '{self.name}' ({len(self.rows)})")
-        off = self._m("offsets")
-        i = i % len(self.rows)
-        return int(off[i]), int(off[i + 1])
+        if self._spans is None:  # small: [n, 2], read whole
+            spans = np.load(self.path / SPANS, allow_pickle=False)
+            if spans.shape != (len(self.rows), 2):
+                raise UserError(f"{self.path / SPANS}: spans do not match the manifest (damaged dataset)")
+            self._spans = spans
+        a, b = self._spans[i % len(self.rows)]
+        return int(a), int(b)
 
     def speaker(self, i: int) -> str:
         return self.rows[i]["speaker"]
@@ -131,26 +149,26 @@ class Split:
         return self._m("audio")[a * self.hop : b * self.hop]
 
     def read(self, i: int) -> dict[str, np.ndarray]:
-        """Copies of utterance i's arrays (mel, f0, energy, audio), read with plain file reads.
-
-        `prepare` copies a previous dataset through this rather than through the maps, so the pages of a
-        large dataset are not all counted as its resident memory.
-        """
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"utterance {i} out of range for split '{self.name}' ({len(self.rows)})")
+        """Copies of utterance i's arrays (mel, f0, energy, audio), read with plain file reads, so reading a
+        large dataset through this does not count its pages as this process's resident memory."""
+        a, b = self._span(i)
         if self._headers is None:
-            self._headers = {k: _npy_header(self.path / f"{k}.npy") for k in ARRAYS}
-        off = np.fromfile(self.path / "offsets.npy", dtype=np.int64, count=2,
-                          offset=self._headers["offsets"][2] + 8 * (i % len(self.rows)))
-        a, b = int(off[0]), int(off[1])
-        out = {}
-        for key, lo, hi in (("mel", a, b), ("f0", a, b), ("energy", a, b), ("audio", a * self.hop, b * self.hop)):
-            shape, dtype, start = self._headers[key]
-            row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            flat = np.fromfile(self.path / f"{key}.npy", dtype=dtype, count=(hi - lo) * row,
-                               offset=start + lo * row * dtype.itemsize)
-            out[key] = flat.reshape((hi - lo,) + tuple(shape[1:]))
-        return out
+            self._headers = {k: _npy_header(self.features / f"{k}.npy") for k in ARRAYS}
+        return read_frames(self.features, self._headers, a, b, self.hop)
+
+
+def read_frames(folder: Path, headers: dict[str, tuple], a: int, b: int, hop: int) -> dict[str, np.ndarray]:
+    """Frames a:b of the store in `folder` (headers: _npy_header of each array), read with plain file reads."""
+    out = {}
+    for key, lo, hi in (("mel", a, b), ("f0", a, b), ("energy", a, b), ("audio", a * hop, b * hop)):
+        shape, dtype, start = headers[key]
+        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        flat = np.fromfile(folder / f"{key}.npy", dtype=dtype, count=(hi - lo) * row,
+                           offset=start + lo * row * dtype.itemsize)
+        if flat.size != (hi - lo) * row:
+            raise UserError(f"{folder / f'{key}.npy'}: shorter than its journal says (damaged store)")
+        out[key] = flat.reshape((hi - lo,) + tuple(shape[1:]))
+    return out
 
 
 class Dataset:
@@ -200,7 +218,7 @@ class Dataset:
             raise UserError(f"unknown split '{name}' (known: {', '.join(SPLITS)})")
         if name not in self._splits:
             rows = [r for r in self.manifest if r["split"] == name]
-            self._splits[name] = Split(self.path / name, name, rows, self.audio.hop_length)
+            self._splits[name] = Split(self.path / name, name, rows, self.audio.hop_length, self.path / FEATURES)
         return self._splits[name]
 
     def __repr__(self) -> str:
@@ -209,100 +227,212 @@ class Dataset:
 
 
 def _check_arrays(path: Path, config: dict[str, Any], cfg: AudioConfig) -> None:
-    """Every split's arrays exist with the shapes config.json promises and are not cut short."""
+    """The store's arrays exist with the frames config.json promises and are not cut short; every split has its
+    spans, within the store."""
+    frames = int(config.get("store", {}).get("frames", -1))
+    if frames < 0:
+        raise UserError(f"{path}: {CONFIG} has no store size (damaged dataset)")
+    expect = {"mel": ((frames, cfg.n_mels), np.float16), "f0": ((frames,), np.float32),
+              "energy": ((frames,), np.float32), "audio": ((frames * cfg.hop_length,), np.int16)}
+    for key, (shape, dtype) in expect.items():
+        _check_npy(path / FEATURES / f"{key}.npy", shape, dtype)
     for name in SPLITS:
         info = config.get("splits", {}).get(name)
         if info is None:
             raise UserError(f"{path}: {CONFIG} lists no split '{name}' (damaged dataset)")
-        n, frames = int(info["utterances"]), int(info["frames"])
-        expect = {"offsets": ((n + 1,), np.int64), "mel": ((frames, cfg.n_mels), np.float16),
-                  "f0": ((frames,), np.float32), "energy": ((frames,), np.float32),
-                  "audio": ((frames * cfg.hop_length,), np.int16)}
-        for key, (shape, dtype) in expect.items():
-            p = path / name / f"{key}.npy"
-            try:
-                got_shape, got_dtype, start = _npy_header(p)
-                size = p.stat().st_size
-            except (OSError, ValueError) as e:
-                raise UserError(f"{p}: missing or unreadable ({e}); prepare the dataset again") from None
-            if got_shape != shape or got_dtype != np.dtype(dtype):
-                raise UserError(f"{p}: shape {got_shape} {got_dtype}, expected {shape} {np.dtype(dtype)} "
-                                f"(damaged dataset; prepare it again)")
-            need = start + int(np.prod(shape)) * got_dtype.itemsize
-            if size < need:
-                raise UserError(f"{p}: truncated ({size} bytes, {need} needed for {shape} {got_dtype}); "
-                                "damaged dataset, prepare it again")
+        _check_npy(path / name / SPANS, (int(info["utterances"]), 2), np.int64)
+
+
+def _check_npy(p: Path, shape: tuple[int, ...], dtype: Any) -> None:
+    try:
+        got_shape, got_dtype, start = _npy_header(p)
+        size = p.stat().st_size
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p}: missing or unreadable ({e}); prepare the dataset again") from None
+    if got_shape != shape or got_dtype != np.dtype(dtype) or size < start + int(np.prod(shape)) * got_dtype.itemsize:
+        raise UserError(f"{p}: shape {got_shape} {got_dtype}, expected {shape} {np.dtype(dtype)} "
+                        f"(damaged dataset; prepare it again)")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Writing.
 
 
-class _NpyAppender:
-    """A .npy file of known final shape, filled by appending rows in order (no memory map, so the writer's
-    resident memory stays flat however large the array)."""
-
-    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
-        self.path, self.dtype, self.shape = path, np.dtype(dtype), shape
-        self.rows = 0
-        self.f: BinaryIO = open(path, "wb")
-        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": shape})
-
-    def append(self, x: np.ndarray) -> None:
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.shape[1:] != self.shape[1:]:
-            raise ValueError(f"{self.path.name}: row shape {x.shape[1:]} != {self.shape[1:]}")
-        with writing(self.path):  # a full disk: name the file
-            self.f.write(x.data)
-        self.rows += len(x)
-
-    def close(self) -> None:
-        if self.rows != self.shape[0]:
-            raise ValueError(f"{self.path}: wrote {self.rows} rows, declared {self.shape[0]}")
-        with writing(self.path):
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
+def _write_header(f: Any, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """A .npy (version 1.0) header padded to exactly HEADER_BYTES, at the start of the open file `f`."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    body = text.ljust(HEADER_BYTES - 10 - 1) + "\n"
+    if len(body) + 10 != HEADER_BYTES:
+        raise ValueError(f"shape {shape} does not fit a {HEADER_BYTES}-byte .npy header")
+    f.seek(0)
+    f.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1"))
 
 
-class SplitWriter:
-    """Writes one split folder. Declare the totals first, then append utterances in manifest order."""
+class FeatureStore:
+    """The append-only feature arrays of a dataset and their journal (see the module docstring).
 
-    def __init__(self, path: Path, utterances: int, frames: int, cfg: AudioConfig) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self.path, self.hop, self.n = path, cfg.hop_length, utterances
-        self.offsets = np.zeros(utterances + 1, dtype=np.int64)
-        self.count = 0
-        self.arrays = {"mel": _NpyAppender(path / "mel.npy", np.float16, (frames, cfg.n_mels)),
-                       "f0": _NpyAppender(path / "f0.npy", np.float32, (frames,)),
-                       "energy": _NpyAppender(path / "energy.npy", np.float32, (frames,)),
-                       "audio": _NpyAppender(path / "audio.npy", np.int16, (frames * cfg.hop_length,))}
+    One writer (the `prepare` parent) appends a file's utterances back to back with `add`, or records a
+    skipped file with `skip`; either way the file's state (a JSON-able dict with its `key`) goes to the
+    journal with `at`, the frame where its utterances start. Journal lines are written only after the
+    arrays they describe are on disk (`flush`, at least every FLUSH_SECONDS), so after a crash every line
+    read back describes data that is there. `open` keeps the journal's entries and cuts whatever the arrays
+    hold past the last one.
+    """
 
-    def append(self, mel: np.ndarray, f0: np.ndarray, energy: np.ndarray, audio: np.ndarray) -> None:
-        """mel [frames, n_mels], f0 [frames], energy [frames], audio [frames * hop] int16."""
+    def __init__(self, folder: Path, meta: dict[str, Any], entries: list[dict[str, Any]], frames: int) -> None:
+        self.folder, self.meta, self.entries, self.frames = folder, meta, entries, frames
+        self.hop, self.n_mels = int(meta["hop"]), int(meta["n_mels"])
+        self._files: dict[str, Any] | None = None
+        self._pending: list[str] = []
+        self._flushed = time.monotonic()
+
+    @classmethod
+    def create(cls, folder: Path, features_hash: str, cfg: AudioConfig) -> "FeatureStore":
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"features_hash": features_hash, "hop": cfg.hop_length, "n_mels": cfg.n_mels}
+        for key, dtype, shape in _layout(0, cfg.hop_length, cfg.n_mels):
+            with open(folder / f"{key}.npy", "wb") as f:
+                _write_header(f, dtype, shape)
+        (folder / JOURNAL).write_bytes(b"")
+        write_json(folder / STORE_META, meta)
+        return cls(folder, meta, [], 0)
+
+    @classmethod
+    def open(cls, folder: Path) -> "FeatureStore | None":
+        """The store in `folder` with its journaled entries, or None when there is none to use."""
+        try:
+            meta = json.loads((folder / STORE_META).read_text())
+            raw = (folder / JOURNAL).read_bytes()
+            sizes = {k: (folder / f"{k}.npy").stat().st_size for k in ARRAYS}
+            hop, n_mels = int(meta["hop"]), int(meta["n_mels"])
+            declared = _npy_header(folder / "f0.npy")[0][0]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        row_bytes = {"mel": 2 * n_mels, "f0": 4, "energy": 4, "audio": 2 * hop}
+        room = min((sizes[k] - HEADER_BYTES) // row_bytes[k] for k in ARRAYS)  # whole frames in every array
+        lines, entries, frames = raw.split(b"\n"), [], 0
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                end = entry["at"] + sum(p["frames"] for p in entry.get("pieces", [])) if entry["ok"] else frames
+            except (ValueError, KeyError, TypeError):
+                break  # a torn last line: it and anything after it are redone
+            if entry["ok"] and (entry["at"] != frames or end > room):
+                break
+            entries.append(entry)
+            frames = end
+        if frames < declared:  # the journal lost entries a complete dataset uses: never cut into those
+            return None
+        store = cls(folder, meta, entries, frames)
+        kept = b"".join(line + b"\n" for line in lines[: len(entries)])
+        store._truncate(kept if kept != raw else None)
+        return store
+
+    def _truncate(self, journal: bytes | None) -> None:
+        """Cut the arrays back to the entries kept, and the journal to `journal` when given."""
+        for key, dtype, shape in _layout(self.frames, self.hop, self.n_mels):
+            path = self.folder / f"{key}.npy"
+            size = HEADER_BYTES + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if path.stat().st_size > size:
+                os.truncate(path, size)
+        if journal is not None:
+            tmp = self.folder / (JOURNAL + ".tmp")
+            tmp.write_bytes(journal)
+            os.replace(tmp, self.folder / JOURNAL)
+
+    def _open_files(self) -> dict[str, Any]:
+        if self._files is None:
+            self._files = {k: open(self.folder / f"{k}.npy", "r+b") for k in ARRAYS}
+            row = {"mel": 2 * self.n_mels, "f0": 4, "energy": 4, "audio": 2 * self.hop}
+            for k, f in self._files.items():
+                f.seek(HEADER_BYTES + self.frames * row[k])
+            self._files["journal"] = open(self.folder / JOURNAL, "a")
+        return self._files
+
+    def add(self, entry: dict[str, Any], mel: np.ndarray, f0: np.ndarray, energy: np.ndarray,
+            audio: np.ndarray) -> int:
+        """Append a file's utterances (mel [frames, n_mels] float16, f0 and energy [frames] float32, audio
+        [frames * hop] int16, all pieces back to back); returns the frame where they start."""
         n = len(f0)
-        if not (len(mel) == len(energy) == n and len(audio) == n * self.hop):
-            raise ValueError(f"misaligned utterance: mel {len(mel)}, f0 {n}, energy {len(energy)}, "
-                             f"audio {len(audio)} (expected {n * self.hop})")
-        for key, x in (("mel", mel), ("f0", f0), ("energy", energy), ("audio", audio)):
-            self.arrays[key].append(x)
-        self.offsets[self.count + 1] = self.offsets[self.count] + n
-        self.count += 1
+        if not (mel.shape == (n, self.n_mels) and len(energy) == n and len(audio) == n * self.hop):
+            raise ValueError(f"misaligned features: mel {mel.shape}, f0 {n}, energy {len(energy)}, audio {len(audio)}")
+        files = self._open_files()
+        for key, x, dtype in (("mel", mel, np.float16), ("f0", f0, np.float32), ("energy", energy, np.float32),
+                              ("audio", audio, np.int16)):
+            with writing(self.folder / f"{key}.npy"):  # a full disk: name the file
+                files[key].write(np.ascontiguousarray(x, dtype=dtype).data)
+        at = self.frames
+        self._journal({**entry, "at": at})
+        self.frames += n
+        return at
+
+    def skip(self, entry: dict[str, Any]) -> None:
+        """Record a file that gave no utterances (entry["ok"] is false), so a later run does not redo it."""
+        self._open_files()
+        self._journal({**entry, "at": self.frames})
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        self._pending.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        if time.monotonic() - self._flushed > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Arrays to disk, then the journal lines that describe them."""
+        self._flushed = time.monotonic()
+        if self._files is None or not self._pending:
+            return
+        for k in ARRAYS:
+            with writing(self.folder / f"{k}.npy"):
+                self._files[k].flush()
+                os.fsync(self._files[k].fileno())
+        journal = self._files["journal"]
+        with writing(self.folder / JOURNAL):
+            journal.writelines(self._pending)
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._pending.clear()
+
+    def seal(self) -> None:
+        """Flush, make every array's header declare all frames stored, and record that the journal's entries
+        so far are committed (the commit of a dataset)."""
+        self.flush()
+        self.close()
+        for key, dtype, shape in _layout(self.frames, self.hop, self.n_mels):
+            with open(self.folder / f"{key}.npy", "r+b") as f:
+                _write_header(f, dtype, shape)
+                f.flush()
+                os.fsync(f.fileno())
+        self.meta = {**self.meta, "committed": len(self.entries)}
+        write_json(self.folder / STORE_META, self.meta)
 
     def close(self) -> None:
-        if self.count != self.n:
-            raise ValueError(f"{self.path}: wrote {self.count} utterances, declared {self.n}")
-        for a in self.arrays.values():
-            a.close()
-        with open(self.path / "offsets.npy", "wb") as f:
-            np.lib.format.write_array(f, self.offsets, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
+        if self._files is not None:
+            for f in self._files.values():
+                f.close()
+            self._files = None
+
+    def headers(self) -> dict[str, tuple]:
+        """What read_frames needs to read this store's frames, whatever its headers declare now."""
+        return {k: (shape, np.dtype(dtype), HEADER_BYTES) for k, dtype, shape in _layout(self.frames, self.hop, self.n_mels)}
+
+
+def _layout(frames: int, hop: int, n_mels: int) -> list[tuple[str, Any, tuple[int, ...]]]:
+    return [("mel", np.float16, (frames, n_mels)), ("f0", np.float32, (frames,)),
+            ("energy", np.float32, (frames,)), ("audio", np.int16, (frames * hop,))]
+
+
+def write_spans(path: Path, spans: np.ndarray) -> None:
+    """A split's index, [n, 2] int64 (fsynced)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / SPANS, "wb") as f:
+        np.lib.format.write_array(f, np.asarray(spans, dtype=np.int64).reshape(-1, 2), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or unreadable (a cache or report is then rebuilt)."""
+    """A JSON file's content, or None when it is missing or unreadable (a report is then rebuilt)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

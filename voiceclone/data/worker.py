@@ -1,7 +1,7 @@
-"""One input file -> a cache entry: decode, clean, featurize (in a worker process); and reading entries back.
+"""One input file -> its state and features: decode, clean, featurize (in a worker process).
 
-A cache entry is <key>.bin (the arrays of all the file's utterances, back to back, as CACHE_ARRAYS lists them)
-and <key>.json (its FileState, written after the arrays: it marks the entry complete).
+The parent appends the features to the dataset's feature store and the state to its journal
+(store.FeatureStore), which is how a later run knows the file is done.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,14 +20,9 @@ import torch
 
 from voiceclone import audio as A
 from voiceclone.config import AudioConfig, PrepareConfig, Recipe
-from voiceclone.data.discover import Source
-from voiceclone.data.store import Dataset
-from voiceclone.errors import UserError
 
-# Bump when voiceclone.audio changes what it computes: caches and datasets of other versions then rebuild.
+# Bump when voiceclone.audio changes what it computes: feature stores and datasets of other versions then rebuild.
 FEATURES_VERSION = 1
-# A cache entry's <key>.bin: these arrays of all the file's utterances, back to back (frames from <key>.json)
-CACHE_ARRAYS = (("mel", np.float16), ("f0", np.float32), ("energy", np.float32), ("audio", np.int16))
 PREPARE_KEYS = ("max_seconds", "min_seconds", "trim_top_db", "loudness_db")  # the settings features depend on
 
 
@@ -57,23 +51,27 @@ def _die_with_parent() -> None:
 class FileState:
     """What is known of one input file: processed (its utterances' metadata, in `pieces`) or skipped (`reason`).
 
-    Written as a cache entry's <key>.json by the worker, read back from it, or rebuilt from the dataset being
-    updated (then `previous` says where its utterances are stored there).
+    Its line in the feature store's journal (to_json / from_json); `at` is the store frame where its
+    utterances start, back to back, set when the store takes them.
     """
 
     key: str
     ok: bool = False
     path: str = ""
-    seconds: float | None = 0.0  # decoded length; None when reused from the previous dataset
+    seconds: float = 0.0  # decoded length
     pieces: list[dict[str, Any]] = field(default_factory=list)  # per utterance: start, end, frames, F0 statistics
     dropped: int = 0  # pieces dropped as unvoiced
     reason: str = ""
     detail: str = ""
-    previous: list[tuple[str, int]] | None = None  # (split, index) of each piece in the previous dataset
     version: int = FEATURES_VERSION
+    at: int = -1
+
+    @property
+    def frames(self) -> int:
+        return sum(p["frames"] for p in self.pieces)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "previous"}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: Any) -> "FileState | None":
@@ -83,11 +81,13 @@ class FileState:
         return cls(**data)
 
 
-def process_file(path: str, key: str, cache_dir: str, audio_cfg: AudioConfig, prep: PrepareConfig) -> FileState:
-    """Decode and featurize one file into cache entry `key` (<key>.bin arrays, <key>.json metadata).
+def process_file(path: str, key: str, audio_cfg: AudioConfig,
+                 prep: PrepareConfig) -> tuple[FileState, dict[str, np.ndarray] | None]:
+    """Decode and featurize one file: (its state, its utterances' arrays back to back, or None when skipped).
 
-    Returns the file's state: either its pieces or the reason it was skipped. Bad input never raises: it comes
-    back as a reason.
+    The state holds either its pieces or the reason it was skipped; bad input never raises, it comes back as a
+    reason. The arrays: mel [frames, n_mels] float16, f0 and energy [frames] float32, audio [frames * hop]
+    int16, as the store keeps them.
     """
     sr = audio_cfg.sample_rate
     meta = FileState(key, path=path)
@@ -108,17 +108,13 @@ def process_file(path: str, key: str, cache_dir: str, audio_cfg: AudioConfig, pr
     except Exception as e:  # a file that breaks a library must not end a long run; it is reported instead
         meta.reason, meta.detail = "failed", f"{type(e).__name__}: {e}"[:200]
     else:
-        with open(Path(cache_dir) / f"{key}.bin", "wb") as fh:
-            for name, dtype in CACHE_ARRAYS:
-                data = [A.to_int16(f.audio) if name == "audio" else getattr(f, name) for _, f in pieces]
-                fh.write(np.ascontiguousarray(np.concatenate(data), dtype=dtype).data)
         meta.ok, meta.dropped, meta.pieces = True, dropped, [_piece_meta(start, f, audio_cfg) for start, f in pieces]
-    # The .json, written after the arrays, marks the entry complete; a run killed halfway leaves no .json or an
-    # unparsable one, and the file is simply processed again. No fsync or rename: they cost more than the
-    # features of a short file, and the cache only saves time.
-    with open(Path(cache_dir) / f"{key}.json", "w") as fh:
-        json.dump(meta.to_json(), fh)
-    return meta
+        feats = [f for _, f in pieces]
+        return meta, {"mel": np.concatenate([f.mel for f in feats]).astype(np.float16),
+                      "f0": np.concatenate([f.f0 for f in feats]),
+                      "energy": np.concatenate([f.energy for f in feats]),
+                      "audio": A.to_int16(np.concatenate([f.audio for f in feats]))}
+    return meta, None
 
 
 def _piece_meta(start: int, f: A.Features, cfg: AudioConfig) -> dict:
@@ -138,28 +134,3 @@ def features_hash(cfg: Recipe) -> str:
     data = {"audio": dataclasses.asdict(cfg.audio), "prepare": {k: getattr(cfg.prepare, k) for k in PREPARE_KEYS},
             "version": FEATURES_VERSION}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def piece_arrays(s: Source, m: FileState, cache: Path, previous: Dataset | None, hop: int,
-                  n_mels: int) -> list[dict[str, np.ndarray]]:
-    """The stored arrays of each of a file's utterances: from its cache entry or from the previous dataset."""
-    if m.previous is not None:
-        return [previous.split(name).read(i) for name, i in m.previous]
-    frames = sum(p["frames"] for p in m.pieces)
-    sizes = {"mel": frames * n_mels, "f0": frames, "energy": frames, "audio": frames * hop}
-    raw = np.fromfile(cache / f"{m.key}.bin", dtype=np.uint8)
-    if raw.size != sum(sizes[k] * np.dtype(t).itemsize for k, t in CACHE_ARRAYS):  # only a machine crash does this
-        (cache / f"{m.key}.json").unlink(missing_ok=True)
-        raise UserError(f"{s.path}: its cache entry was damaged and is removed; run prepare again")
-    data, at = {}, 0
-    for name, dtype in CACHE_ARRAYS:
-        data[name] = np.frombuffer(raw, dtype=dtype, count=sizes[name], offset=at)
-        at += sizes[name] * np.dtype(dtype).itemsize
-    data["mel"] = data["mel"].reshape(frames, n_mels)
-    out, a = [], 0
-    for piece in m.pieces:
-        b = a + piece["frames"]
-        out.append({"mel": data["mel"][a:b], "f0": data["f0"][a:b], "energy": data["energy"][a:b],
-                    "audio": data["audio"][a * hop : b * hop]})
-        a = b
-    return out
