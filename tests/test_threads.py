@@ -53,3 +53,17 @@ def test_the_real_machine_gives_a_sane_count():
     since = T.CpuSample.now()
     n = T.free_cores(since)  # a window shorter than MIN_WINDOW is topped up by sleeping
     assert 1 <= n <= T.allowed_cores() and T.neighbour_load() >= 0.0
+
+
+def test_the_governor_follows_a_neighbour_between_epochs(machine, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        auto, fixed = T.ThreadGovernor(0), T.ThreadGovernor(2)
+        after(machine, 10.0, others=1.0, ours=1.0)  # an epoch beside a busy neighbour
+        assert auto.update() == 1 and torch.get_num_threads() == 1 and fixed.update() == 2
+        after(machine, 10.0, others=0.0, ours=1.0)  # the neighbour left
+        assert auto.update() == 2 and fixed.update() == 2
+    finally:
+        torch.set_num_threads(before)

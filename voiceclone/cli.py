@@ -121,10 +121,11 @@ def train(
     """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
     from voiceclone.train.command import train as run_train
 
-    _threads(ctx, threads)
+    _threads(ctx, threads)  # at once (the window is the import); then again after every epoch
     results = run_train(data, run, stage=stage, recipe=recipe, overrides=set_ or [], epochs=epochs, resume=resume,
                         device=device, early_stop=early_stop, finetune_on_acoustic=finetune_on_acoustic,
-                        init_from=init_from, finetune=finetune, console=console, tensorboard=tensorboard)
+                        init_from=init_from, finetune=finetune, console=console, tensorboard=tensorboard,
+                        threads=threads)
     for name, result in results.items():
         if result["interrupted"]:
             raise typer.Exit(code=130)

@@ -120,3 +120,18 @@ def apply_threads(requested: int = 0, since: CpuSample | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+class ThreadGovernor:
+    """Chooses the threads again at the natural breaks of a long job (after every epoch), from what other
+    processes used since the last choice, so a neighbour that starts or stops mid-run is followed. Loader
+    worker processes count as neighbours, rightly: they compete for the same cores. An explicit count
+    (`requested` > 0, or OMP_NUM_THREADS) stays as it is."""
+
+    def __init__(self, requested: int = 0) -> None:
+        self.requested, self.since = requested, CpuSample.now()
+
+    def update(self) -> int:
+        n = apply_threads(self.requested, self.since)
+        self.since = CpuSample.now()
+        return n

@@ -20,6 +20,7 @@ from voiceclone.errors import TrainingFailed, UserError, check_output
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
+from voiceclone.threads import ThreadGovernor
 from voiceclone.train import tboard
 from voiceclone.train.distributed import Distributed, setup_distributed
 from voiceclone.train.loop import Trainer
@@ -70,6 +71,7 @@ class TrainRequest:
     base: Model | None = None  # the model being fine-tuned
     init_from: Path | None = None
     tensorboard: bool = False  # also write TensorBoard scalars beside each stage's history
+    threads: int | None = None  # 0: voiceclone.threads chooses, again after every epoch; None: left alone
 
     @property
     def finetuning(self) -> bool:
@@ -93,11 +95,14 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           overrides: Sequence[str] = (), epochs: int | None = None, resume: bool = False,
           device: str | None = None, early_stop: bool | None = None, finetune_on_acoustic: bool = False,
           init_from: Path | None = None, finetune: bool = False,
-          console: Console | None = None, tensorboard: bool = False) -> dict[str, dict[str, Any]]:
+          console: Console | None = None, tensorboard: bool = False,
+          threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Train one stage or both ('all': acoustic, then vocoder). Returns each stage's result.
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
-    recipe's [finetune] settings; its architecture and audio settings are the base model's.
+    recipe's [finetune] settings; its architecture and audio settings are the base model's. threads: torch's
+    intra-op threads, 0 = chosen again after every epoch from the cores other processes leave free, None =
+    left as they are.
     """
     console = console or Console(stderr=True)
     if stage not in (*R.STAGES, "all"):
@@ -128,7 +133,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if finetune and dist_info.world > 1:
         raise UserError("fine-tuning runs on one device; start it without torchrun")
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
-                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard)
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads)
     results = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
         for s in R.STAGES if stage == "all" else (stage,):
@@ -232,7 +237,8 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     task = make_task(stage, recipe, dataset, req.device, **_task_kwargs(req, stage, recipe, state))
     early_stop = recipe.convergence.early_stop if req.early_stop is None else req.early_stop
     trainer = Trainer(task, R.stage_dir(req.run, stage), req.epochs or getattr(recipe, stage).train.epochs,
-                      early_stop, req.dist, req.console, req.resume_command(stage))
+                      early_stop, req.dist, req.console, req.resume_command(stage),
+                      threads=ThreadGovernor(req.threads) if req.threads is not None else None)
     console = req.console
     if req.tensorboard and req.dist.main:
         trainer.scalars = tboard.Scalars(R.stage_dir(req.run, stage), stage)

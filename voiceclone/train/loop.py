@@ -30,6 +30,7 @@ from voiceclone.errors import UserError
 from voiceclone.evaluation import convergence
 from voiceclone.stages.tasks import Task
 from voiceclone.stages.validation import validation_losses
+from voiceclone.threads import ThreadGovernor
 from voiceclone.train.display import Display
 from voiceclone.train.distributed import Distributed, StopRequest
 
@@ -61,8 +62,9 @@ class Progression:
 
 class Trainer:
     def __init__(self, task: Task, stage_dir: Path, epochs: int, early_stop: bool, dist_info: Distributed,
-                 console: Console, resume_command: str) -> None:
+                 console: Console, resume_command: str, threads: ThreadGovernor | None = None) -> None:
         self.task, self.dir, self.epochs, self.early_stop = task, stage_dir, epochs, early_stop
+        self.threads = threads  # chooses torch's threads again after every epoch
         self.dist, self.console, self.resume_command = dist_info, console, resume_command
         self.recipe = task.recipe
         self.cfg = task.train_cfg
@@ -292,6 +294,8 @@ class Trainer:
                 self.good_state = self._snapshot()
                 self._save_last()
                 self._barrier()
+                if self.threads is not None:  # a neighbour may have started or stopped during the epoch
+                    self.threads.update()
                 display.epoch_done(row, p)
                 if dropped and self.dist.main:
                     self.console.print(f"{task.stage}: plateau at epoch {epoch}; learning rate x"
