@@ -217,6 +217,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 0], help="worker counts (0 = all cores)")
     parser.add_argument("--profile", action="store_true", help="also time each stage of the per-file path")
     parser.add_argument("--command", action="store_true", help="also time whole `voiceclone prepare` processes")
+    parser.add_argument("--corpora", type=Path, help="keep the generated corpora in this folder and reuse them "
+                        "(to compare two versions on the same files)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     console = Console(width=150)
@@ -227,9 +229,13 @@ def main() -> None:
         make_corpus(Path(tmp) / "warm", 0.2)
         measure(Path(tmp) / "warm", Path(tmp) / "out", 1)
         for minutes in args.minutes:
-            corpus = Path(tmp) / f"corpus{minutes:g}"
-            console.print(f"generating {minutes:g} min of audio ...", style="dim")
-            seconds = make_corpus(corpus, minutes)
+            corpus = (args.corpora or Path(tmp)) / f"corpus{minutes:g}"
+            if args.corpora is not None and (corpus.parent / f"{corpus.name}.seconds").is_file():
+                seconds = float((corpus.parent / f"{corpus.name}.seconds").read_text())
+            else:
+                console.print(f"generating {minutes:g} min of audio ...", style="dim")
+                seconds = make_corpus(corpus, minutes)
+                (corpus.parent / f"{corpus.name}.seconds").write_text(str(seconds))
             for w in args.workers:
                 console.print(f"prepare {minutes:g} min, workers={w or 'all'} ...", style="dim")
                 rows.append({"minutes": minutes, **measure(corpus, Path(tmp) / "out", w)})
@@ -237,7 +243,8 @@ def main() -> None:
                     rows.append({"minutes": minutes, **measure_command(corpus, Path(tmp) / "out", w, seconds)})
             if args.profile and stages is None:
                 stages = profile(corpus)
-            shutil.rmtree(corpus)
+            if args.corpora is None:
+                shutil.rmtree(corpus)
     cores = len(os.sched_getaffinity(0))
     table = Table(title=f"voiceclone prepare, 22.05 kHz, {platform.processor() or platform.machine()}, "
                         f"{cores} cores (shared: see load)", title_justify="left")

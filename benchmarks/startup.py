@@ -65,7 +65,9 @@ def main() -> None:
         source, reference = make_speech(tmp, args.seconds)
         vc = [sys.executable, "-m", "voiceclone"]
         synth = vc + ["synthesize", "--model", str(bundle), "--reference", str(reference), "--source", str(source),
-                      "--out", str(tmp / "out.wav"), "--threads", str(args.threads), "--device", args.device]
+                      "--out", str(tmp / "out.wav"), "--device", args.device]
+        if args.threads:  # not given: the command's own policy (and a version without --threads still runs)
+            synth += ["--threads", str(args.threads)]
         commands = {"python -c pass": [sys.executable, "-c", "pass"],
                     "python -c 'import torch'": [sys.executable, "-c", "import torch"],
                     "voiceclone --help": vc + ["--help"],
