@@ -139,7 +139,8 @@ def measure(size: str, steps: int) -> dict:
     try:
         row["cpu_x_realtime"], row["cpu_x_realtime_best"] = synthesis_speed(
             gen, audio, torch.device("cpu"), 1, CPU_SECONDS, False, repeats=9)
-        row["cpu_train_steps_s"] = train_speed(cfg, audio, torch.device("cpu"), steps) if size != "vocos" else float("nan")
+        row["cpu_train_steps_s"] = (train_speed(cfg, audio, torch.device("cpu"), steps) if size != "vocos" and steps > 0
+                                    else float("nan"))
     finally:
         torch.set_num_threads(threads)
     if torch.cuda.is_available():
@@ -156,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base", "vocos"],
                         choices=[*sorted(VocoderModelConfig.PRESETS), "vocos"])
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per size on CPU")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per size on CPU (0: none)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
