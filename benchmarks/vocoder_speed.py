@@ -126,7 +126,7 @@ def train_speed(cfg: VocoderModelConfig, audio: AudioConfig, device: torch.devic
     return 1.0 / statistics.median(timed(step, device, steps))
 
 
-def measure(size: str, steps: int) -> dict:
+def measure(size: str, steps: int, threads: int = CPU_THREADS) -> dict:
     audio = AudioConfig()
     cfg = build(VocoderModelConfig, VOCOS if size == "vocos" else {"size": size})
     gen = Vocoder(cfg, audio).eval()
@@ -135,7 +135,7 @@ def measure(size: str, steps: int) -> dict:
            "generator_params": sum(p.numel() for p in gen.parameters()),
            "discriminator_params": sum(p.numel() for p in disc.parameters())}
     threads = torch.get_num_threads()
-    torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(threads)
     try:
         row["cpu_x_realtime"], row["cpu_x_realtime_best"] = synthesis_speed(
             gen, audio, torch.device("cpu"), 1, CPU_SECONDS, False, repeats=9)
@@ -159,17 +159,24 @@ def main() -> None:
                         choices=[*sorted(VocoderModelConfig.PRESETS), "vocos"])
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per size on CPU (0: none)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--threads", type=int, default=CPU_THREADS,
+                        help="CPU threads (0: the free cores, as voiceclone.threads chooses)")
     args = parser.parse_args()
 
-    devices = {"cpu": f"{cpu_name()} ({CPU_THREADS} threads)"}
+    threads = args.threads
+    if threads == 0:
+        from voiceclone.threads import free_cores
+
+        threads = free_cores()
+    devices = {"cpu": f"{cpu_name()} ({threads} threads)"}
     if torch.cuda.is_available():
         devices["gpu"] = torch.cuda.get_device_name()
-    rows = [measure(size, args.steps) for size in args.sizes]
+    rows = [measure(size, args.steps, threads) for size in args.sizes]
 
     console = Console()
     console.print("devices: " + "; ".join(f"{k}: {v}" for k, v in devices.items()))
     table = Table(title="vocoder speed", caption=(
-        f"x RT = seconds of audio per second. CPU: {CPU_THREADS} threads, batch 1 x {CPU_SECONDS:.0f} s. "
+        f"x RT = seconds of audio per second. CPU: {threads} threads, batch 1 x {CPU_SECONDS:.0f} s. "
         f"GPU: batch {GPU_BATCH} x {GPU_SECONDS:.0f} s, bf16. it/s: one D + one G step, batch "
         f"{TRAIN_BATCH} x {TRAIN_FRAMES} frames."))
     gpu = "gpu_x_realtime" in rows[0]
