@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIN_WINDOW = 0.05  # seconds: shorter windows hold too few scheduler ticks (100 per second per core) to judge
-SPARE = 0.25  # a core counts as free when neighbours leave at least 75% of it
+SPARE = 0.5  # a core counts as free when neighbours use less than half of it: the second thread then still pays
 
 
 def allowed_cores() -> int:
