@@ -11,6 +11,8 @@
 # `torchrun ... voiceclone train` on every GPU (NCCL, one epoch of each stage) says whether DDP works at all.
 # A script that fails is reported in the file with its exit code and the others still run; the exit code
 # of this script is then 1.
+# Not run here: realtime.py (streaming runs on one CPU thread by design), contention.py and prepare_speed.py
+# (CPU only), zero_shot_quality.py (needs a trained run and its dataset).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
