@@ -52,13 +52,13 @@ def _size(folder: Path) -> int:
 
 def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_files(synthetic_corpus, prepared_dataset,
                                                                               tmp_path):
-    # room for the processed files (the cache), not for the assembled dataset as well
-    with small_filesystem(tmp_path / "fs", int(_size(prepared_dataset) * 1.4)) as fs:
+    # room for part of the features only (they are written once, straight into the dataset's store)
+    with small_filesystem(tmp_path / "fs", int(_size(prepared_dataset) * 0.6)) as fs:
         out = fs / "ds"
         r = runner.invoke(app, ["prepare", str(synthetic_corpus), "--out", str(out), "--workers", "1"])
         one_line_error(r, "no space left", str(fs))
         left = [p.name for p in out.iterdir()] if out.exists() else []
-        assert not [n for n in left if n.startswith((".prepare-tmp-", ".prepare-cache"))], left
+        assert not [n for n in left if n.startswith((".prepare-tmp-", ".prepare-store"))], left
 
 
 def test_an_output_folder_under_a_file_is_one_line(synthetic_corpus, tmp_path):
@@ -98,7 +98,8 @@ def test_sigterm_stops_the_pool_workers_and_frees_the_lock(tmp_path):
                              str(out), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while not list((out / ".prepare-cache").glob("*.json")) and time.time() < deadline:
+    store = out / ".prepare-store" / "f0.npy"  # features appended: the workers are busy
+    while not (store.is_file() and store.stat().st_size > 128) and time.time() < deadline:
         time.sleep(0.1)
     workers = _children(proc.pid)
     assert workers and proc.poll() is None
@@ -143,7 +144,7 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(synthetic_corpus,
 def test_a_truncated_array_says_it_is_cut_short(prepared_dataset, tmp_path):
     ds = tmp_path / "ds"
     shutil.copytree(prepared_dataset, ds)
-    mel = ds / "train/mel.npy"
+    mel = ds / "features/mel.npy"
     os.truncate(mel, mel.stat().st_size - 100)
     r = runner.invoke(app, ["train", "--data", str(ds), "--run", str(tmp_path / "run")])
     # not "shape (n, 80) float16, expected (n, 80) float16": the sizes that differ (tmp_path's own name

@@ -249,9 +249,13 @@ def _check_npy(p: Path, shape: tuple[int, ...], dtype: Any) -> None:
         size = p.stat().st_size
     except (OSError, ValueError) as e:
         raise UserError(f"{p}: missing or unreadable ({e}); prepare the dataset again") from None
-    if got_shape != shape or got_dtype != np.dtype(dtype) or size < start + int(np.prod(shape)) * got_dtype.itemsize:
+    if got_shape != shape or got_dtype != np.dtype(dtype):
         raise UserError(f"{p}: shape {got_shape} {got_dtype}, expected {shape} {np.dtype(dtype)} "
                         f"(damaged dataset; prepare it again)")
+    need = start + int(np.prod(shape)) * got_dtype.itemsize
+    if size < need:
+        raise UserError(f"{p}: truncated ({size} bytes, {need} needed for {shape} {got_dtype}); "
+                        "damaged dataset, prepare it again")
 
 
 # ---------------------------------------------------------------------------------------------------
