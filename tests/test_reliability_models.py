@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from voiceclone.cli import app
+from helpers import small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4"]
@@ -111,19 +111,6 @@ def test_a_fine_tuned_acoustic_model_uses_its_bases_vocoder(model, tmp_path):
 
 
 # --- 12. outputs that cannot be written --------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size_bytes: int):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_unwritable_output_paths_are_one_line(model, tmp_path):

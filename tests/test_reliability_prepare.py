@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.config import load_recipe
 from voiceclone.errors import UserError
+from helpers import folder_size, small_filesystem
 
 runner = CliRunner()
 
@@ -29,31 +30,13 @@ def one_line_error(r, *words: str) -> None:
         assert w in r.output, (w, r.output)
 
 
-@contextlib.contextmanager
-def small_filesystem(path: Path, size_bytes: int):
-    """A tmpfs of `size_bytes` at `path` (needs root); skips the test where it cannot be mounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 # --- 7 (prepare) and 12: a full disk -----------------------------------------------------------------
 
 
 def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_files(synthetic_corpus, prepared_dataset,
                                                                               tmp_path):
     # room for part of the features only (they are written once, straight into the dataset's store)
-    with small_filesystem(tmp_path / "fs", int(_size(prepared_dataset) * 0.6)) as fs:
+    with small_filesystem(tmp_path / "fs", int(folder_size(prepared_dataset) * 0.6)) as fs:
         out = fs / "ds"
         r = runner.invoke(app, ["prepare", str(synthetic_corpus), "--out", str(out), "--workers", "1"])
         one_line_error(r, "no space left", str(fs))

@@ -3,7 +3,6 @@ every failure is one line with exit code 2. Each test reproduces one reported de
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.loop import Trainer
+from helpers import folder_size, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
@@ -238,28 +238,10 @@ def test_a_run_folder_under_a_file_is_one_line(prepared_dataset, tmp_path):
     one_line_error(r, "file")
 
 
-@contextlib.contextmanager
-def small_filesystem(path: Path, size_bytes: int):
-    """A tmpfs of `size_bytes` at `path` (needs root); skips the test where it cannot be mounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 def test_a_full_disk_while_training_is_one_line_and_keeps_the_last_checkpoint(prepared_dataset, one_epoch,
                                                                                tmp_path):
     last_size = (one_epoch / "acoustic/last.pt").stat().st_size
-    with small_filesystem(tmp_path / "fs", _size(one_epoch) + 4096 * 64 + last_size // 2) as fs:
+    with small_filesystem(tmp_path / "fs", folder_size(one_epoch) + 4096 * 64 + last_size // 2) as fs:
         run = fs / "run"
         shutil.copytree(one_epoch, run)
         before = (run / "acoustic/last.pt").read_bytes()

@@ -1,0 +1,28 @@
+"""Helpers the reliability tests share (imported as `helpers`: pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_bytes: int):
+    """A tmpfs of `size_bytes` at `path` (needs root); skips the test where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of all files below `folder`."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
