@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,21 +33,14 @@ from voiceclone.models.discriminators import Discriminators
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.stages.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import cpu_name  # noqa: E402
+
 CPU_THREADS = 2
 CPU_SECONDS = 10.0
 GPU_BATCH, GPU_SECONDS = 16, 1.0
 TRAIN_BATCH, TRAIN_FRAMES = 8, 32
 VOCOS = {"size": "base", "dim": 512, "intermediate_dim": 1536, "layers": 8}  # Vocos's published generator size
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
