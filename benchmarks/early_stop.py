@@ -2,8 +2,9 @@
 
     python benchmarks/early_stop.py [--epochs N] [--speakers N] [--derive] [--set KEY=VALUE ...]
 
-Rows: the demo corpus (acoustic and vocoder stages) and LibriSpeech test-other readers from
-/work/shared/speech/librispeech-mini (copied to a temp folder and prepared there; acoustic stage), each
+Rows: the demo corpus (acoustic and vocoder stages) and, with `--datasets demo,libri --libri-dir DIR`, the
+LibriSpeech test-other readers of DIR (a folder of reader folders; copied to a temp folder and prepared there;
+acoustic stage), each
 trained with the demo recipe twice: early stopping on, and off (`--no-early-stop`). Both runs share seeds and
 reduce-on-plateau drops, so on CPU they are the same run up to the stop.
 
@@ -21,6 +22,7 @@ time. Both tables say which mode produced them.
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 import platform
 import shutil
@@ -38,11 +40,10 @@ from voiceclone.data.prepare import prepare
 from voiceclone.train.command import train
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRI = Path("/work/shared/speech/librispeech-mini/test-other")
 
 
 def copy_subset(src: Path, dst: Path, speakers: int | None) -> Path:
-    """Speaker folders of src (the first N, sorted) copied to dst: benchmarks read shared data, never write it."""
+    """Speaker folders of src (the first N, sorted) copied to dst: the source is only read, never written."""
     folders = sorted(p for p in src.iterdir() if p.is_dir())[: speakers or None]
     for folder in folders:
         shutil.copytree(folder, dst / folder.name)
@@ -82,7 +83,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="planned epochs per stage (default: the recipe's)")
     ap.add_argument("--speakers", type=int, default=None, help="keep the first N demo voices (default: all)")
     ap.add_argument("--libri-speakers", type=int, default=10, help="LibriSpeech test-other readers (max 10)")
-    ap.add_argument("--datasets", default="demo,libri", help="comma list of demo, libri")
+    ap.add_argument("--datasets", default="demo", help="comma list of demo, libri")
+    ap.add_argument("--libri-dir", type=Path, default=None,
+                    help="with libri: a folder of LibriSpeech reader folders (e.g. test-other)")
     ap.add_argument("--stages", default="acoustic,vocoder", help="demo stages; libri trains the acoustic stage")
     ap.add_argument("--derive", action="store_true", help="replay early stopping on the no-stop run's history")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override, repeatable")
@@ -98,7 +101,9 @@ def main() -> None:
                 src = copy_subset(ROOT / "data" / "demo", tmp / "demo-src", args.speakers)
                 stages = args.stages.split(",")
             elif name == "libri":
-                src = copy_subset(LIBRI, tmp / "libri-src", args.libri_speakers)
+                if args.libri_dir is None or not args.libri_dir.is_dir():
+                    sys.exit("--datasets libri needs --libri-dir DIR, a folder of LibriSpeech reader folders")
+                src = copy_subset(args.libri_dir, tmp / "libri-src", args.libri_speakers)
                 stages = ["acoustic"]
             else:
                 raise SystemExit(f"--datasets: unknown {name!r}")
