@@ -2,12 +2,12 @@
 
     pip install onnxruntime numpy soundfile soxr praat-parselmouth
     python examples/onnx_convert.py DIR --reference her_voice.wav --source my_speech.wav --out cloned.wav \
-        [--keep-pitch] [--transpose N]
+        [--keep-pitch] [--transpose N] [--timbre 1.0]
 
 Everything voiceclone does around the networks is re-done here in numpy, from DIR/config.json: decoding and
 resampling (soundfile, soxr), trimming and loudness (as voiceclone.audio.clean), the log-mel and energy (the
 project's one mel function, with the filterbank from DIR/mel_basis.npy), the instance norms, the pitch shift,
-the vocoder's harmonic source and its inverse STFT. tests/test_onnx.py checks each against the torch code.
+the timbre matching (voiceclone/inference/timbre.py), the vocoder's harmonic source and its inverse STFT. tests/test_onnx.py checks each against the torch code.
 
 F0 comes from Praat's autocorrelation method (parselmouth), resampled to the frame grid: the reference that the
 project's own tracker (voiceclone.audio.f0_ac, which needs torch for its FFTs) reproduces to about 2 cents. So the
@@ -194,21 +194,26 @@ class OnnxVoice:
         return (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + self.eps)
 
     def embed(self, references: list[np.ndarray], f0: Callable[[np.ndarray], np.ndarray] | None = None
-              ) -> tuple[np.ndarray, float | None]:
-        """Cleaned reference clips -> (speaker vector [S], median voiced F0 or None)."""
+              ) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+        """Cleaned reference clips -> (speaker vector [S], median voiced F0 or None, spectral envelope or None)."""
         f0 = f0 or self.f0
-        vectors, pitches = [], []
+        vectors, pitches, mels = [], [], []
         for y in references:
             y = y[: len(y) // self.hop * self.hop]
-            vectors.append(self.run("speaker_encoder", mel=self.log_mel(y)[0])[0][0])
-            pitches.append(f0(y))
+            mels.append(self.log_mel(y)[0])
+            vectors.append(self.run("speaker_encoder", mel=mels[-1])[0][0])
+            track = f0(y)
+            pitches.append(np.pad(track, (0, max(0, mels[-1].shape[1] - len(track))))[: mels[-1].shape[1]])
         voiced = np.concatenate(pitches)
+        env = envelope(np.concatenate(mels, 1), voiced)
         voiced = voiced[voiced > 0]
-        return np.mean(vectors, axis=0), float(np.median(voiced)) if voiced.size else None
+        return np.mean(vectors, axis=0), float(np.median(voiced)) if voiced.size else None, env
 
     def convert(self, y: np.ndarray, speaker: np.ndarray, reference_f0: float | None, keep_pitch: bool = False,
-                transpose: float = 0.0, f0: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-        """A cleaned source [T] -> the converted audio [T] float32."""
+                transpose: float = 0.0, f0: Callable[[np.ndarray], np.ndarray] | None = None,
+                reference_envelope: np.ndarray | None = None, timbre: float = 1.0) -> np.ndarray:
+        """A cleaned source [T] -> the converted audio [T] float32; `timbre` moves the output's long-term
+        spectrum that far onto `reference_envelope` (from `embed`)."""
         mel, energy = self.log_mel(y)
         f0_src = (f0 or self.f0)(y)
         voiced = f0_src[f0_src > 0]
@@ -219,8 +224,22 @@ class OnnxVoice:
         code = self.run("content_encoder", mel_normalized=self._norm(mel))[0][0]
         out_mel = self.run("decoder", content=self._norm(code), f0_hz=f0_out, energy=energy - energy.mean(),
                            speaker=speaker)[0][0]
+        own = envelope(out_mel, f0_src)
+        if timbre and own is not None and reference_envelope is not None:
+            out_mel = out_mel + (timbre * (reference_envelope - own))[:, None].astype(np.float32)
         wav = self.vocode(out_mel, f0_out)
         return np.pad(wav, (0, len(y) - len(wav)))
+
+
+def envelope(mel: np.ndarray, f0: np.ndarray) -> np.ndarray | None:
+    """As voiceclone.inference.timbre.envelope: the mean log-mel [n_mels] of the voiced frames, its mean over
+    bins removed; None under 25 voiced frames."""
+    n = min(mel.shape[1], len(f0))
+    voiced = f0[:n] > 0
+    if int(voiced.sum()) < 25:
+        return None
+    env = mel[:, :n][:, voiced].astype(np.float64).mean(1)
+    return (env - env.mean()).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,16 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep-pitch", action="store_true")
     parser.add_argument("--transpose", type=float, default=0.0)
+    parser.add_argument("--timbre", type=float, default=1.0, help="0 = the model's own timbre, 1 = the reference's")
     args = parser.parse_args(argv)
     try:
         voice = OnnxVoice(args.folder)
         if args.reference:
-            speaker, ref_f0 = voice.embed([voice.clean(voice.load(p)) for p in args.reference])
+            speaker, ref_f0, env = voice.embed([voice.clean(voice.load(p)) for p in args.reference])
         elif voice.config.get("voice") is not None:  # a fine-tuned model's own voice
-            speaker, ref_f0 = np.asarray(voice.config["voice"], np.float32), None
+            speaker, ref_f0, env = np.asarray(voice.config["voice"], np.float32), None, None
         else:
             raise ValueError("at least one --reference is needed")
-        wav = voice.convert(voice.clean(voice.load(args.source)), speaker, ref_f0, args.keep_pitch, args.transpose)
+        wav = voice.convert(voice.clean(voice.load(args.source)), speaker, ref_f0, args.keep_pitch, args.transpose,
+                            reference_envelope=env, timbre=args.timbre)
     except (OSError, ValueError, RuntimeError) as e:  # a missing or unreadable file, a wrong folder
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -115,10 +115,11 @@ def test_the_onnx_round_trip_gives_the_same_wav(exported):
     cfg = model.recipe.audio
     project_f0 = lambda x: A.f0(x, cfg)  # noqa: E731
     offline = np.concatenate(list(convert(model, y, ref)[0]))
-    speaker, ref_f0 = voice.embed([voice.clean(voice.load(exported["ref_path"]))], f0=project_f0)
+    speaker, ref_f0, env = voice.embed([voice.clean(voice.load(exported["ref_path"]))], f0=project_f0)
     np.testing.assert_allclose(speaker, ref.vector.numpy(), atol=1e-4)
     assert ref_f0 == pytest.approx(ref.f0_median)
-    got = voice.convert(y, speaker, ref_f0, f0=project_f0)
+    np.testing.assert_allclose(env, ref.envelope, atol=2e-3)
+    got = voice.convert(y, speaker, ref_f0, f0=project_f0, reference_envelope=env)
     assert len(got) == len(offline)
     np.testing.assert_allclose(got, offline, atol=1e-3, rtol=0)
 

@@ -173,6 +173,7 @@ def synthesize(
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output (default: the model's rate)."),
     chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's: 0 = the model's own, 1 = the reference's (default), up to 2."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
     lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
@@ -189,10 +190,11 @@ def synthesize(
             raise UserError("--stream converts a --source file (not --text)")
         synthesize_stream(model, reference or [], source, out, block_ms=block_ms, lookahead_ms=lookahead_ms,
                           transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, device=device,
-                          console=console)
+                          console=console, strength=timbre)
         return
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
-                   sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console)
+                   sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console,
+                   strength=timbre)
 
 
 @app.command()
@@ -207,6 +209,7 @@ def live(
     lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="Audio after each block the models see (ms)."),
     transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
     keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep your own register instead of moving to the reference's."),
+    timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's (0-2; 1 = the reference's)."),
     source_f0: Optional[float] = typer.Option(None, "--source-f0", help="Your median F0 in Hz, if known (else measured as you speak)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds (default: at Ctrl-C)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
@@ -218,7 +221,8 @@ def live(
         raise UserError("--model is needed (or --list-devices)")
     run_live(model, reference or [], input_device=input_device, output_device=output_device,
              list_devices=list_devices, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
-             keep_pitch=keep_pitch, source_f0=source_f0, seconds=seconds, device=device, console=console)
+             keep_pitch=keep_pitch, source_f0=source_f0, seconds=seconds, device=device, console=console,
+             strength=timbre)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from voiceclone.config import AudioConfig, differences
 from voiceclone.data.store import Split
 from voiceclone.errors import UserError, writing
 from voiceclone.evaluation import metrics
+from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model
 from voiceclone.inference.synthesize import Reference
 from voiceclone.run import STAGES, best_path
@@ -153,4 +154,5 @@ def dataset_reference(model: Model, split: Split, clips: list[int]) -> Reference
     mels = [torch.from_numpy(np.asarray(split.mel(j), dtype=np.float32).T.copy()).to(device) for j in clips]
     f0 = np.concatenate([np.asarray(split.f0(j)) for j in clips])
     seconds = sum(split.n_frames(j) for j in clips) / model.recipe.audio.frame_rate
-    return Reference(model.acoustic.embed(mels), seconds, A.voiced_median(f0), [])
+    env = timbre.envelope(np.concatenate([m.cpu().numpy() for m in mels], 1), f0)
+    return Reference(model.acoustic.embed(mels), seconds, A.voiced_median(f0), [], env)

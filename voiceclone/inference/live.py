@@ -80,7 +80,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
          output_device: str | None = None, list_devices: bool = False, block_ms: float = 80.0,
          lookahead_ms: float = 60.0, transpose: float = 0.0, keep_pitch: bool = False,
          source_f0: float | None = None, seconds: float | None = None, device: str | None = None,
-         console: Console | None = None, keep_output: bool = False) -> dict:
+         console: Console | None = None, keep_output: bool = False, strength: float = 1.0) -> dict:
     """The `voiceclone live` command. Runs until Ctrl-C, or for `seconds` of input. Returns what it measured
     (and, with keep_output, the converted audio at the model's rate under "converted")."""
     import soxr
@@ -88,10 +88,12 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     from voiceclone.inference.bundle import load_model
     from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line, one_thread,
                                              print_report)
+    from voiceclone.inference import timbre
     from voiceclone.inference.synthesize import embed_references
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
+    timbre.check_strength(strength)
     sd = import_sounddevice()
     found = devices(sd)
     if list_devices:
@@ -109,7 +111,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     cfg = model.recipe.audio
     conv = StreamConverter(model, ref, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
-                           keep_pitch=keep_pitch, source_f0_median=source_f0)
+                           keep_pitch=keep_pitch, source_f0_median=source_f0, strength=strength)
     rate = cfg.sample_rate
     try:  # the model's rate if the devices take it, else the input device's own, resampled both ways
         sd.check_input_settings(device=dev_in["index"], samplerate=rate, channels=1, dtype="float32")

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from voiceclone import audio as A
 from voiceclone.audio.pitch import PERIODS_PER_WINDOW
+from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model
 from voiceclone.config import AcousticModelConfig, VocoderModelConfig
 from voiceclone.models.acoustic import ContentEncoder
@@ -133,7 +134,8 @@ class StreamConverter:
 
     def __init__(self, model: Model, ref: Reference, block_ms: float = 80.0, lookahead_ms: float = 60.0,
                  transpose: float = 0.0, keep_pitch: bool = False, source_f0_median: float | None = None,
-                 memory_seconds: float = MEMORY_SECONDS, fade_ms: float | None = None) -> None:
+                 memory_seconds: float = MEMORY_SECONDS, fade_ms: float | None = None,
+                 strength: float = timbre.DEFAULT_STRENGTH) -> None:
         if model.vocoder is None:
             raise ValueError("streaming needs a model with a vocoder")
         self.model, self.ref = model, ref
@@ -154,6 +156,9 @@ class StreamConverter:
         memory = max(1, int(memory_seconds * cfg.frame_rate))
         self.mel_stats = RunningStats(cfg.n_mels + 1, memory)  # the mel and, last, the energy
         self.code_stats = RunningStats(model.recipe.acoustic.model.content_dim, memory)
+        # timbre matching: the running envelope of the converted mel's voiced frames, as offline uses the whole's
+        self.strength = strength if ref.envelope is not None else 0.0
+        self.out_stats = RunningStats(cfg.n_mels, memory)
         self.hist = np.zeros(int(HIST_BINS_PER_OCTAVE * math.log2(cfg.f0_max / cfg.f0_min)) + 1)
         self.speaker = ref.vector.to(self.device)
         # audio: all input from sample `audio_start` on; frames before `done` are emitted
@@ -233,6 +238,8 @@ class StreamConverter:
         f0_all = np.concatenate([self.f0_cache[a0 - self.cache_start : b0 - self.cache_start], f0]) if b0 > a0 \
             else f0  # source F0 of [a0, n_end)
         out_mel = self._acoustic(mel[:, a0 - m0 :], energy[a0 - m0 :], f0_all * ratio, b0 - a0, b1 - b0)
+        if self.strength:
+            out_mel = self._match_timbre(out_mel, f0[: b1 - b0])
 
         # the vocoder's window [v0, n_end): the emitted frames' converted mel and F0 on the left
         v0 = max(0, b0 - self.voc_ctx)
@@ -322,6 +329,17 @@ class StreamConverter:
         self.code_stats.add(code[:, first : first + count])
         return out[:, first:].float().cpu().numpy()
 
+    def _match_timbre(self, out_mel: np.ndarray, f0: np.ndarray) -> np.ndarray:
+        """out_mel [n_mels, n] (the block's frames first) shifted onto the reference's envelope, the output's own
+        measured over the voiced frames so far, this block's counted once (timbre.py)."""
+        voiced = out_mel[:, : len(f0)][:, f0 > 0]
+        self.out_stats.add(voiced)
+        if self.out_stats.count < timbre.MIN_VOICED_FRAMES:
+            return out_mel
+        mean, _ = self.out_stats.moments()
+        own = (mean - mean.mean()).astype(np.float32)
+        return out_mel + (self.strength * (self.ref.envelope - own))[:, None].astype(np.float32)
+
     def _vocode(self, mel: np.ndarray, f0: np.ndarray, block_start: int, next_start: int) -> np.ndarray:
         """Audio [n * hop] of the vocoder window, its source in phase with what was already emitted: the phase at
         `block_start` (samples into the window) is the one carried over; the one at `next_start` is kept."""
@@ -367,7 +385,7 @@ def stream_file(model: Model, ref: Reference, y: np.ndarray, chunk: int | None =
 
 def synthesize_stream(model_path, references, source, out, block_ms: float = 80.0, lookahead_ms: float = 60.0,
                       transpose: float = 0.0, keep_pitch: bool = False, sample_rate: int | None = None,
-                      device: str | None = None, console=None) -> dict:
+                      device: str | None = None, console=None, strength: float = timbre.DEFAULT_STRENGTH) -> dict:
     """`voiceclone synthesize --stream`: convert one file block by block, as `voiceclone live` converts a
     microphone, and print the latency and the speed.
 
@@ -385,6 +403,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
+    timbre.check_strength(strength)
     source, out = Path(source), Path(out)
     if source.is_dir():
         raise UserError(f"{source}: --stream converts one file, not a folder")
@@ -401,7 +420,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     started = time.perf_counter()
     with one_thread():
         wav, report = stream_file(model, ref, y, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
-                                  keep_pitch=keep_pitch)
+                                  keep_pitch=keep_pitch, strength=strength)
     elapsed = time.perf_counter() - started
     rate = sample_rate or cfg.sample_rate
     if rate != cfg.sample_rate:

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from voiceclone import audio as A
+from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError, check_output, writing
 
@@ -46,6 +47,7 @@ class Reference:
     seconds: float  # reference audio used, after trimming
     f0_median: float | None  # Hz over voiced frames; None if the references are unvoiced
     warnings: list[str]
+    envelope: np.ndarray | None = None  # [n_mels] mean log-mel of the voiced frames, level removed
 
 
 def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
@@ -83,7 +85,8 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     f0s = [f.f0 for _, _, f in clips]
     device = next(model.acoustic.parameters()).device
     vector = model.acoustic.embed([m.to(device) for m in mels])
-    return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings)
+    env = timbre.envelope(np.concatenate([f.mel for _, _, f in clips]).T, np.concatenate(f0s))
+    return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings, env)
 
 
 def _read_reference(path: Path, sample_rate: int, warnings: list[str]) -> np.ndarray:
@@ -177,8 +180,9 @@ def _context(cfg) -> int:
 
 
 def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
-            f0s: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
-    """Convert window by window; each piece's output is faded into by the previous window's overhang."""
+            f0s: list[np.ndarray] | None = None, strength: float = timbre.DEFAULT_STRENGTH) -> Iterator[np.ndarray]:
+    """Convert window by window; each piece's output is faded into by the previous window's overhang, and its
+    timbre matched to the reference's by `strength` (timbre.py)."""
     cfg = model.recipe.audio
     fade = int(FADE_SECONDS * cfg.sample_rate)
     device = next(model.acoustic.parameters()).device
@@ -189,6 +193,9 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
             mel, energy = A.log_mel(torch.from_numpy(np.ascontiguousarray(x)).to(device), cfg, return_energy=True)
             f0 = torch.from_numpy(f0_src * ratio).to(device)
             out_mel = model.acoustic.convert(mel, f0, energy, ref.vector)
+            if strength and ref.envelope is not None:
+                own = timbre.envelope(out_mel.float().cpu().numpy(), f0_src)
+                out_mel = timbre.match(out_mel, own, ref.envelope, strength)
             wav = model.vocoder(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
         wav = np.pad(wav, (0, max(0, len(x) - len(wav))))
         piece = wav[a:b].copy()
@@ -201,7 +208,8 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
 
 
 def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
-            chunk_seconds: float = 20.0) -> tuple[Iterator[np.ndarray], dict]:
+            chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH
+            ) -> tuple[Iterator[np.ndarray], dict]:
     """Convert cleaned source samples y [T] into the reference voice.
 
     Returns (an iterator of output blocks that together are exactly T samples long, info). The pitch shift
@@ -212,11 +220,13 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     windows = list(_windows(y, pieces, cfg.hop_length, _context(cfg)))
     f0s = [A.f0(x, cfg) for x, _, _ in windows]  # the source register first, and reused while rendering
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
-    return _render(model, iter(windows), ref, ratio, f0s), {**info, "chunks": len(pieces)}
+    return _render(model, iter(windows), ref, ratio, f0s, strength), {**info, "chunks": len(pieces),
+                                                                        "timbre": strength}
 
 
 def convert_stream(model: Model, source: Path, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
-                   chunk_seconds: float = 20.0) -> tuple[Iterator[np.ndarray], dict]:
+                   chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH
+                   ) -> tuple[Iterator[np.ndarray], dict]:
     """Like convert, for a file of any length, in two passes over it so memory stays flat: the first
     measures its loudness (as audio.normalize_loudness would) and register, the second converts.
 
@@ -235,7 +245,8 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
     windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
                               _context(cfg))
-    return _render(model, windows, ref, ratio), {**info, "seconds": seconds, "streamed": True}
+    return _render(model, windows, ref, ratio, strength=strength), {**info, "seconds": seconds, "streamed": True,
+                                                                     "timbre": strength}
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:
@@ -253,8 +264,9 @@ def _text_to_wav(text: str, folder: Path) -> Path:
 
 def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, transpose: float = 0.0,
                     keep_pitch: bool = False, sample_rate: int | None = None, chunk_seconds: float = 20.0,
-                    subtype: str = "PCM_16", stream: bool | None = None) -> dict:
-    """Convert one source file into `out` (written block by block).
+                    subtype: str = "PCM_16", stream: bool | None = None,
+                    strength: float = timbre.DEFAULT_STRENGTH) -> dict:
+    """Convert one source file into `out` (written block by block); strength: timbre matching (timbre.py).
 
     stream: read the source block by block in two passes (memory independent of its length; ends not
     trimmed); None = for sources longer than STREAM_SECONDS.
@@ -264,11 +276,11 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
     if stream is None:
         stream = _duration(source) > STREAM_SECONDS
     if stream:
-        blocks, info = convert_stream(model, source, ref, transpose, keep_pitch, chunk_seconds)
+        blocks, info = convert_stream(model, source, ref, transpose, keep_pitch, chunk_seconds, strength)
         seconds = info.pop("seconds")
     else:
         y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
-        blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds)
+        blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength)
         seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
     resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32", quality="HQ") \
@@ -318,11 +330,12 @@ def _duration(path: Path) -> float:
 def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: Path | None = None,
                text: str | None = None, transpose: float = 0.0, keep_pitch: bool = False,
                sample_rate: int | None = None, chunk_seconds: float = 20.0, device: str | None = None,
-               console: Console | None = None) -> list[dict]:
+               console: Console | None = None, strength: float = timbre.DEFAULT_STRENGTH) -> list[dict]:
     """The `voiceclone synthesize` command: one file, a folder of files, or text."""
     console = console or Console(stderr=True)
     if (source is None) == (text is None):
         raise UserError("give exactly one of --source or --text")
+    timbre.check_strength(strength)
     if sample_rate is not None and not 8000 <= sample_rate <= 192000:
         raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
     check_output(out, folder=source is not None and source.is_dir())
@@ -330,7 +343,8 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     ref = embed_references(model, references)
     for w in ref.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    kwargs = dict(transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, chunk_seconds=chunk_seconds)
+    kwargs = dict(transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, chunk_seconds=chunk_seconds,
+                  strength=strength)
     results: list[dict] = []
     if text is not None:
         with tempfile.TemporaryDirectory() as tmp:
