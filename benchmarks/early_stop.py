@@ -2,7 +2,7 @@
 
     python benchmarks/early_stop.py [--epochs N] [--speakers N] [--derive] [--set KEY=VALUE ...]
 
-Rows: the demo corpus (acoustic and vocoder stages) and, with `--datasets demo,libri --libri-dir DIR`, the
+Rows: the demo corpus, prepared as the main job prepares it (acoustic and vocoder stages) and, with `--datasets demo,libri --libri-dir DIR`, the
 LibriSpeech test-other readers of DIR (a folder of reader folders; copied to a temp folder and prepared there;
 acoustic stage), each
 trained with the demo recipe twice: early stopping on, and off (`--no-early-stop`). Both runs share seeds and
@@ -40,6 +40,10 @@ from voiceclone.data.prepare import prepare
 from voiceclone.train.command import train
 
 ROOT = Path(__file__).resolve().parent.parent
+# the demo is prepared as recipes/demo/run.sh prepares it: the 10 test-other readers held out (the monitor),
+# the training readers' recordings cut into 6 s pieces, all of them kept for training
+DEMO_UNSEEN = ("367", "533", "1688", "1998", "2033", "2414", "2609", "3005", "3080", "3331")
+DEMO_PREPARE = ["prepare.max_seconds=6", "prepare.val_per_speaker=0", "acoustic.loss.consistency=0.2"]
 
 
 def copy_subset(src: Path, dst: Path, speakers: int | None) -> Path:
@@ -108,7 +112,11 @@ def main() -> None:
             else:
                 raise SystemExit(f"--datasets: unknown {name!r}")
             ds = tmp / f"{name}-ds"
-            prepare([src], ds, load_recipe("demo"), workers=args.threads, console=quiet)
+            if name == "demo":
+                prepare([src], ds, load_recipe("demo", DEMO_PREPARE), workers=args.threads, console=quiet,
+                        unseen_speakers=[s for s in DEMO_UNSEEN if (src / s).is_dir()] or None)
+            else:
+                prepare([src], ds, load_recipe("demo"), workers=args.threads, console=quiet)
             for stage in stages:
                 r = run_pair(ds, tmp / f"{name}-runs", stage, args.epochs, args.overrides, args.derive)
                 rows.append({"dataset": name, **r})
