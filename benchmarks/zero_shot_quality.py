@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-references", action="store_true", help="skip the reference rows")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
-    ap.add_argument("--timbre", type=float, default=0.0)
+    ap.add_argument("--timbre", type=float, default=1.0, help="timbre matching strength (synthesize --timbre)")
     ap.add_argument("--save-audio", type=Path, default=None, help="write each output here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, pair in enumerate(pairs):
         s, tgt = sources[pair["source"]], pair["target_speaker"]
         c = time.process_time()
-        blocks, info = convert(model, s["y"], refs[tgt], timbre=args.timbre)
+        blocks, info = convert(model, s["y"], refs[tgt], strength=args.timbre)
         y = np.concatenate(list(blocks))
         judge(args.variant, y, pair, time.process_time() - c)
         if args.save_audio:

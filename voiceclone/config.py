@@ -127,9 +127,11 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before reloading the last good state
     lr_backoff: float = 0.5  # learning-rate factor applied on such a reload
     bf16: bool = True  # autocast on CUDA only
+    ema: float = 0.0  # weight average for validation and best.pt: its decay per step (0 = off; train/ema.py)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1): the average's decay per step")
         _require(1 <= self.batch_size <= 4096, "train.batch_size", "must be in [1, 4096]")
         _require(8 <= self.segment_frames <= 8192, "train.segment_frames", "must be in [8, 8192]")
         _require(self.lr > 0, "train.lr", "must be positive")

@@ -56,6 +56,7 @@ class Task(ABC):
     stage: str
     monitor = "mel"
     groups: tuple[str, ...]
+    averaged: tuple[str, ...]  # the networks inference uses (their weight average is validated, train/ema.py)
 
     def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device) -> None:
         self.recipe, self.dataset, self.device = recipe, dataset, device
@@ -111,6 +112,7 @@ class Task(ABC):
 class AcousticTask(Task):
     stage = "acoustic"
     groups = ("model",)
+    averaged = ("model",)
 
     def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device,
                  speakers: list[str] | None = None, base: AcousticModel | None = None,
@@ -242,6 +244,7 @@ class VocoderTask(Task):
 
     stage = "vocoder"
     groups = ("discriminator", "generator")
+    averaged = ("generator",)
 
     def __init__(self, recipe: Recipe, dataset: Dataset, device: torch.device,
                  acoustic: AcousticModel | None = None, base: Vocoder | None = None,

@@ -11,6 +11,7 @@ so on CPU a run resumed at an epoch boundary reproduces the uninterrupted one ex
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from torch import nn
 from torch.utils.data import DataLoader
 
 from voiceclone import run as R
@@ -33,6 +35,7 @@ from voiceclone.stages.validation import validation_losses
 from voiceclone.threads import ThreadGovernor
 from voiceclone.train.display import Display
 from voiceclone.train.distributed import Distributed, StopRequest
+from voiceclone.train.ema import WeightAverage
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -90,6 +93,7 @@ class Trainer:
         self.loader = self._loader(self.train_data, self.sampler)
         self.val_data = {s: task.val_segments(s) for s in ("val", "unseen")}
         self.good_state = self._snapshot()
+        self.ema = WeightAverage(self._averaged(), self.cfg.ema) if self.cfg.ema > 0 else None
 
     # --- data ----------------------------------------------------------------------------------------
 
@@ -114,6 +118,15 @@ class Trainer:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def _averaged(self) -> dict[str, nn.Module]:
+        """The networks inference uses, whose weight average (train/ema.py) is validated and kept as best."""
+        modules = self.task.modules()
+        return {name: modules[name] for name in self.task.averaged}
+
+    def _validation_weights(self):
+        """Within the block the networks hold the weights that are validated and saved as best."""
+        return self.ema.applied(self._averaged()) if self.ema is not None else contextlib.nullcontext()
+
     def _snapshot(self) -> dict[str, Any]:
         return copy.deepcopy({"modules": {n: m.state_dict() for n, m in self.task.modules().items()},
                               "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}})
@@ -129,8 +142,9 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {**self._header(), "progress": dataclasses.asdict(self.progress), **self._snapshot(), "rng": rng,
-                "history": self.history}  # the rows of exactly the epochs these weights have seen
+                "history": self.history, **ema}  # the rows of exactly the epochs these weights have seen
 
     def _header(self) -> dict[str, Any]:
         """What every checkpoint carries to be read back without the command that wrote it."""
@@ -164,6 +178,11 @@ class Trainer:
         if self.dist.main:  # a torn last line, rows of epochs redone after a kill: the file says what the weights saw
             R.write_history(self.dir / R.HISTORY_FILE, self.history)
         self.good_state = self._snapshot()
+        if self.ema is not None:  # a checkpoint without an average (written with ema off) starts one here
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"], self.device)
+            else:
+                self.ema = WeightAverage(self._averaged(), self.cfg.ema)
 
     def _save_last(self) -> None:
         if not self.dist.main:
@@ -175,9 +194,10 @@ class Trainer:
 
     def _save_best(self, epoch: int, value: float) -> None:
         if self.dist.main:
-            R.save_atomic({**self._header(), "epoch": epoch, "value": value,
-                                    "modules": {n: m.state_dict() for n, m in self.task.modules().items()}},
-                             self.dir / R.BEST_FILE)
+            with self._validation_weights():
+                modules = {n: copy.deepcopy(m.state_dict()) for n, m in self.task.modules().items()}
+            R.save_atomic({**self._header(), "epoch": epoch, "value": value, "modules": modules,
+                           "averaged": self.ema is not None}, self.dir / R.BEST_FILE)
 
     # --- one step ------------------------------------------------------------------------------------
 
@@ -261,6 +281,8 @@ class Trainer:
                         consecutive_bad = self._on_nonfinite(consecutive_bad + 1)
                     else:
                         consecutive_bad = 0
+                        if self.ema is not None:
+                            self.ema.update(self._averaged())
                         seen += len(batch["mel"]) * self.dist.world
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
@@ -274,7 +296,8 @@ class Trainer:
                     result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
                 n_batches = max(1, p.batch_in_epoch)
-                row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
+                with self._validation_weights():
+                    row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
                 p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen = epoch, 0, {}, 0
                 assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
                 row["status"] = assessment.status
