@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from importlib import import_module
 from importlib import metadata
@@ -36,7 +37,9 @@ JUDGE_RATE = 16000  # all three judges take 16 kHz mono
 def _require(module: str, judge: str) -> Any:
     """Import `module` for `judge`, or a one-line UserError that says how to install the extra."""
     try:
-        return import_module(module)
+        with warnings.catch_warnings():  # webrtcvad (Resemblyzer's) warns that pkg_resources is deprecated
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return import_module(module)
     except ImportError as e:
         raise UserError(f"the {judge} judge needs the optional extra ({e.name or module} is missing): "
                         f"{INSTALL}") from None
