@@ -18,7 +18,7 @@ UNSEEN=367,533,1688,1998,2033,2414,2609,3005,3080,3331
 # more. All of these are saved with the dataset's recipe.
 voiceclone prepare data/demo --out "$OUT/dataset" --recipe demo --unseen-speakers "$UNSEEN" \
     --set prepare.max_seconds=6 --set prepare.val_per_speaker=0 --set acoustic.loss.consistency=0.2 \
-    --set acoustic.train.epochs=40 --set vocoder.train.epochs=160
+    --set acoustic.train.epochs=40 --set vocoder.train.epochs=120
 voiceclone train --data "$OUT/dataset" --run "$OUT/run" --stage all --resume
 
 # a clip of one held-out (unseen) speaker as the reference, a sentence of a training speaker as the source
