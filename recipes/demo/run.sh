@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled demo corpus: prepare it, train both models, clone a voice that was held out
-# of training onto a sentence of another speaker, and evaluate. About 10-15 minutes on 2 CPU cores.
+# of training onto a sentence of another speaker, and evaluate. About 10 minutes on 2 idle CPU cores.
 # Everything lands in runs/demo/ (or $OUT); run it again and finished steps are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
