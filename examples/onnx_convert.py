@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference:
             speaker, ref_f0, env = voice.embed([voice.clean(voice.load(p)) for p in args.reference])
         elif voice.config.get("voice") is not None:  # a fine-tuned model's own voice
-            speaker, ref_f0, env = np.asarray(voice.config["voice"], np.float32), None, None
+            stored = voice.config.get("voice_envelope")
+            speaker, ref_f0 = np.asarray(voice.config["voice"], np.float32), None
+            env = np.asarray(stored, np.float32) if stored is not None else None
         else:
             raise ValueError("at least one --reference is needed")
         wav = voice.convert(voice.clean(voice.load(args.source)), speaker, ref_f0, args.keep_pitch, args.transpose,

@@ -104,6 +104,11 @@ def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup
                                  str(tmp_path / "own.wav")])
     assert r.exit_code == 0, r.output
     assert state["meta"]["voice_f0_median"] == pytest.approx(330, rel=0.05)
+    # ... and in its own timbre: the voice's long-term spectrum is kept for timbre matching
+    from voiceclone.inference.synthesize import embed_references
+
+    own = embed_references(load_model(run), [])
+    assert own.envelope is not None and own.envelope.shape == (len(state["meta"]["voice_envelope"]),)
     r = CliRunner().invoke(app, ["synthesize", "--model", str(setup["base"]), "--source", str(source), "--out",
                                  str(tmp_path / "none.wav")])
     assert r.exit_code == 2 and "--reference" in r.output

@@ -177,6 +177,9 @@ def _config(model: Model) -> dict:
         "source": {"min_hz": F0_SOURCE_MIN_HZ, "unvoiced_fill_hz": F0_REF_HZ, "max_hz": audio.sample_rate / 4, "harmonic_amplitude": HARMONIC_AMPLITUDE,
                    "spectrum": "audio = iSTFT(free + filter * STFT(source)) on the mel's frame grid, clipped to [-1, 1]"},
         "voice": voice.detach().cpu().tolist() if voice is not None else None,
+        "voice_envelope": model.meta.get("acoustic", {}).get("voice_envelope") if voice is not None else None,
+        "timbre": "out_mel += strength * (envelope_reference - envelope_output), envelope = mean log-mel of the "
+                  "voiced frames (source F0 > 0) minus its mean over bins; none under 25 voiced frames",
         "graphs": {name: {"inputs": list(inputs), "outputs": outputs}
                    for name, (_, inputs, outputs, _) in _graphs(model, frames=8).items()},
     }

@@ -58,8 +58,9 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     if not paths:
         if model.acoustic.voice is None:
             raise UserError("at least one --reference is needed (only a fine-tuned model has a voice of its own)")
-        return Reference(model.acoustic.voice.detach(), 0.0, model.meta.get("acoustic", {}).get("voice_f0_median"),
-                         [])
+        meta = model.meta.get("acoustic", {})
+        return Reference(model.acoustic.voice.detach(), 0.0, meta.get("voice_f0_median"), [],
+                         _stored_envelope(meta.get("voice_envelope"), model.recipe.audio.n_mels))
     cfg, prep = model.recipe.audio, model.recipe.prepare
     clips, notes = [], []  # notes: what reading the references says (a long one was cut)
     for p in paths:
@@ -87,6 +88,16 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     vector = model.acoustic.embed([m.to(device) for m in mels])
     env = timbre.envelope(np.concatenate([f.mel for _, _, f in clips]).T, np.concatenate(f0s))
     return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings, env)
+
+
+def _stored_envelope(values, n_mels: int) -> np.ndarray | None:
+    """A fine-tuned voice's envelope from the model's metadata; None if absent or not n_mels finite numbers
+    (an older model, or damaged metadata: the model's own timbre is then used)."""
+    try:
+        env = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return env if env.shape == (n_mels,) and bool(np.isfinite(env).all()) else None
 
 
 def _read_reference(path: Path, sample_rate: int, warnings: list[str]) -> np.ndarray:

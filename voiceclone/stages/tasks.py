@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from voiceclone import audio as A
 from voiceclone.evaluation import metrics
+from voiceclone.inference import timbre
 from voiceclone.config import FinetuneConfig, Recipe
 from voiceclone.data.dataset import Segments, reference_pool
 from voiceclone.data.store import Dataset
@@ -129,12 +130,17 @@ class AcousticTask(Task):
         else:
             self.model = AcousticModel(cfg.model, recipe.audio, len(self.speakers)).to(device)
         self.voice_f0_median: float | None = None
+        self.voice_envelope: list[float] | None = None
         if finetune is not None and finetune.learn_speaker and self.model.voice is None:
             mels = [torch.from_numpy(train.mel(i).astype(np.float32).T).to(device) for i in range(min(len(train), 16))]
             self.model.learn_voice(ft.initial_voice(self.model, mels))
             f0 = np.concatenate([train.f0(i) for i in range(len(train))])
-            # the voice's register, which synthesis moves sources to when no reference is given
+            # the voice's register and long-term spectrum, which synthesis moves sources to when no reference
+            # is given (inference/timbre.py)
             self.voice_f0_median = A.voiced_median(f0)
+            mel = np.concatenate([np.asarray(train.mel(i), np.float32) for i in range(len(train))]).T
+            env = timbre.envelope(mel, f0)
+            self.voice_envelope = None if env is None else [round(float(v), 5) for v in env]
         self.ref_frames = 2 * cfg.train.segment_frames
 
     def modules(self) -> dict[str, nn.Module]:
@@ -145,6 +151,7 @@ class AcousticTask(Task):
         if self.finetune is not None:
             meta["finetuned_from"] = self.base_source
             meta["voice_f0_median"] = self.voice_f0_median
+            meta["voice_envelope"] = self.voice_envelope
         return meta
 
     def param_groups(self) -> dict[str, list[dict[str, Any]]]:
