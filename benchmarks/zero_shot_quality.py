@@ -45,6 +45,7 @@ import torch
 
 # The one import of the synthesis API (voiceclone/inference/* after the package refactor).
 from voiceclone import audio as A
+from voiceclone.inference import timbre
 from voiceclone.inference.bundle import load_model
 from voiceclone.inference.synthesize import convert, embed_references
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-references", action="store_true", help="skip the reference rows")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
-    ap.add_argument("--timbre", type=float, default=1.0, help="timbre matching strength (synthesize --timbre)")
+    ap.add_argument("--timbre", type=float, default=timbre.DEFAULT_STRENGTH, help="timbre matching strength (synthesize --timbre)")
     ap.add_argument("--save-audio", type=Path, default=None, help="write each output here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -336,9 +336,8 @@ class StreamConverter:
         self.out_stats.add(voiced)
         if self.out_stats.count < timbre.MIN_VOICED_FRAMES:
             return out_mel
-        mean, _ = self.out_stats.moments()
-        own = (mean - mean.mean()).astype(np.float32)
-        return out_mel + (self.strength * (self.ref.envelope - own))[:, None].astype(np.float32)
+        d = timbre.shift(timbre.level_removed(self.out_stats.moments()[0]), self.ref.envelope, self.strength)
+        return out_mel if d is None else out_mel + d[:, None]
 
     def _vocode(self, mel: np.ndarray, f0: np.ndarray, block_start: int, next_start: int) -> np.ndarray:
         """Audio [n * hop] of the vocoder window, its source in phase with what was already emitted: the phase at

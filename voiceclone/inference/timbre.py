@@ -30,16 +30,26 @@ def envelope(mel: np.ndarray, f0: np.ndarray) -> np.ndarray | None:
     voiced = np.asarray(f0[:n]) > 0
     if int(voiced.sum()) < MIN_VOICED_FRAMES:
         return None
-    env = np.asarray(mel[:, :n], dtype=np.float64)[:, voiced].mean(1)
-    return (env - env.mean()).astype(np.float32)
+    return level_removed(np.asarray(mel[:, :n], dtype=np.float64)[:, voiced].mean(1))
+
+
+def level_removed(mean: np.ndarray) -> np.ndarray:
+    """A mean log-mel [n_mels] as an envelope: its mean over bins (the level) subtracted."""
+    return (mean - mean.mean()).astype(np.float32)
+
+
+def shift(own: np.ndarray | None, target: np.ndarray | None, strength: float) -> np.ndarray | None:
+    """The per-bin shift [n_mels] that moves `own` envelope `strength` of the way to `target`; None when
+    there is nothing to do (strength 0, or either envelope unknown)."""
+    if not strength or own is None or target is None:
+        return None
+    return (strength * (target - own)).astype(np.float32)
 
 
 def match(mel: Tensor, own: np.ndarray | None, target: np.ndarray | None, strength: float) -> Tensor:
     """mel [n_mels, T] shifted per bin by strength * (target - own); unchanged when either envelope is None."""
-    if not strength or own is None or target is None:
-        return mel
-    shift = torch.from_numpy(strength * (target - own)).to(device=mel.device, dtype=mel.dtype)
-    return mel + shift.unsqueeze(1)
+    d = shift(own, target, strength)
+    return mel if d is None else mel + torch.from_numpy(d).to(device=mel.device, dtype=mel.dtype).unsqueeze(1)
 
 
 def check_strength(strength: float) -> None:
