@@ -151,8 +151,9 @@ def summaries(rows: list[dict[str, Any]], keys) -> dict[str, dict[str, Any]]:
 def dataset_reference(model: Model, split: Split, clips: list[int]) -> Reference:
     """The reference a model gets from stored clips of a split: their mean speaker vector, length and register."""
     device = next(model.acoustic.parameters()).device
-    mels = [torch.from_numpy(np.asarray(split.mel(j), dtype=np.float32).T.copy()).to(device) for j in clips]
+    stored = [np.asarray(split.mel(j), dtype=np.float32).T for j in clips]  # [n_mels, T_j] each
+    mels = [torch.from_numpy(m.copy()).to(device) for m in stored]
     f0 = np.concatenate([np.asarray(split.f0(j)) for j in clips])
     seconds = sum(split.n_frames(j) for j in clips) / model.recipe.audio.frame_rate
-    env = timbre.envelope(np.concatenate([m.cpu().numpy() for m in mels], 1), f0)
+    env = timbre.envelope(np.concatenate(stored, 1), f0)
     return Reference(model.acoustic.embed(mels), seconds, A.voiced_median(f0), [], env)

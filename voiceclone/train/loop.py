@@ -194,8 +194,8 @@ class Trainer:
 
     def _save_best(self, epoch: int, value: float) -> None:
         if self.dist.main:
-            with self._validation_weights():
-                modules = {n: copy.deepcopy(m.state_dict()) for n, m in self.task.modules().items()}
+            averaged = self.ema.shadow if self.ema is not None else {}
+            modules = {n: averaged.get(n) or m.state_dict() for n, m in self.task.modules().items()}
             R.save_atomic({**self._header(), "epoch": epoch, "value": value, "modules": modules,
                            "averaged": self.ema is not None}, self.dir / R.BEST_FILE)
 
