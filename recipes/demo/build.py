@@ -1,15 +1,14 @@
 """Build the bundled demo corpus: real LibriSpeech readers, optionally with synthetic espeak-ng/flite voices.
 
-    python recipes/demo/build.py            # writes data/demo/<speaker>/<file>.flac (16 kHz mono)
+    python recipes/demo/build.py --librispeech DIR   # writes data/demo/<speaker>/<file>.flac (16 kHz mono)
 
-The corpus is built around real read speech (`../shared/speech/librispeech-mini`, CC BY 4.0): its 225
+The corpus is built around real read speech (DIR: a librispeech-mini folder, CC BY 4.0): its 225
 train-clean-100 readers (one utterance each) are the training voices, and its 10 test-other readers (10
 utterances each) are held out as the named unseen speakers (UNSEEN; recipes/demo/run.sh passes them to
 `prepare --unseen-speakers`), so the demo's zero-shot figures are on real voices it never trained on.
 Zero-shot cloning improves with the number of distinct voices far more than with hours per voice
 (docs/architecture.md section 6), so each training utterance is cut at a quiet point before CAP_S seconds: every reader
-stays in and the corpus fits the size budget. Only this script reads the shared folder; the project reads
-data/demo. `--synthetic NAME,...` (or `all`) adds voices made with the Debian synthesizers espeak-ng and
+stays in and the corpus fits the size budget. Only this script reads DIR; the project reads data/demo. `--synthetic NAME,...` (or `all`) adds voices made with the Debian synthesizers espeak-ng and
 flite reading recipes/demo/sentences.txt (needs `espeak-ng` and `flite` on PATH). Deterministic.
 """
 
@@ -32,7 +31,6 @@ from voiceclone.audio import trim_bounds
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_RATE = 16000
-LIBRISPEECH = HERE.parent.parent.parent / "shared" / "speech" / "librispeech-mini"  # read at build time only
 # the 10 test-other readers: the demo's named unseen speakers (recipes/demo/run.sh passes the same list)
 UNSEEN = ("367", "533", "1688", "1998", "2033", "2414", "2609", "3005", "3080", "3331")
 CAP_S = 12.0  # training utterances are cut at a quiet point before this: all 225 readers fit in 60 MB
@@ -174,7 +172,8 @@ def synthetic(names: list[str], out: Path, n_sentences: int) -> tuple[list[tuple
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE.parent.parent / "data" / "demo")
-    parser.add_argument("--librispeech", type=Path, default=LIBRISPEECH, help="the librispeech-mini folder")
+    parser.add_argument("--librispeech", type=Path, required=True,
+                        help="the librispeech-mini folder (train-clean-100/ and test-other/ reader folders)")
     parser.add_argument("--cap", type=float, default=CAP_S, help="seconds kept of each training utterance")
     parser.add_argument("--synthetic", default="", help="synthetic voices to add: NAME,... or all (default none)")
     parser.add_argument("--sentences", type=int, default=10, help="sentences per synthetic voice")
