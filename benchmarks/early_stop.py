@@ -42,7 +42,7 @@ from voiceclone.train.command import train
 ROOT = Path(__file__).resolve().parent.parent
 # the demo is prepared as recipes/demo/run.sh prepares it: the 10 test-other readers held out (the monitor),
 # the training readers' recordings cut into 6 s pieces, all of them kept for training
-DEMO_UNSEEN = ("367", "533", "1688", "1998", "2033", "2414", "2609", "3005", "3080", "3331")
+DEMO_UNSEEN = tuple((ROOT / "recipes" / "demo" / "unseen.txt").read_text().strip().split(","))
 DEMO_PREPARE = ["prepare.max_seconds=6", "prepare.val_per_speaker=0", "acoustic.loss.consistency=0.2"]
 
 

@@ -4,7 +4,7 @@
 
 The corpus is built around real read speech (DIR: a librispeech-mini folder, CC BY 4.0): its 225
 train-clean-100 readers (one utterance each) are the training voices, and its 10 test-other readers (10
-utterances each) are held out as the named unseen speakers (UNSEEN; recipes/demo/run.sh passes them to
+utterances each) are held out as the named unseen speakers (recipes/demo/unseen.txt; recipes/demo/run.sh passes them to
 `prepare --unseen-speakers`), so the demo's zero-shot figures are on real voices it never trained on.
 Zero-shot cloning improves with the number of distinct voices far more than with hours per voice
 (docs/architecture.md section 6), so each training utterance is cut at a quiet point before CAP_S seconds: every reader
@@ -32,7 +32,7 @@ from voiceclone.audio import trim_bounds
 HERE = Path(__file__).resolve().parent
 SAMPLE_RATE = 16000
 # the 10 test-other readers: the demo's named unseen speakers (recipes/demo/run.sh passes the same list)
-UNSEEN = ("367", "533", "1688", "1998", "2033", "2414", "2609", "3005", "3080", "3331")
+UNSEEN = tuple((HERE / "unseen.txt").read_text().strip().split(","))  # run.sh and benchmarks read it too
 CAP_S = 12.0  # training utterances are cut at a quiet point before this: all 225 readers fit in 60 MB
 QUIET_WINDOW_S = 3.0  # the cut falls at the quietest 20 ms in the last seconds before CAP_S
 MARGIN_S = 0.03  # silence kept at each end after trimming, so words are not clipped

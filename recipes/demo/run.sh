@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/demo}
 # the 10 LibriSpeech test-other readers of data/demo: real voices held out for the zero-shot figures
-# (recipes/demo/build.py names the same readers)
-UNSEEN=367,533,1688,1998,2033,2414,2609,3005,3080,3331
+# (recipes/demo/unseen.txt, which build.py and benchmarks/early_stop.py read too)
+UNSEEN=$(cat recipes/demo/unseen.txt)
 
 # Each training reader has one recording: cut it into pieces of at most 6 s so that every reader has 2-4
 # clips (a reference is then never the clip being rebuilt) and keep them all for training; the held-out
