@@ -5,7 +5,9 @@
 The script starts the busy neighbour itself (`spin`: a pure-Python loop; `matmul`: a one-thread torch matmul
 loop, which also competes for caches and memory bandwidth) and stops it when done. Every measurement runs in
 a fresh process, so the thread policy sees the machine as a `voiceclone` command would: `auto` is
-voiceclone/threads.py (threads = the cores the neighbours leave free), a number is a fixed thread count.
+voiceclone/threads.py as the commands use it (synthesize: one single-threaded worker per allowed core, each
+on its own piece of the source; the vocoder alone: intra-op threads = the cores the neighbours leave free),
+a number is a fixed intra-op thread count with one worker.
 Quiet and busy runs alternate within each round; the table gives medians over the rounds of per-process
 medians, and the slowdown busy / quiet per policy (the goal: at most 1.6x with auto).
 
@@ -40,7 +42,7 @@ VOCODER_SECONDS = 10.0
 
 def measure(policy: str, bundle: Path, source: Path, reference: Path, repeats: int) -> dict:
     """One process's figures (runs in the child)."""
-    from voiceclone.threads import CpuSample, apply_threads
+    from voiceclone.threads import CpuSample, apply_threads, render_workers
 
     since = CpuSample.now()
     import numpy as np
@@ -50,11 +52,12 @@ def measure(policy: str, bundle: Path, source: Path, reference: Path, repeats: i
     from voiceclone.inference.synthesize import embed_references, synthesize_file
 
     threads = apply_threads(0 if policy == "auto" else int(policy), since)
+    workers = render_workers() if policy == "auto" else 1
     model = load_model(bundle)
     ref = embed_references(model, [reference])
     out = bundle.parent / f"out-{os.getpid()}.wav"
-    synthesize_file(model, ref, source, out)  # warm-up
-    synth = [synthesize_file(model, ref, source, out)["x_real_time"] for _ in range(repeats)]
+    synthesize_file(model, ref, source, out, workers=workers)  # warm-up
+    synth = [synthesize_file(model, ref, source, out, workers=workers)["x_real_time"] for _ in range(repeats)]
     out.unlink(missing_ok=True)
 
     cfg = model.recipe.audio

@@ -256,3 +256,18 @@ def test_mel_filterbank_is_librosas_slaney_basis():
         ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
                                   fmax=cfg.fmax, htk=False, norm="slaney")
         np.testing.assert_allclose(A.mel_filterbank(cfg), ref, rtol=0, atol=1e-7)
+
+
+def test_split_evenly_cuts_in_the_pause_nearest_each_even_place():
+    sr = 16000
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(12 * sr).astype(np.float32) * 0.1
+    y[int(6.7 * sr) : int(6.8 * sr)] = 0.0  # a pause 0.7 s after the middle
+    y[int(1.0 * sr) : int(1.2 * sr)] = 0.0  # a longer pause far from any even place
+    pieces = A.split_evenly(y, sr, 2, slack_seconds=1.0)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(y) and len(pieces) == 2
+    assert 6.7 * sr <= pieces[0][1] <= 6.8 * sr
+    three = A.split_evenly(y, sr, 3, slack_seconds=0.5)
+    assert len(three) == 3 and all(b == c for (_, b), (c, _) in zip(three, three[1:]))
+    assert all(abs((b - a) / sr - 4.0) <= 1.0 for a, b in three)
+    assert A.split_evenly(y, sr, 1, 1.0) == [(0, len(y))]

@@ -135,6 +135,40 @@ def test_chunked_and_unchunked_conversion_agree(trained):
     assert (mel_w - mel_c).abs().mean() < 0.35 * (mel_w - mel_src).abs().mean()
 
 
+def test_parallel_workers_give_the_same_output_in_memory_and_streamed(trained, tmp_path):
+    from voiceclone.inference.synthesize import synthesize_file
+
+    model = load_model(trained["run"])
+    ref = embed_references(model, [wav(trained["corpus"], 0, 0)])
+    gap = np.zeros(4000, np.float32)
+    y = np.concatenate([np.concatenate([A.load_audio(wav(trained["corpus"], 4, u), 16000), gap]) for u in range(6)])
+    # the same pieces (chunk_seconds decides), so one worker and three must agree to rounding
+    one = np.concatenate(list(convert(model, y, ref, chunk_seconds=3.0)[0]))
+    three, info = convert(model, y, ref, chunk_seconds=3.0, workers=3)
+    np.testing.assert_allclose(np.concatenate(list(three)), one, atol=2e-4)
+    assert info["chunks"] >= 4
+    # streamed windows are views into one reused buffer: each must be copied before the next is read
+    src = tmp_path / "src.wav"
+    sf.write(src, np.tile(y, 2), 16000)
+    outs, threads = [], torch.get_num_threads()
+    for workers in (1, 2):
+        synthesize_file(model, ref, src, tmp_path / f"out{workers}.wav", chunk_seconds=3.0, stream=True,
+                        workers=workers, subtype="FLOAT")
+        outs.append(sf.read(tmp_path / f"out{workers}.wav")[0])
+    np.testing.assert_allclose(outs[1], outs[0], atol=2e-4)
+    assert torch.get_num_threads() == threads  # the workers' one thread each is not left behind
+
+
+def test_workers_cut_a_short_source_into_even_pieces(trained):
+    model = load_model(trained["run"])
+    ref = embed_references(model, [wav(trained["corpus"], 0, 0)])
+    y = np.concatenate([A.load_audio(wav(trained["corpus"], 4, u), 16000) for u in range(6)])
+    assert 8.0 <= len(y) / 16000 < 20.0  # under one chunk, long enough for two pieces of >= 4 s
+    assert convert(model, y, ref)[1]["chunks"] == 1
+    assert convert(model, y, ref, workers=2)[1]["chunks"] == 2
+    assert convert(model, y[: 6 * 16000], ref, workers=2)[1]["chunks"] == 1  # 3 s pieces would not pay
+
+
 def test_long_sources_stream_with_flat_memory(trained, tmp_path):
     import tracemalloc
 

@@ -69,3 +69,52 @@ def test_the_governor_follows_a_neighbour_between_epochs(machine, monkeypatch):
         assert auto.update() == 2 and fixed.update() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_conversion_workers_are_one_per_allowed_core_unless_told(machine, monkeypatch):
+    after(machine, 1.0, others=1.0, ours=0.0)  # a busy neighbour does not reduce them: workers cannot stall
+    assert T.render_workers() == 2
+    assert T.render_workers(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert T.render_workers() == 1
+
+
+def test_ordered_map_keeps_order_reads_ahead_only_by_the_workers_and_raises():
+    import threading
+    import time
+
+    taken, lock = [], threading.Lock()
+
+    def items():
+        for i in range(10):
+            with lock:
+                taken.append(i)
+            yield i
+
+    def slow_square(i):
+        time.sleep(0.02 * (i % 3))  # later items often finish first
+        return i * i
+
+    seen = []
+    for i, r in enumerate(T.ordered_map(slow_square, items(), workers=3)):
+        seen.append(r)
+        assert len(taken) <= i + 3  # never more than `workers` items beyond the one being consumed
+    assert seen == [i * i for i in range(10)]
+    assert list(T.ordered_map(slow_square, range(4), workers=1)) == [0, 1, 4, 9]
+
+    def fail(i):
+        if i == 2:
+            raise ValueError("bad window")
+        return i
+
+    with pytest.raises(ValueError, match="bad window"):
+        list(T.ordered_map(fail, range(6), workers=2))
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    before = torch.get_num_threads()
+    with T.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

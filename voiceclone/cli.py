@@ -177,7 +177,7 @@ def synthesize(
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
     lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
-    threads: int = ThreadsOpt,
+    threads: int = typer.Option(0, "--threads", help="Pieces of the source converted at once, one thread each (0 = one per core)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
     from voiceclone.inference.synthesize import synthesize as run_synthesize
@@ -192,9 +192,11 @@ def synthesize(
                           transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, device=device,
                           console=console, strength=timbre)
         return
+    from voiceclone.threads import render_workers
+
     run_synthesize(model, reference or [], out, source=source, text=text, transpose=transpose, keep_pitch=keep_pitch,
                    sample_rate=sample_rate, chunk_seconds=chunk_seconds, device=device, console=console,
-                   strength=timbre)
+                   strength=timbre, workers=render_workers(threads))
 
 
 @app.command()

@@ -11,16 +11,28 @@ process's own CPU time in that window, is what the neighbours used. The command 
 it starts (`CpuSample.now()` in its callback), so the window is the second or so spent importing torch and
 costs nothing; without one, a 50 ms window is sampled. Where /proc/stat does not exist (macOS), the load
 average stands in. An explicit count (`--threads N`, or OMP_NUM_THREADS set by the user) always wins.
+
+Conversion (`synthesize`) goes further: its windows are independent, so it runs one single-threaded worker per
+allowed core, each on its own window (`render_workers`, `ordered_map`). Workers never wait for each other
+inside an operation, so they cannot collapse either, and beside a neighbour that holds one of two cores they
+still get the scheduler's fair share, two thirds of each core, where one intra-op thread would get one core.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import os
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MIN_WINDOW = 0.05  # seconds: shorter windows hold too few scheduler ticks (100 per second per core) to judge
 SPARE = 0.5  # a core counts as free when neighbours use less than half of it: the second thread then still pays
@@ -102,14 +114,58 @@ def free_cores(since: CpuSample | None = None) -> int:
     return max(1, min(allowed_cores(), int(allowed_cores() - neighbour_load(since) + SPARE)))
 
 
-def choose_threads(requested: int = 0, since: CpuSample | None = None) -> int:
-    """Intra-op threads: `requested` when > 0, else OMP_NUM_THREADS when the user set it, else the free cores."""
+def _explicit(requested: int) -> int:
+    """`requested` when > 0, else OMP_NUM_THREADS when the user set it, else 0."""
     if requested > 0:
         return requested
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return free_cores(since)
+    return int(env) if env.isdigit() and int(env) > 0 else 0
+
+
+def choose_threads(requested: int = 0, since: CpuSample | None = None) -> int:
+    """Intra-op threads: `requested` when > 0, else OMP_NUM_THREADS when the user set it, else the free cores."""
+    return _explicit(requested) or free_cores(since)
+
+
+def render_workers(requested: int = 0) -> int:
+    """Single-threaded workers for independent windows of a conversion: `requested` when > 0, else
+    OMP_NUM_THREADS when the user set it, else one per allowed core. Not the free cores: a worker beside a
+    busy neighbour still gets its fair share and never stalls the others."""
+    return _explicit(requested) or allowed_cores()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """fn over items in `workers` threads, results in the order of items. At most `workers` items are taken
+    ahead of the result being consumed, so a long source streams through in bounded memory. torch and numpy
+    release the GIL inside their kernels, which is where conversion spends its time."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="voiceclone") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def apply_threads(requested: int = 0, since: CpuSample | None = None) -> int:

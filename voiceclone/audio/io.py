@@ -230,6 +230,26 @@ def split_at_quiet(y: np.ndarray, sample_rate: int, max_seconds: float, min_seco
     return sorted(pieces)
 
 
+def split_evenly(y: np.ndarray, sample_rate: int, pieces: int, slack_seconds: float) -> list[tuple[int, int]]:
+    """Cut `y` into `pieces` of nearly equal length, each cut at the quietest 20 ms within slack_seconds of
+    its ideal place (k * len / pieces): pieces that parallel workers finish together, cut in pauses.
+
+    Returns (start, end) sample ranges covering `y`.
+    """
+    if pieces <= 1 or len(y) < 2 * pieces * sample_rate // 50:
+        return [(0, len(y))]
+    win = max(1, sample_rate // 50)
+    rms = frame_rms(y, win)
+    slack = max(0, min(int(slack_seconds * sample_rate), len(y) // (4 * pieces))) // win
+    cuts = [0]
+    for k in range(1, pieces):
+        centre = k * len(rms) // pieces
+        lo, hi = max(centre - slack, cuts[-1] // win + 1), min(centre + slack + 1, len(rms))
+        cuts.append((lo + int(np.argmin(rms[lo:hi]))) * win)
+    cuts.append(len(y))
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def frame_rms(y: np.ndarray, win: int) -> np.ndarray:
     """RMS of consecutive `win`-sample frames of y [T] -> [max(1, T // win)] float64 (a shorter y: one frame)."""
     n = max(1, len(y) // win)

@@ -86,10 +86,11 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     import soxr
 
     from voiceclone.inference.bundle import load_model
-    from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line, one_thread,
+    from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line,
                                              print_report)
     from voiceclone.inference import timbre
     from voiceclone.inference.synthesize import embed_references
+    from voiceclone.threads import torch_threads
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
@@ -156,7 +157,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     received, kept = 0, []
     limit = None if seconds is None else int(seconds * rate)
     try:
-        with one_thread(), stream:
+        with torch_threads(1), stream:
             while limit is None or received < limit:
                 try:
                     x = inbox.get(timeout=2.0)

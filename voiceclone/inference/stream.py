@@ -26,11 +26,9 @@ own encoder); tests/test_stream.py holds the bounds.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -44,6 +42,7 @@ from voiceclone.config import AcousticModelConfig, VocoderModelConfig
 from voiceclone.models.acoustic import ContentEncoder
 from voiceclone.models.modules import pitch_features
 from voiceclone.inference.synthesize import Reference
+from voiceclone.threads import torch_threads
 
 EPS = 1e-5  # the instance norm's
 MEMORY_SECONDS = 30.0  # statistics become an exponential average over about this long
@@ -417,7 +416,9 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     cfg = model.recipe.audio
     y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
     started = time.perf_counter()
-    with one_thread():
+    # one thread: a stream's windows are too small for intra-op parallelism to pay (on a busy machine two
+    # threads made blocks 10x slower), and the other cores stay free for the audio and the rest
+    with torch_threads(1):
         wav, report = stream_file(model, ref, y, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
                                   keep_pitch=keep_pitch, strength=strength)
     elapsed = time.perf_counter() - started
@@ -430,18 +431,6 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
               "blocks": len(report.block_seconds), **describe(report, cfg)}
     print_report(console, result)
     return result
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread: a stream's windows are too small for intra-op parallelism to pay (on a busy
-    machine two threads made blocks 10x slower), and the other cores stay free for the audio and the rest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_stream_options(block_ms: float, lookahead_ms: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import math
 import os
 import shutil
 import subprocess
@@ -32,11 +33,14 @@ from voiceclone import audio as A
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError, check_output, writing
+from voiceclone.threads import ordered_map, torch_threads
 
 MIN_REFERENCE_SECONDS = 1.0
 GOOD_REFERENCE_SECONDS = 3.0
 CONTEXT_SECONDS = 0.5  # audio converted on each side of a chunk and thrown away: the model's receptive field
 FADE_SECONDS = 0.02
+MIN_PARALLEL_SECONDS = 4.0  # shorter pieces spend more on their context than parallel workers win
+SPLIT_SLACK_SECONDS = 1.5  # how far a cut may move from its place to find a pause
 STREAM_SECONDS = 30.0  # longer sources are read block by block (two passes) instead of whole
 REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound: 3-10 s of speech suffice
 
@@ -191,14 +195,19 @@ def _context(cfg) -> int:
 
 
 def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
-            f0s: list[np.ndarray] | None = None, strength: float = timbre.DEFAULT_STRENGTH) -> Iterator[np.ndarray]:
-    """Convert window by window; each piece's output is faded into by the previous window's overhang, and its
-    timbre matched to the reference's by `strength` (timbre.py)."""
+            f0s: list[np.ndarray] | None = None, strength: float = timbre.DEFAULT_STRENGTH,
+            workers: int = 1) -> Iterator[np.ndarray]:
+    """Convert window by window, `workers` windows at a time (threads.ordered_map); each piece's output is
+    faded into by the previous window's overhang, and its timbre matched to the reference's by `strength`
+    (timbre.py)."""
     cfg = model.recipe.audio
     fade = int(FADE_SECONDS * cfg.sample_rate)
     device = next(model.acoustic.parameters()).device
-    tail = None
-    for k, (x, a, b) in enumerate(windows):
+    if device.type != "cpu":
+        workers = 1  # one device runs one window at a time anyway
+
+    def convert_window(job: tuple[int, Window]) -> tuple[np.ndarray, int, int]:
+        k, (x, a, b) = job
         f0_src = f0s[k] if f0s is not None else A.f0(x, cfg)
         with torch.inference_mode():
             mel, energy = A.log_mel(torch.from_numpy(np.ascontiguousarray(x)).to(device), cfg, return_energy=True)
@@ -208,35 +217,47 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
                 own = timbre.envelope(out_mel.float().cpu().numpy(), f0_src)
                 out_mel = timbre.match(out_mel, own, ref.envelope, strength)
             wav = model.vocoder(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
-        wav = np.pad(wav, (0, max(0, len(x) - len(wav))))
-        piece = wav[a:b].copy()
-        if tail is not None:
-            n = min(len(tail), len(piece))
-            w = np.linspace(0.0, 1.0, n, dtype=np.float32)
-            piece[:n] = tail[:n] * (1 - w) + piece[:n] * w
-        tail = wav[b : b + fade]
-        yield np.clip(piece, -1.0, 1.0)
+        return np.pad(wav, (0, max(0, len(x) - len(wav)))), a, b
+
+    if workers > 1:  # a streamed window is a view into a buffer that the next window overwrites
+        windows = ((x.copy(), a, b) for x, a, b in windows)
+    tail = None
+    # each worker on one thread: intra-op threads on top would wait for each other (threads.py)
+    with torch_threads(1) if workers > 1 else contextlib.nullcontext():
+        for wav, a, b in ordered_map(convert_window, enumerate(windows), workers):
+            piece = wav[a:b].copy()
+            if tail is not None:
+                n = min(len(tail), len(piece))
+                w = np.linspace(0.0, 1.0, n, dtype=np.float32)
+                piece[:n] = tail[:n] * (1 - w) + piece[:n] * w
+            tail = wav[b : b + fade]
+            yield np.clip(piece, -1.0, 1.0)
 
 
 def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
-            chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH
+            chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH, workers: int = 1
             ) -> tuple[Iterator[np.ndarray], dict]:
-    """Convert cleaned source samples y [T] into the reference voice.
+    """Convert cleaned source samples y [T] into the reference voice, in pieces of at most chunk_seconds,
+    and in at least `workers` pieces of similar length when each can be MIN_PARALLEL_SECONDS long, so that
+    the workers finish together.
 
     Returns (an iterator of output blocks that together are exactly T samples long, info). The pitch shift
     in `info` is known before the first block is produced.
     """
     cfg = model.recipe.audio
-    pieces = A.split_at_quiet(y, cfg.sample_rate, chunk_seconds, min(1.0, chunk_seconds / 4))
+    seconds = len(y) / cfg.sample_rate
+    count = max(math.ceil(seconds / chunk_seconds), min(workers, int(seconds / MIN_PARALLEL_SECONDS)))
+    pieces = A.split_evenly(y, cfg.sample_rate, count, SPLIT_SLACK_SECONDS)
     windows = list(_windows(y, pieces, cfg.hop_length, _context(cfg)))
-    f0s = [A.f0(x, cfg) for x, _, _ in windows]  # the source register first, and reused while rendering
+    # the source register first, and reused while rendering
+    f0s = list(ordered_map(lambda w: A.f0(w[0], cfg), windows, workers))
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
-    return _render(model, iter(windows), ref, ratio, f0s, strength), {**info, "chunks": len(pieces),
-                                                                        "timbre": strength}
+    return _render(model, iter(windows), ref, ratio, f0s, strength, workers), {**info, "chunks": len(pieces),
+                                                                                "timbre": strength}
 
 
 def convert_stream(model: Model, source: Path, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
-                   chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH
+                   chunk_seconds: float = 20.0, strength: float = timbre.DEFAULT_STRENGTH, workers: int = 1
                    ) -> tuple[Iterator[np.ndarray], dict]:
     """Like convert, for a file of any length, in two passes over it so memory stays flat: the first
     measures its loudness (as audio.normalize_loudness would) and register, the second converts.
@@ -256,8 +277,8 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
     windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
                               _context(cfg))
-    return _render(model, windows, ref, ratio, strength=strength), {**info, "seconds": seconds, "streamed": True,
-                                                                     "timbre": strength}
+    return _render(model, windows, ref, ratio, strength=strength, workers=workers), {
+        **info, "seconds": seconds, "streamed": True, "timbre": strength}
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:
@@ -276,8 +297,9 @@ def _text_to_wav(text: str, folder: Path) -> Path:
 def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, transpose: float = 0.0,
                     keep_pitch: bool = False, sample_rate: int | None = None, chunk_seconds: float = 20.0,
                     subtype: str = "PCM_16", stream: bool | None = None,
-                    strength: float = timbre.DEFAULT_STRENGTH) -> dict:
-    """Convert one source file into `out` (written block by block); strength: timbre matching (timbre.py).
+                    strength: float = timbre.DEFAULT_STRENGTH, workers: int = 1) -> dict:
+    """Convert one source file into `out` (written block by block); strength: timbre matching (timbre.py);
+    workers: windows converted at once, each on one thread (threads.render_workers).
 
     stream: read the source block by block in two passes (memory independent of its length; ends not
     trimmed); None = for sources longer than STREAM_SECONDS.
@@ -287,11 +309,11 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
     if stream is None:
         stream = _duration(source) > STREAM_SECONDS
     if stream:
-        blocks, info = convert_stream(model, source, ref, transpose, keep_pitch, chunk_seconds, strength)
+        blocks, info = convert_stream(model, source, ref, transpose, keep_pitch, chunk_seconds, strength, workers)
         seconds = info.pop("seconds")
     else:
         y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
-        blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength)
+        blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength, workers)
         seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
     resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32", quality="HQ") \
@@ -341,8 +363,10 @@ def _duration(path: Path) -> float:
 def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: Path | None = None,
                text: str | None = None, transpose: float = 0.0, keep_pitch: bool = False,
                sample_rate: int | None = None, chunk_seconds: float = 20.0, device: str | None = None,
-               console: Console | None = None, strength: float = timbre.DEFAULT_STRENGTH) -> list[dict]:
-    """The `voiceclone synthesize` command: one file, a folder of files, or text."""
+               console: Console | None = None, strength: float = timbre.DEFAULT_STRENGTH, workers: int = 1
+               ) -> list[dict]:
+    """The `voiceclone synthesize` command: one file, a folder of files, or text; workers: windows converted
+    at once on the CPU (threads.render_workers)."""
     console = console or Console(stderr=True)
     if (source is None) == (text is None):
         raise UserError("give exactly one of --source or --text")
@@ -355,7 +379,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     for w in ref.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     kwargs = dict(transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, chunk_seconds=chunk_seconds,
-                  strength=strength)
+                  strength=strength, workers=workers)
     results: list[dict] = []
     if text is not None:
         with tempfile.TemporaryDirectory() as tmp:
