@@ -61,3 +61,23 @@ def test_validation_items_are_the_same_every_epoch_and_each_utterance_keeps_its_
     assert len(refs) == 1
     # without cover: one middle segment per utterance, as before
     assert len(Segments(split, 48, 256, seed=1, train=False, references=pool, ref_frames=64)) == len(split)
+
+
+def test_each_stage_validates_on_as_many_segments_per_utterance_as_its_recipe_says(make_dataset, tmp_path):
+    import pytest
+    import torch
+
+    from voiceclone.config import load_recipe
+    from voiceclone.data.store import Dataset
+    from voiceclone.errors import UserError
+    from voiceclone.stages.tasks import make_task
+
+    dataset = Dataset.open(make_dataset(tmp_path, speakers=3, utterances=3, seconds=3.0, seed=2))
+    for stage in ("acoustic", "vocoder"):
+        counts = {}
+        for n in (1, 6):
+            recipe = load_recipe("demo", [f"{stage}.train.val_segments={n}", f"{stage}.train.segment_frames=32"])
+            counts[n] = len(make_task(stage, recipe, dataset, torch.device("cpu")).val_segments("val"))
+        assert counts[1] == len(dataset.split("val")) < counts[6], (stage, counts)
+    with pytest.raises(UserError, match="val_segments"):
+        load_recipe("demo", ["vocoder.train.val_segments=0"])

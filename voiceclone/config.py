@@ -128,9 +128,13 @@ class TrainConfig:
     lr_backoff: float = 0.5  # learning-rate factor applied on such a reload
     bf16: bool = True  # autocast on CUDA only
     ema: float = 0.0  # weight average for validation and best.pt: its decay per step (0 = off; train/ema.py)
+    # validation segments per utterance: fixed, evenly spaced, covering utterances up to this many segments
+    # long, so the monitored loss measures whole utterances rather than one slice of each
+    val_segments: int = 6
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(1 <= self.val_segments <= 64, "train.val_segments", "must be in [1, 64]")
         _require(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1): the average's decay per step")
         _require(1 <= self.batch_size <= 4096, "train.batch_size", "must be in [1, 4096]")
         _require(8 <= self.segment_frames <= 8192, "train.segment_frames", "must be in [8, 8192]")

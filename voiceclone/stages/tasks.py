@@ -39,11 +39,6 @@ def _log_median(f0: Tensor) -> Tensor:
     med = torch.nanmedian(logs, dim=1).values
     return torch.nan_to_num(med, nan=float(np.log(150.0)))
 
-# validation segments per utterance (fixed, evenly spaced, covering utterances up to this many segments
-# long): the monitored loss then measures whole utterances, not one slice of each
-VAL_COVER = 6
-
-
 GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
 
 
@@ -177,7 +172,7 @@ class AcousticTask(Task):
         pool = reference_pool(s, self.dataset.split("train")) if split == "val" else reference_pool(s)
         return Segments(s, self.train_cfg.segment_frames, self.recipe.audio.hop_length, self.train_cfg.seed,
                         train=False, references=pool, ref_frames=self.ref_frames, speaker_ids=self.speaker_ids,
-                        cover=VAL_COVER)
+                        cover=self.train_cfg.val_segments)
 
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         mel, ref = batch["mel"].transpose(1, 2), batch["ref_mel"].transpose(1, 2)  # [B, M, T], [B, M, R]
@@ -286,7 +281,7 @@ class VocoderTask(Task):
         refs = reference_pool(s, self.dataset.split("train")) if self.acoustic is not None else None
         return Segments(s, frames, self.recipe.audio.hop_length, self.train_cfg.seed, train=train,
                         references=refs, ref_frames=2 * frames if refs else 0, with_audio=True,
-                        cover=0 if train else VAL_COVER)
+                        cover=0 if train else self.train_cfg.val_segments)
 
     def train_segments(self) -> Segments:
         return self._segments("train", self.train_cfg.segment_frames, True)
