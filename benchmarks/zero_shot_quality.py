@@ -144,8 +144,8 @@ def train_minutes(run: Path) -> str:
             continue
         rows = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
         if rows:
-            parts.append(f"{stage} {rows[-1]['epoch']} epochs in {sum(r.get('seconds', 0.0) for r in rows) / 60:.1f} "
-                         "min wall")
+            parts.append(f"{stage} {rows[-1]['epoch']} epochs, {sum(r.get('seconds', 0.0) for r in rows) / 60:.1f} "
+                         "min of training steps (validation not counted)")
     return "; ".join(parts) or "no training history"
 
 
@@ -181,6 +181,22 @@ def median_f0(y: np.ndarray, cfg) -> float | None:
 
 def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def interval(values: np.ndarray, statistic, seed: int = 0, draws: int = 2000) -> float:
+    """Half-width of the 95% bootstrap interval of statistic(values[idx]) over resampled pairs: what another
+    draw of pairs from the same voices could move the figure by."""
+    if len(values) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    stats = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(draws)]
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(hi - lo) / 2
+
+
+def pooled_rate(counts: np.ndarray) -> float:
+    """counts [N, 2] (edits, reference words) per pair -> the pooled error rate."""
+    return float(counts[:, 0].sum() / max(1, counts[:, 1].sum()))
 
 
 def merge_results(path: Path, rows: list[list[str]], notes: list[str], header: str) -> None:
@@ -255,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     pseudo = sum(1 for f in all_sources if str(f.resolve()) not in texts)
 
     rows = defaultdict(lambda: {"tgt": [], "src": [], "wer": J.ErrorCount(), "wer_src": J.ErrorCount(),
-                                "mos": [], "cpu": 0.0})
+                                "wer_pairs": [], "mos": [], "cpu": 0.0})
 
     def judge(name: str, y: np.ndarray, pair: dict, cpu: float, text: str | None = None,
               ovrl: float | None = None) -> None:
@@ -265,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         r["tgt"].append(J.cosine(e, profile[pair["target_speaker"]]))
         r["src"].append(J.cosine(e, profile_without(pair["source_speaker"], pair["source"])))
         s = sources[pair["source"]]
-        r["wer"] = r["wer"] + J.word_errors(s["ref_text"], asr.transcribe(y, rate) if text is None else text)
+        errors = J.word_errors(s["ref_text"], asr.transcribe(y, rate) if text is None else text)
+        r["wer"] = r["wer"] + errors
+        r["wer_pairs"].append((errors.edits, errors.length))
         r["wer_src"] = r["wer_src"] + J.word_errors(s["ref_text"], s["asr"])
         r["mos"].append(mos.score(y, rate)["ovrl"] if ovrl is None else ovrl)
         r["cpu"] += cpu
@@ -306,8 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         tgt, src = np.array(r["tgt"]), np.array(r["src"])
         has_text = r["wer"].length > 0
-        table.append([name, fmt(tgt.mean()), fmt(src.mean()), fmt(float((tgt > src).mean()), 2),
-                      fmt(100 * r["wer"].rate, 1) if has_text else "-",
+        secs = f"{fmt(tgt.mean())} ± {fmt(interval(tgt, np.mean))}" if len(tgt) > 1 else fmt(tgt.mean())
+        wer_out = "-"
+        if has_text:
+            counts = np.array(r["wer_pairs"], dtype=float)
+            wer_out = f"{fmt(100 * r['wer'].rate, 1)} ± {fmt(100 * interval(counts, pooled_rate), 1)}"
+        table.append([name, secs, fmt(src.mean()), fmt(float((tgt > src).mean()), 2), wer_out,
                       fmt(100 * r["wer_src"].rate, 1) if has_text else "-",
                       fmt(float(np.mean(r["mos"])), 2), fmt(r["cpu"] / 60, 3)])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -315,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"# Zero-shot quality on held-out real voices ({cpu})\n\n"
               f"`python benchmarks/zero_shot_quality.py` (see its docstring). Judges: {spk_judge.name}; "
               f"{asr.name}; {mos.name}. SECS = cosine of GE2E embeddings to the target's (source's) profile of "
-              f"other utterances; WER in %, pooled over the pairs; DNSMOS OVRL 1-5; CPU minutes of the "
-              f"conversions alone (torch/judge threads: {args.threads}).")
+              f"other utterances; WER in %, pooled over the pairs; ± = half-width of the 95% bootstrap interval "
+              f"over pairs (variants judged on the same pairs differ more reliably than the intervals "
+              f"suggest); DNSMOS OVRL 1-5; CPU minutes of the conversions alone (torch/judge threads: "
+              f"{args.threads}).")
     trained = train_minutes(args.run)
     notes = [f"- **{args.variant}**: run `{args.run}` ({trained}), data `{args.data}`, {len(pairs)} pairs over "
              f"{len(roles)} unseen speakers (seed {args.seed}), references {REF_MIN_S:.0f}-{REF_MAX_S:.0f} s; "
