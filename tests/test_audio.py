@@ -271,3 +271,7 @@ def test_split_evenly_cuts_in_the_pause_nearest_each_even_place():
     assert len(three) == 3 and all(b == c for (_, b), (c, _) in zip(three, three[1:]))
     assert all(abs((b - a) / sr - 4.0) <= 1.0 for a, b in three)
     assert A.split_evenly(y, sr, 1, 1.0) == [(0, len(y))]
+    for n, pieces in ((len(y), 7), (2000, 3), (700, 3), (100, 4)):  # any length and count: a cover, in order
+        got = A.split_evenly(y[:n], sr, pieces, slack_seconds=1.0)
+        assert got[0][0] == 0 and got[-1][1] == n and all(a < b for a, b in got)
+        assert all(b == c for (_, b), (c, _) in zip(got, got[1:]))

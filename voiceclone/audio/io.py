@@ -245,7 +245,7 @@ def split_evenly(y: np.ndarray, sample_rate: int, pieces: int, slack_seconds: fl
     for k in range(1, pieces):
         centre = k * len(rms) // pieces
         lo, hi = max(centre - slack, cuts[-1] // win + 1), min(centre + slack + 1, len(rms))
-        cuts.append((lo + int(np.argmin(rms[lo:hi]))) * win)
+        cuts.append((lo + int(np.argmin(rms[lo:hi]))) * win if lo < hi else max(centre, lo) * win)
     cuts.append(len(y))
     return list(zip(cuts[:-1], cuts[1:]))
 
