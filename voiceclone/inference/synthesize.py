@@ -194,6 +194,11 @@ def _context(cfg) -> int:
     return max(int(CONTEXT_SECONDS * cfg.sample_rate), int(FADE_SECONDS * cfg.sample_rate))
 
 
+def _cpu_workers(model: Model, workers: int) -> int:
+    """Windows converted at once: `workers` on the CPU; one on a GPU, which runs one window at a time anyway."""
+    return workers if next(model.acoustic.parameters()).device.type == "cpu" else 1
+
+
 def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
             f0s: list[np.ndarray] | None = None, strength: float = timbre.DEFAULT_STRENGTH,
             workers: int = 1) -> Iterator[np.ndarray]:
@@ -203,8 +208,7 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
     cfg = model.recipe.audio
     fade = int(FADE_SECONDS * cfg.sample_rate)
     device = next(model.acoustic.parameters()).device
-    if device.type != "cpu":
-        workers = 1  # one device runs one window at a time anyway
+    workers = _cpu_workers(model, workers)
 
     def convert_window(job: tuple[int, Window]) -> tuple[np.ndarray, int, int]:
         k, (x, a, b) = job
@@ -245,6 +249,7 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     in `info` is known before the first block is produced.
     """
     cfg = model.recipe.audio
+    workers = _cpu_workers(model, workers)
     seconds = len(y) / cfg.sample_rate
     count = max(math.ceil(seconds / chunk_seconds), min(workers, int(seconds / MIN_PARALLEL_SECONDS)))
     pieces = A.split_evenly(y, cfg.sample_rate, count, SPLIT_SLACK_SECONDS)
