@@ -4,6 +4,7 @@ Everything goes through the front end `prepare` uses (audio.load_audio, audio.cl
 model sees at synthesis exactly the features it was trained on. Long sources are cut at their quietest
 points into chunks; each chunk is converted with some context on both sides and the chunks are joined with
 short crossfades, so memory does not grow with the length of the source and the output is streamed to disk.
+On the CPU several chunks are converted at once, one single-threaded worker each (voiceclone/threads.py).
 """
 
 from __future__ import annotations
