@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -132,14 +131,15 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
         raise UserError(f"{path}: empty file (a checkpoint cut short); not a voiceclone checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only refused something: say what, never offer the way around
-        found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"Unsupported operand (\S+)", str(e))
-        what = found.group(1) if found else "Python objects"
-        raise UserError(f"{path}: refused: it holds {what}, not only tensors and plain values, and voiceclone "
-                        "never unpickles objects (not a voiceclone checkpoint)") from None
-    except Exception as e:  # a truncated file, a foreign format: refuse, never fall back
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None
+    except Exception as e:  # refuse, never fall back
+        text = str(e)
+        if "Weights only load failed" in text:  # the restricted loader refused something: say what
+            found = re.search(r"GLOBAL (\S+)", text) or re.search(r"Unsupported operand (\S+)", text)
+            what = found.group(1) if found else "Python objects"
+            raise UserError(f"{path}: refused: it holds {what}, not only tensors and plain values, and voiceclone "
+                            "never unpickles objects (not a voiceclone checkpoint)") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None  # truncated, foreign
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
