@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                       "mos": mos.score(y, rate)["ovrl"]}
     pseudo = sum(1 for f in all_sources if str(f.resolve()) not in texts)
 
-    rows = defaultdict(lambda: {"tgt": [], "src": [], "wer": J.ErrorCount(), "wer_src": J.ErrorCount(),
-                                "wer_pairs": [], "mos": [], "cpu": 0.0})
+    rows = defaultdict(lambda: {"tgt": [], "src": [], "wer_src": J.ErrorCount(), "wer_pairs": [], "mos": [],
+                                "cpu": 0.0})
 
     def judge(name: str, y: np.ndarray, pair: dict, cpu: float, text: str | None = None,
               ovrl: float | None = None) -> None:
@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         r["src"].append(J.cosine(e, profile_without(pair["source_speaker"], pair["source"])))
         s = sources[pair["source"]]
         errors = J.word_errors(s["ref_text"], asr.transcribe(y, rate) if text is None else text)
-        r["wer"] = r["wer"] + errors
-        r["wer_pairs"].append((errors.edits, errors.length))
+        r["wer_pairs"].append((errors.edits, errors.length))  # pooled over the pairs, and resampled by pair
         r["wer_src"] = r["wer_src"] + J.word_errors(s["ref_text"], s["asr"])
         r["mos"].append(mos.score(y, rate)["ovrl"] if ovrl is None else ovrl)
         r["cpu"] += cpu
@@ -323,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for name, r in rows.items():
         tgt, src = np.array(r["tgt"]), np.array(r["src"])
-        has_text = r["wer"].length > 0
+        counts = np.array(r["wer_pairs"], dtype=float).reshape(-1, 2)
+        has_text = counts[:, 1].sum() > 0
         secs = f"{fmt(tgt.mean())} ± {fmt(interval(tgt, np.mean))}" if len(tgt) > 1 else fmt(tgt.mean())
         wer_out = "-"
         if has_text:
-            counts = np.array(r["wer_pairs"], dtype=float)
-            wer_out = f"{fmt(100 * r['wer'].rate, 1)} ± {fmt(100 * interval(counts, pooled_rate), 1)}"
+            wer_out = f"{fmt(100 * pooled_rate(counts), 1)} ± {fmt(100 * interval(counts, pooled_rate), 1)}"
         table.append([name, secs, fmt(src.mean()), fmt(float((tgt > src).mean()), 2), wer_out,
                       fmt(100 * r["wer_src"].rate, 1) if has_text else "-",
                       fmt(float(np.mean(r["mos"])), 2), fmt(r["cpu"] / 60, 3)])
