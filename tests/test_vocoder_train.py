@@ -14,6 +14,7 @@ import torch
 from voiceclone import audio as A
 from voiceclone.run import load_checkpoint
 from voiceclone.data.store import Dataset
+from voiceclone.errors import UserError
 from voiceclone.evaluation.metrics import f0_metrics
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.stages.tasks import VocoderTask
@@ -104,3 +105,7 @@ def test_finetune_on_the_acoustic_models_outputs(prepared_dataset, tmp_path, qui
                     finetune_on_acoustic=True, console=quiet)
     assert results["vocoder"]["epochs"] == 1
     assert load_checkpoint(run / "vocoder/best.pt")["meta"]["finetuned_on_acoustic"] is True
+    # resuming it on dataset mels would compare its validation with a best measured on other inputs
+    with pytest.raises(UserError, match="resume it with --finetune-on-acoustic"):
+        train(prepared_dataset, run, stage="vocoder", overrides=VOC, epochs=2, early_stop=False, resume=True,
+              console=quiet)

@@ -84,6 +84,8 @@ class TrainRequest:
             argv += ["--recipe", self.recipe_arg]
         if self.finetuning:
             argv += ["--init-from", str(self.init_from), "--finetune"]
+        if self.finetune_on_acoustic and stage == "vocoder":
+            argv.append("--finetune-on-acoustic")
         for o in self.overrides:
             argv += ["--set", o]
         if self.epochs:
@@ -188,6 +190,12 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
         if missing:
             raise UserError(f"{last}: not a voiceclone resume checkpoint (missing {', '.join(missing)})")
+        was = bool(state["meta"].get("finetuned_on_acoustic", False))
+        if stage == "vocoder" and was != req.finetune_on_acoustic:
+            # its best validation loss was measured on other input mels: the new epochs could never beat it,
+            # so best.pt would silently stay the old model
+            raise UserError(f"{last}: trained {'on the acoustic model outputs' if was else 'on dataset mels'}; "
+                            f"resume it {'with' if was else 'without'} --finetune-on-acoustic, or start a new --run")
         if state.get("dataset"):  # checkpoints from before datasets were recorded have none
             changes = R.speaker_changes(state["dataset"], dataset)
             if changes:
