@@ -169,6 +169,22 @@ def test_workers_cut_a_short_source_into_even_pieces(trained):
     assert convert(model, y[: 6 * 16000], ref, workers=2)[1]["chunks"] == 1  # 3 s pieces would not pay
 
 
+def test_one_window_runs_on_the_process_threads_and_shared_windows_on_one_each(trained):
+    from voiceclone.threads import torch_threads
+
+    model = load_model(trained["run"])
+    ref = embed_references(model, [wav(trained["corpus"], 0, 0)])
+    y = np.concatenate([A.load_audio(wav(trained["corpus"], 4, u), 16000) for u in range(6)])
+    seen, convert_mel = [], model.acoustic.convert
+    model.acoustic.convert = lambda *a, **k: (seen.append(torch.get_num_threads()), convert_mel(*a, **k))[1]
+    with torch_threads(2):
+        list(convert(model, y[: 6 * 16000], ref, workers=2)[0])  # one window: two workers would leave a core idle
+        assert seen == [2]
+        seen.clear()
+        list(convert(model, y, ref, workers=2)[0])
+        assert seen == [1, 1]
+
+
 def test_long_sources_stream_with_flat_memory(trained, tmp_path):
     import tracemalloc
 

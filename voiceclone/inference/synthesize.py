@@ -258,8 +258,9 @@ def convert(model: Model, y: np.ndarray, ref: Reference, transpose: float = 0.0,
     # the source register first, and reused while rendering
     f0s = list(ordered_map(lambda w: A.f0(w[0], cfg), windows, workers))
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
-    return _render(model, iter(windows), ref, ratio, f0s, strength, workers), {**info, "chunks": len(pieces),
-                                                                                "timbre": strength}
+    # one window alone runs on the process's threads: single-threaded workers only pay with windows to share
+    blocks = _render(model, iter(windows), ref, ratio, f0s, strength, min(workers, len(windows)))
+    return blocks, {**info, "chunks": len(pieces), "timbre": strength}
 
 
 def convert_stream(model: Model, source: Path, ref: Reference, transpose: float = 0.0, keep_pitch: bool = False,
