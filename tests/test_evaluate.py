@@ -287,6 +287,13 @@ def test_report_independent_judges(run_report):
     assert -1 <= ind["zero_shot"]["secs_to_target"]["mean"] <= 1
     assert 1 <= ind["copy_synthesis"]["dnsmos_ovrl"]["mean"] <= 5
     assert 0 <= ind["zero_shot"]["nearer_target"]["share"] <= 1
+    # the corpus WER: edits over all the pairs' words, not a mean of per-pair rates
+    items = [r["independent"] for r in run_report["report"]["zero_shot"]["items"]]
+    words = sum(r["words"] for r in items)  # the synthetic voices may say no word Whisper knows
+    assert ind["zero_shot"]["wer_out_pooled"]["n"] == words
+    pooled = ind["zero_shot"]["wer_out_pooled"]["value"]
+    assert pooled is None if words == 0 else pooled == pytest.approx(sum(r["word_edits"] for r in items) / words)
+    assert "wer_out_pooled" in run_report["output"]
     assert "independent judge, speaker_similarity: Resemblyzer" in " ".join(run_report["output"].split())
 
 

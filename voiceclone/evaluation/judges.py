@@ -263,7 +263,9 @@ class Panel:
         text = self.asr.transcribe(source, sr)
         heard = self.asr.transcribe(out, sr)
         mos = self.mos.score(out, sr)
+        words, chars = word_errors(text, heard), char_errors(text, heard)
         return {"secs_to_target": to_target, "secs_to_source": to_source,
                 "nearer_target": None if to_target is None or to_source is None else bool(to_target > to_source),
-                "source_text": text, "output_text": heard, "wer_out": wer(text, heard), "cer_out": cer(text, heard),
+                "source_text": text, "output_text": heard, "wer_out": words.rate, "cer_out": chars.rate,
+                "word_edits": words.edits, "words": words.length, "char_edits": chars.edits, "chars": chars.length,
                 "dnsmos_ovrl": mos["ovrl"], "dnsmos_sig": mos["sig"], "dnsmos_bak": mos["bak"]}

@@ -48,8 +48,8 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         table.add_section()
         table.add_row(f"[bold]{section}[/]")
         for name, m in rows.items():
-            if "share" in m:
-                table.add_row(f"  {name}", fmt(m["share"]), "", str(m["n"]), m["unit"])
+            if "share" in m or "value" in m:  # one figure over all pairs, not a summary of per-pair values
+                table.add_row(f"  {name}", fmt(m.get("share", m.get("value"))), "", str(m["n"]), m["unit"])
                 continue
             places = decimals_for(max(abs(m["mean"]), m["std"])) if m["mean"] is not None else None
             spread = "-" if m["mean"] is None else f"{fmt(m['mean'], places)} ± {fmt(m['std'], places)}"

@@ -39,6 +39,8 @@ UNITS = {
     "nearer_target": "fraction of pairs", "pitch_shift": "semitones",
     "secs_to_target": "cosine (Resemblyzer GE2E)", "secs_to_source": "cosine (Resemblyzer GE2E)",
     "wer_out": "word error rate vs the source's transcript", "cer_out": "character error rate vs the source's transcript",
+    "wer_out_pooled": "word error rate over all words (n = words)",
+    "cer_out_pooled": "character error rate over all characters (n = characters)",
     "dnsmos_ovrl": "DNSMOS OVRL (1-5)", "dnsmos_sig": "DNSMOS SIG (1-5)", "dnsmos_bak": "DNSMOS BAK (1-5)",
 }
 VALIDATION_UNITS = {"mel": "log-mel L1", "f0_rmse_cents": "cents"}
