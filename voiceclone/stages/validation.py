@@ -12,6 +12,15 @@ from voiceclone.data.dataset import EpochBatches, Segments
 from voiceclone.stages.tasks import Task
 
 
+BF16_DEVICES = ("cuda",)  # elsewhere bf16 is emulated or slow: autocast stays off
+
+
+def mixed_precision(device: torch.device, bf16: bool):
+    """bf16 autocast for the forward passes (training steps and validation) when the recipe asks for it
+    (`train.bf16`) and the device runs it natively; a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in BF16_DEVICES)
+
+
 @torch.no_grad()
 def validation_losses(task: Task, data: Segments, batch_size: int, rank: int = 0, world: int = 1,
                       bf16: bool = True) -> dict[str, float]:
@@ -30,7 +39,7 @@ def validation_losses(task: Task, data: Segments, batch_size: int, rank: int = 0
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
     for batch in loader:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16):
+        with mixed_precision(device, bf16):
             values = task.val_losses({k: v.to(device) for k, v in batch.items()})
         for name, v in values.items():
             v = v.float()

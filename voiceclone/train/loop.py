@@ -31,7 +31,7 @@ from voiceclone.data.dataset import EpochBatches, Segments
 from voiceclone.errors import UserError
 from voiceclone.evaluation import convergence
 from voiceclone.stages.tasks import Task
-from voiceclone.stages.validation import validation_losses
+from voiceclone.stages.validation import mixed_precision, validation_losses
 from voiceclone.threads import ThreadGovernor
 from voiceclone.train.display import Display
 from voiceclone.train.distributed import Distributed, StopRequest
@@ -106,7 +106,7 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.cfg.bf16)
+        return mixed_precision(self.device, self.cfg.bf16)
 
     # --- state ---------------------------------------------------------------------------------------
 
