@@ -105,9 +105,6 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _autocast(self):
-        return mixed_precision(self.device, self.cfg.bf16)
-
     # --- state ---------------------------------------------------------------------------------------
 
     @property
@@ -214,7 +211,7 @@ class Trainer:
         values: dict[str, float] = {}
         weights = self.task.weights
         for group in self.task.groups:
-            with self._autocast():
+            with mixed_precision(self.device, self.cfg.bf16):
                 losses = self.task.losses(group, batch, self.progress.step)
             if not losses:
                 continue
