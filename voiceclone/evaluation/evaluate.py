@@ -352,9 +352,8 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     the field reports; the per-pair means beside them weigh a three-word clip like a long sentence."""
     out = {}
     for key, edits, length in (("wer_out_pooled", "word_edits", "words"), ("cer_out_pooled", "char_edits", "chars")):
-        total = sum(r[length] for r in rows)
-        value = sum(r[edits] for r in rows) / total if total else None
-        out[key] = {"value": value, "n": total, "unit": UNITS[key]}
+        total = sum((J.ErrorCount(r[edits], r[length]) for r in rows), J.ErrorCount())
+        out[key] = {"value": total.rate if total.length else None, "n": total.length, "unit": UNITS[key]}
     return out
 
 
