@@ -52,7 +52,7 @@ def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple
         if not p.exists():
             raise UserError(f"{p}: no such file or folder")
         if p.is_dir():
-            n = _scan_folder(p, found, ignored, excluded)
+            n = _scan_folder(p, found, skipped, ignored, excluded)
             if n == 0:
                 raise UserError(f"{p}: no audio files found (looked for {', '.join(A.AUDIO_EXTENSIONS)})")
         elif p.suffix.lower() in MANIFEST_DELIMITERS:
@@ -83,7 +83,8 @@ def _source(path: Path, speaker: str, rel: str) -> Source:
     return Source(str(path.resolve()), speaker, f"{speaker}/{rel}", st.st_size, st.st_mtime_ns)
 
 
-def _scan_folder(root: Path, found: list[Source], ignored: Counter, excluded: Path | None) -> int:
+def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: Counter,
+                 excluded: Path | None) -> int:
     root_name = root.resolve().name
     n = 0
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -99,7 +100,11 @@ def _scan_folder(root: Path, found: list[Source], ignored: Counter, excluded: Pa
                 continue
             parts = path.relative_to(root).parts
             speaker, rel = (root_name, parts[0]) if len(parts) == 1 else (parts[0], "/".join(parts[1:]))
-            found.append(_source(path, speaker, rel))
+            try:
+                found.append(_source(path, speaker, rel))
+            except (OSError, RuntimeError) as e:  # a dangling or looping symlink: one file, not the whole run
+                skipped.append(skip_record(str(path), "missing", e.strerror if isinstance(e, OSError) and e.strerror
+                                           else str(e)))
             n += 1
     return n
 
