@@ -404,16 +404,18 @@ def test_mixed_formats_and_bad_files(tmp_path):
     assert list(Dataset.open(tmp_path / "ds").speakers) == ["alice"]
 
 
-def test_broken_links_in_a_corpus_are_skipped(tmp_path):
+def test_broken_and_looping_links_in_a_corpus(tmp_path):
     corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
     os.symlink("gone.wav", corpus / "spk000" / "dangling.wav")
     os.symlink("self.wav", corpus / "spk000" / "self.wav")
+    os.symlink("..", corpus / "spk000" / "up")  # back to the corpus root: its files are not spk000's
     summary, _ = run(corpus, tmp_path / "ds")
     report = json.loads((tmp_path / "ds" / "report.json").read_text())
     assert {Path(r["path"]).name: r["reason"] for r in report["skipped"]} == {"dangling.wav": "missing",
                                                                               "self.wav": "missing"}
     ds = Dataset.open(tmp_path / "ds")
     assert sorted(ds.speakers) == ["spk000", "spk001", "spk002"] and summary["used"] == 6
+    assert all(r["id"].split("/")[0] == r["speaker"] for r in ds.manifest)
 
 
 def test_manifests(synthetic_corpus, tmp_path):

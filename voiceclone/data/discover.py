@@ -90,7 +90,8 @@ def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: 
     for folder, dirs, files in os.walk(root, followlinks=True):
         here = Path(folder)
         # hidden folders hold tool state (.git, a dataset's cache), never recordings
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
+                         and not _loops(here, d))
         for name in sorted(files):
             path = here / name
             if name.startswith("."):
@@ -107,6 +108,18 @@ def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: 
                                            else str(e)))
             n += 1
     return n
+
+
+def _loops(here: Path, name: str) -> bool:
+    """Whether the folder link here/name leads back to `here` or above it: followed, it would walk the corpus
+    again below one speaker, and the files met first there would be filed under that speaker."""
+    if not (here / name).is_symlink():
+        return False
+    try:
+        target, real = (here / name).resolve(), here.resolve()
+    except (OSError, RuntimeError):  # a link that cannot be resolved leads nowhere useful
+        return True
+    return target == real or target in real.parents
 
 
 def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None:
