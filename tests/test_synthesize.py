@@ -222,6 +222,18 @@ def test_folder_mode_converts_every_file_and_skips_a_corrupt_one(trained, tmp_pa
     assert "broken.wav" in r.output
 
 
+def test_folder_mode_keeps_every_output_when_two_sources_share_a_stem(trained, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(wav(trained["corpus"], 3, 0), src / "take.wav")
+    y, sr = sf.read(wav(trained["corpus"], 4, 0))
+    sf.write(src / "take.flac", y, sr)
+    r = synth("--model", str(trained["run"]), "--reference", str(wav(trained["corpus"], 0, 0)),
+              "--source", str(src), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["take.flac.wav", "take.wav"]
+
+
 def _median_f0(path: Path, cfg: AudioConfig) -> float:
     f0 = A.f0(A.load_audio(path, cfg.sample_rate), cfg)
     return float(np.median(f0[f0 > 0]))

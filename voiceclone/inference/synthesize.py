@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -401,10 +402,10 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as bar:
             task = bar.add_task("convert", total=len(files))
+            targets = _folder_targets(source, files, out)
             for f in files:
                 try:
-                    target = out / f.relative_to(source).with_suffix(".wav")
-                    results.append(synthesize_file(model, ref, f, target, **kwargs))
+                    results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
                 except A.AudioError as e:
                     failed.append(str(e))
                     console.print(f"[yellow]skipped[/] {e}", highlight=False)
@@ -417,6 +418,15 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         results.append(synthesize_file(model, ref, source, out, **kwargs))
     _print_summary(console, results)
     return results
+
+
+def _folder_targets(source: Path, files: list[Path], out: Path) -> dict[Path, Path]:
+    """Each source file's output: the same name with .wav, or with .wav added to the whole name where two
+    sources share a stem (a.wav and a.flac), so that no output overwrites another."""
+    plain = {f: out / f.relative_to(source).with_suffix(".wav") for f in files}
+    taken = Counter(plain.values())
+    return {f: t if taken[t] == 1 or f.suffix == ".wav" else out / f.relative_to(source).with_name(f.name + ".wav")
+            for f, t in plain.items()}
 
 
 def _print_summary(console: Console, results: list[dict]) -> None:
