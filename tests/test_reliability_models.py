@@ -212,3 +212,12 @@ def test_a_long_reference_is_not_read_whole(model, tmp_path):
         assert peak < whole / 2, peak
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:99"])
+def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--device", device), f"--device {device}")
+    one_line_error(runner.invoke(app, ["evaluate", "--model", str(model["bundle"]), "--data", str(model["data"]),
+                                       "--device", device]), f"--device {device}")
+    one_line_error(runner.invoke(app, ["train", "--data", str(model["data"]), "--run", str(tmp_path / "run"),
+                                       "--epochs", "1", "--device", device]), f"--device {device}")

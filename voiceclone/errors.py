@@ -79,6 +79,25 @@ def check_output(path: Path | str, folder: bool = False) -> None:
         raise UserError(f"{p}: cannot be written: {parent} is a file, not a folder")
 
 
+def parse_device(name: str):
+    """--device as a torch.device; a misspelt name, or CUDA or a CUDA index this machine lacks, is a UserError
+    (torch says so with a RuntimeError or an AssertionError only when the model is moved)."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return dev
+
+
 @contextmanager
 def writing(path: Path | str) -> Iterator[None]:
     """Turn a file-system error inside the block into a UserError naming `path` (writes on a full disk

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from voiceclone import audio as A
 from voiceclone.data.store import Dataset
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, parse_device
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, metrics
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import fmt
@@ -36,7 +35,7 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
     training clips (judged by the base's speaker encoder unless --speaker-encoder names another) win.
     """
     console = console or Console(stderr=True)
-    dev = torch.device(device or "cpu")
+    dev = parse_device(device or "cpu")
     dataset = Dataset.open(data)
     split_data = dataset.split(split)
     if len(split_data) == 0:

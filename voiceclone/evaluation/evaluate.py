@@ -39,7 +39,7 @@ from voiceclone import audio as A
 from voiceclone import run as R
 from voiceclone.data.dataset import reference_pool
 from voiceclone.data.store import SPLITS, Dataset, Split
-from voiceclone.errors import UserError, check_output
+from voiceclone.errors import UserError, check_output, parse_device
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
 from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
@@ -103,11 +103,9 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     if pairs < 1 or max_utterances < 1:
         raise UserError("--pairs and --max-utterances must be at least 1")
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    dev = parse_device(device or "cpu")
     clock = _Clock()
     model_path, data = Path(model_path), Path(data)
-    dev = torch.device(device or "cpu")
     dataset = Dataset.open(data)
     model = load_model(model_path, need_vocoder=True, device=dev)
     check_audio(model.recipe.audio, dataset.audio, f"{data}: prepared with another audio config than the "

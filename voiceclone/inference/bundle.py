@@ -25,7 +25,7 @@ from torch import nn
 
 from voiceclone import __version__
 from voiceclone.config import Recipe, recipe_from_dict
-from voiceclone.errors import UserError, check_output, writing
+from voiceclone.errors import UserError, check_output, parse_device, writing
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.run import best_path, load_checkpoint
@@ -92,6 +92,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str, p
 def load_model(path: Path | str, need_vocoder: bool = True, device: str | torch.device = "cpu") -> Model:
     """A run folder (its best checkpoints) or a bundle file."""
     path = Path(path)
+    device = parse_device(device) if isinstance(device, str) else device  # before the minutes of loading
     if path.is_dir():
         model = _from_run(path, need_vocoder)
     elif path.is_file():

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from voiceclone.errors import UserError
+from voiceclone.errors import parse_device
 
 
 @dataclass
@@ -38,9 +38,7 @@ def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
             return d, torch.device("cuda", d.local_rank)
         return d, torch.device("cpu")
     if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine")
-        return Distributed(), torch.device(device)
+        return Distributed(), parse_device(device)
     return Distributed(), torch.device("cuda" if use_cuda else "cpu")
 
 
