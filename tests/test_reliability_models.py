@@ -152,6 +152,20 @@ def test_a_full_disk_when_writing_audio_or_a_bundle_is_one_line(model, tmp_path)
         assert not (fs / "o.wav").exists() and not list(fs.glob(".*"))
 
 
+def test_unwritable_stream_outputs_are_one_line_and_leave_nothing(model, tmp_path):
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "file").write_text("x")
+    one_line_error(synth(model, model["bundle"], tmp_path / "folder.wav", "--stream"), "folder.wav")
+    one_line_error(synth(model, model["bundle"], tmp_path / "file" / "o.wav", "--stream"), "file")
+    with small_filesystem(tmp_path / "fs", 64 * 1024) as fs:
+        with open(fs / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        one_line_error(synth(model, model["bundle"], fs / "o.wav", "--stream"), "no space left", "o.wav")
+        assert sorted(p.name for p in fs.iterdir()) == ["filler"]
+
+
 # --- 13. malformed bundle metadata ---------------------------------------------------------------------
 
 

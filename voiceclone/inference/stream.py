@@ -392,12 +392,11 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     """
     from pathlib import Path
 
-    import soundfile as sf
     from rich.console import Console
 
     from voiceclone.inference.bundle import load_model
-    from voiceclone.errors import UserError
-    from voiceclone.inference.synthesize import embed_references
+    from voiceclone.errors import UserError, check_output
+    from voiceclone.inference.synthesize import embed_references, write_wav
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
@@ -409,6 +408,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
         raise UserError(f"{source}: no such file")
     if sample_rate is not None and not 8000 <= sample_rate <= 192000:
         raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
+    check_output(out)
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
     for w in ref.warnings:
@@ -425,8 +425,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     rate = sample_rate or cfg.sample_rate
     if rate != cfg.sample_rate:
         wav = A.resample(wav, cfg.sample_rate, rate)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out), wav, rate, subtype="PCM_16")
+    write_wav(out, [wav], rate)
     result = {"source": str(source), "output": str(out), "seconds": len(y) / cfg.sample_rate, "elapsed": elapsed,
               "blocks": len(report.block_seconds), **describe(report, cfg)}
     print_report(console, result)

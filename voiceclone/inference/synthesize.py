@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -324,25 +324,40 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
         blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength, workers)
         seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
-    resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32", quality="HQ") \
-        if rate != cfg.sample_rate else None
+    write_wav(out, _resampled(blocks, cfg.sample_rate, rate), rate, subtype)
+    elapsed = time.perf_counter() - started
+    return {"source": str(source), "output": str(out), "seconds": seconds, "elapsed": elapsed,
+            "x_real_time": seconds / max(elapsed, 1e-9), "sample_rate": rate, "reference_seconds": ref.seconds, **info}
+
+
+def _resampled(blocks: Iterator[np.ndarray], rate: int, target: int) -> Iterator[np.ndarray]:
+    if rate == target:
+        yield from blocks
+        return
+    resampler = soxr.ResampleStream(rate, target, 1, dtype="float32", quality="HQ")
+    for block in blocks:
+        yield resampler.resample_chunk(block)
+    yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def write_wav(out: Path, blocks: Iterable[np.ndarray], rate: int, subtype: str = "PCM_16") -> None:
+    """Write mono blocks to `out` through a temporary file beside it, so that a failure (a full disk, an
+    unwritable path: one line naming `out`) never leaves a half-written file under the final name."""
     with writing(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     try:
+        with writing(out):  # opened here first: libsndfile reports every failed open as "System error"
+            tmp.open("wb").close()
         with writing(out), _sound_errors(out), sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1,
                                                             subtype=subtype, format="WAV") as f:
             for block in blocks:
-                f.write(resampler.resample_chunk(block) if resampler else block)
-            if resampler:
-                f.write(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                f.write(block)
         with writing(out):
             tmp.replace(out)
     finally:
-        tmp.unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
-    return {"source": str(source), "output": str(out), "seconds": seconds, "elapsed": elapsed,
-            "x_real_time": seconds / max(elapsed, 1e-9), "sample_rate": rate, "reference_seconds": ref.seconds, **info}
+        with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
