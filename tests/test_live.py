@@ -98,6 +98,14 @@ def test_no_audio_device_is_one_line_and_exit_2(monkeypatch, model_args):
     one_line_error(invoke(*model_args), "no audio device (PortAudio: Error querying device -1)")
 
 
+@pytest.mark.parametrize("option, message", [(["--transpose", "nan"], "--transpose nan: expected"),
+                                             (["--source-f0", "0"], "--source-f0 0: expected 20-2000 Hz"),
+                                             (["--seconds", "-1"], "--seconds -1: expected more than 0")])
+def test_nonsense_options_are_one_line_before_any_device_or_model(monkeypatch, tmp_path, option, message):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
+    one_line_error(invoke("--model", str(tmp_path / "none"), *option), message)
+
+
 def test_missing_sounddevice_or_portaudio_says_what_to_install(monkeypatch, model_args, tmp_path):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import sounddevice -> ImportError
     one_line_error(invoke(*model_args), "pip install 'voiceclone[live]'")

@@ -235,3 +235,10 @@ def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
                                        "--device", device]), f"--device {device}")
     one_line_error(runner.invoke(app, ["train", "--data", str(model["data"]), "--run", str(tmp_path / "run"),
                                        "--epochs", "1", "--device", device]), f"--device {device}")
+
+
+@pytest.mark.parametrize("option", [["--chunk-seconds", "0"], ["--chunk-seconds", "nan"], ["--transpose", "nan"],
+                                    ["--transpose", "1000"], ["--stream", "--transpose", "-inf"]])
+def test_nonsense_synthesis_options_are_one_line(model, tmp_path, option):
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", *option), option[-2])
+    assert not (tmp_path / "o.wav").exists()

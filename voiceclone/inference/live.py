@@ -89,12 +89,17 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line,
                                              print_report)
     from voiceclone.inference import timbre
-    from voiceclone.inference.synthesize import embed_references
+    from voiceclone.inference.synthesize import check_transpose, embed_references
     from voiceclone.threads import torch_threads
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
     timbre.check_strength(strength)
+    check_transpose(transpose)
+    if source_f0 is not None and not 20.0 <= source_f0 <= 2000.0:  # a divisor of the pitch shift
+        raise UserError(f"--source-f0 {source_f0:g}: expected 20-2000 Hz")
+    if seconds is not None and not seconds > 0:
+        raise UserError(f"--seconds {seconds:g}: expected more than 0")
     sd = import_sounddevice()
     found = devices(sd)
     if list_devices:

@@ -396,11 +396,12 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
 
     from voiceclone.inference.bundle import load_model
     from voiceclone.errors import UserError, check_output
-    from voiceclone.inference.synthesize import embed_references, write_wav
+    from voiceclone.inference.synthesize import check_transpose, embed_references, write_wav
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
     timbre.check_strength(strength)
+    check_transpose(transpose)
     source, out = Path(source), Path(out)
     if source.is_dir():
         raise UserError(f"{source}: --stream converts one file, not a folder")

@@ -47,6 +47,16 @@ STREAM_SECONDS = 30.0  # longer sources are read block by block (two passes) ins
 REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound: 3-10 s of speech suffice
 
 
+MAX_TRANSPOSE = 48.0  # semitones: four octaves, more than any voice spans
+MAX_CHUNK_SECONDS = 3600.0
+
+
+def check_transpose(transpose: float) -> None:
+    """A NaN or huge --transpose does not fail: it silently feeds the vocoder a nonsense F0."""
+    if not -MAX_TRANSPOSE <= transpose <= MAX_TRANSPOSE:
+        raise UserError(f"--transpose {transpose:g}: expected -{MAX_TRANSPOSE:g} to {MAX_TRANSPOSE:g} semitones")
+
+
 @dataclass
 class Reference:
     vector: torch.Tensor  # [speaker_dim], the average over the reference clips
@@ -394,6 +404,10 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     if (source is None) == (text is None):
         raise UserError("give exactly one of --source or --text")
     timbre.check_strength(strength)
+    check_transpose(transpose)
+    # a piece shorter than the context converted on each side of it is mostly waste; 0 divides by zero
+    if not 2 * CONTEXT_SECONDS <= chunk_seconds <= MAX_CHUNK_SECONDS:
+        raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
     if sample_rate is not None and not 8000 <= sample_rate <= 192000:
         raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
     check_output(out, folder=source is not None and source.is_dir())
