@@ -166,6 +166,24 @@ def test_unwritable_stream_outputs_are_one_line_and_leave_nothing(model, tmp_pat
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]
 
 
+@pytest.mark.parametrize("content", ["tensor", "foreign dict", "no tensors"])
+def test_a_foreign_best_checkpoint_in_a_run_folder_is_one_line(model, tmp_path, content):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(model["run"], run)
+    best = run / "vocoder" / "best.pt"
+    if content == "tensor":
+        torch.save(torch.zeros(3), best)
+    elif content == "foreign dict":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, best)
+    else:
+        state = torch.load(best, weights_only=True)
+        torch.save({**state, "modules": {"generator": [1, 2]}}, best)
+    one_line_error(synth(model, run, tmp_path / "o.wav"), "best.pt", "not a voiceclone checkpoint")
+    one_line_error(runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m.safetensors")]), "best.pt")
+
+
 # --- 13. malformed bundle metadata ---------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from voiceclone.config import ConvergenceConfig, read_recipe_json
 from voiceclone.errors import UserError, writing
@@ -118,8 +118,9 @@ def stage_convergence(folder: Path | str) -> ConvergenceConfig:
 # Checkpoints.
 
 
-def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
-    """A training checkpoint (ours), with weights_only=True and no fallback."""
+def load_checkpoint(path: Path | str, map_location: Any = "cpu", keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A training checkpoint (ours), with weights_only=True and no fallback; `keys`: the entries its reader
+    needs (a foreign file can hold any plain value: a tensor, a list, another program's dict)."""
     import torch
 
     path = Path(path)
@@ -130,7 +131,7 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (a checkpoint cut short); not a voiceclone checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # refuse, never fall back
         text = str(e)
         if "Weights only load failed" in text:  # the restricted loader refused something: say what
@@ -140,6 +141,12 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
                             "never unpickles objects (not a voiceclone checkpoint)") from None
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
         raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None  # truncated, foreign
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a voiceclone checkpoint (it holds a {type(state).__name__})")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise UserError(f"{path}: not a voiceclone checkpoint (missing {', '.join(missing)})")
+    return state
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:

@@ -105,29 +105,41 @@ def load_model(path: Path | str, need_vocoder: bool = True, device: str | torch.
     return model.to(device)
 
 
+BEST_KEYS = ("recipe", "meta", "modules", "epoch")
+
+
 def _from_run(run: Path, need_vocoder: bool) -> Model:
     ac_path = best_path(run, "acoustic")
     if not ac_path.is_file():
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
-    ac = load_checkpoint(ac_path)
+    ac = load_checkpoint(ac_path, keys=BEST_KEYS)
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
     acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path)))
-    _load_state(acoustic, ac["modules"]["model"], str(ac_path))
+    _load_state(acoustic, _module_state(ac, "model", ac_path), str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
     vocoder = None
     voc_path = best_path(run, "vocoder")
     if voc_path.is_file():
-        voc = load_checkpoint(voc_path)
+        voc = load_checkpoint(voc_path, keys=BEST_KEYS)
+        check_meta(voc["meta"], str(voc_path))
         voc_recipe = recipe_from_dict(voc["recipe"], source=str(voc_path))
         if voc_recipe.audio != recipe.audio:
             raise UserError(f"{voc_path}: the vocoder was trained with another audio config than the acoustic model")
         recipe = recipe_from_dict({**recipe.to_dict(), "vocoder": voc_recipe.to_dict()["vocoder"]})
         vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-        _load_state(vocoder, voc["modules"]["generator"], str(voc_path))
+        _load_state(vocoder, _module_state(voc, "generator", voc_path), str(voc_path))
         meta["vocoder"], meta["vocoder_epoch"] = voc["meta"], voc["epoch"]
     elif need_vocoder:
         raise UserError(f"{run}: no trained vocoder (expected {voc_path}; run `voiceclone train --stage vocoder`)")
     return Model(recipe, acoustic, vocoder, meta, source=str(run))
+
+
+def _module_state(checkpoint: dict[str, Any], name: str, path: Path) -> dict[str, torch.Tensor]:
+    """One network's tensors from a checkpoint, refused in one line unless a mapping of names to tensors."""
+    state = checkpoint["modules"].get(name) if isinstance(checkpoint["modules"], dict) else None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{path}: not a voiceclone checkpoint (no tensors for the {name})")
+    return state
 
 
 def _from_bundle(path: Path, need_vocoder: bool) -> Model:

@@ -152,11 +152,17 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     return results
 
 
+def _from_base(best: Path) -> bool:
+    """Whether a run's best vocoder is the one a fine-tune adopted from its base."""
+    meta = R.load_checkpoint(best, keys=("meta",))["meta"]
+    return bool(meta.get("from_base")) if isinstance(meta, dict) else False
+
+
 def _adopt_base_vocoder(run: Path, base: Model, init_from: Path) -> None:
     """A fine-tune of the acoustic model alone speaks through its base's vocoder: copied into the run (so
     evaluate, synthesize and export find it), marked as the base's."""
     path = R.best_path(run, "vocoder")
-    if path.is_file() and not R.load_checkpoint(path).get("meta", {}).get("from_base"):
+    if path.is_file() and not _from_base(path):
         return  # a vocoder of this run's own: keep it
     R.save_atomic({"format": 1, "stage": "vocoder", "recipe": base.recipe.to_dict(),
                    "meta": {"from_base": str(init_from)}, "epoch": 0, "value": math.nan,
@@ -180,7 +186,7 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
     fresh start. Never a fresh start over a best model or a history: that would replace them unasked."""
     last, best, folder = R.last_path(req.run, stage), R.best_path(req.run, stage), R.stage_dir(req.run, stage)
     if stage == "vocoder" and best.is_file() and not last.is_file() and not R.has_history(folder):
-        if R.load_checkpoint(best).get("meta", {}).get("from_base"):
+        if _from_base(best):
             best.unlink()  # the base's vocoder, adopted by a fine-tune: a vocoder trained here replaces it
     if req.resume and not last.is_file() and (best.is_file() or R.has_history(folder)):
         raise UserError(f"{last}: missing, so the run cannot be resumed from where it stopped; {best.name} is "
