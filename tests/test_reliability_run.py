@@ -273,6 +273,18 @@ def test_malformed_last_checkpoints_are_one_line(prepared_dataset, one_epoch, tm
     assert r.output.strip().endswith((")", "."))
 
 
+@pytest.mark.parametrize("change", [{"meta": [1]}, {"modules": {"model": [1]}}, {"progress": {"bogus": 1}},
+                                    {"rng": {"torch": [1, 2]}}])
+def test_a_resume_checkpoint_with_the_keys_but_not_their_content_is_one_line(prepared_dataset, one_epoch, tmp_path,
+                                                                              change):
+    run = copy_run(one_epoch, tmp_path)
+    torch.save({**load(run / "acoustic/last.pt"), **change}, run / "acoustic/last.pt")
+    best = (run / "acoustic/best.pt").read_bytes()
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "3", "--resume"), "last.pt",
+                   "not a voiceclone resume checkpoint")
+    assert (run / "acoustic/best.pt").read_bytes() == best and len(history(run)) == 2
+
+
 # --- 15. --epochs ----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from voiceclone import run as R
 from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data.store import Dataset
 from voiceclone.errors import TrainingFailed, UserError, check_output
-from voiceclone.inference.bundle import Model, load_model
+from voiceclone.inference.bundle import Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
 from voiceclone.threads import ThreadGovernor
@@ -196,6 +196,10 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
         if missing:
             raise UserError(f"{last}: not a voiceclone resume checkpoint (missing {', '.join(missing)})")
+        wrong = [k for k in RESUME_KEYS if not isinstance(state[k], dict)]
+        if wrong:
+            raise UserError(f"{last}: not a voiceclone resume checkpoint ({', '.join(wrong)} not a mapping)")
+        check_meta(state["meta"], str(last))
         was = bool(state["meta"].get("finetuned_on_acoustic", False))
         if stage == "vocoder" and was != req.finetune_on_acoustic:
             # its best validation loss was measured on other input mels: the new epochs could never beat it,
@@ -257,7 +261,13 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     if req.tensorboard and req.dist.main:
         trainer.scalars = tboard.Scalars(R.stage_dir(req.run, stage), stage)
     if state is not None:
-        trainer.resume(state)
+        try:
+            trainer.resume(state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            # the keys are there, what they hold is not what this run saves (shapes, counters, RNG state)
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise UserError(f"{R.last_path(req.run, stage)}: not a voiceclone resume checkpoint for this run "
+                            f"({first[:200]})") from None
         if req.dist.main:
             console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
     baseline = None
