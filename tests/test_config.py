@@ -43,6 +43,8 @@ def test_unknown_section_is_rejected(tmp_path):
     ("[audio]\nsample_rate = 16000.5\n", "audio.sample_rate", "an integer"),
     ("[audio]\nsample_rate = true\n", "audio.sample_rate", "an integer"),
     ('[audio]\nfmax = "high"\n', "audio.fmax", "a number"),
+    ("[prepare]\nloudness_db = nan\n", "prepare.loudness_db", "a number"),
+    ("[prepare]\ntrim_top_db = inf\n", "prepare.trim_top_db", "a number"),
     ("[convergence]\nearly_stop = 1\n", "convergence.early_stop", "true or false"),
     ("[finetune]\nfreeze = \"decoder\"\n", "finetune.freeze", "a list of a string"),
     ("audio = 3\n", "audio", "a table"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -360,7 +361,9 @@ def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
             raise bad()
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # TOML spells nan and inf: no setting means either, and they pass every range check written as a
+        # comparison (a NaN loudness target silenced every file, reported as "no voiced speech")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad()
         return float(value)
     if tp is str:
