@@ -64,6 +64,18 @@ def test_values_are_checked(tmp_path):
         load_recipe(write(tmp_path, "[audio]\nsample_rate = 16000\nfmax = 9000\n"))
 
 
+@pytest.mark.parametrize("override, key", [
+    ("acoustic.train.seed=-1", "train.seed"), ("acoustic.train.seed=99999999999999999999", "train.seed"),
+    ("acoustic.train.num_workers=-1", "train.num_workers"), ("acoustic.train.beta1=1.5", "train.beta1"),
+    ("vocoder.train.weight_decay=-1", "train.weight_decay"), ("acoustic.train.warmup_steps=-5", "train.warmup_steps"),
+    ("acoustic.train.grad_clip=0", "train.grad_clip"), ("acoustic.train.max_bad_steps=0", "train.max_bad_steps"),
+    ("vocoder.gan.disc_lr=-1", "vocoder.gan.disc_lr"),
+])
+def test_training_settings_that_torch_would_refuse_later_are_refused_here(override, key):
+    with pytest.raises(UserError, match=f"setting {key}"):
+        load_recipe("demo", [override])
+
+
 def test_size_presets_apply_and_other_keys_override_them():
     base = build(AcousticModelConfig, {"size": "base"})
     assert base.hidden == AcousticModelConfig.PRESETS["base"]["hidden"] != AcousticModelConfig().hidden

@@ -140,6 +140,16 @@ class TrainConfig:
         _require(1 <= self.batch_size <= 4096, "train.batch_size", "must be in [1, 4096]")
         _require(8 <= self.segment_frames <= 8192, "train.segment_frames", "must be in [8, 8192]")
         _require(self.lr > 0, "train.lr", "must be positive")
+        # the rest would pass here and fail later, with a traceback from torch, numpy or the data loader
+        _require(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2^32)")
+        _require(0 <= self.num_workers <= 256, "train.num_workers", "must be in [0, 256]")
+        _require(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "train.beta1/beta2", "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.grad_clip > 0, "train.grad_clip", "must be positive")
+        _require(0.0 <= self.lr_min_ratio <= 1.0, "train.lr_min_ratio", "must be in [0, 1]")
+        _require(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _require(0.0 < self.lr_backoff <= 1.0, "train.lr_backoff", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,10 @@ class VocoderLossWeights:
 class GanConfig:
     mel_only_steps: int = 500  # generator warm-up on the mel loss before the discriminators join
     disc_lr: float = 2e-4
+
+    def __post_init__(self) -> None:
+        _require(self.mel_only_steps >= 0, "vocoder.gan.mel_only_steps", "must be >= 0")
+        _require(self.disc_lr > 0, "vocoder.gan.disc_lr", "must be positive")
 
 
 @dataclass(frozen=True)
