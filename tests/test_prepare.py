@@ -480,6 +480,16 @@ def test_dataset_open_errors(prepared_dataset, tmp_path):
         run(tmp_path / "v9" / "train", tmp_path / "empty" / ".." / "v9" / "train")
 
 
+@pytest.mark.parametrize("name, text, where", [("speakers.json", "[]", "speakers.json: damaged"),
+                                               ("manifest.jsonl", "[1]\n", "manifest.jsonl: row 1 is damaged"),
+                                               ("manifest.jsonl", '{"id": "a"}\n', "manifest.jsonl: row 1 is damaged")])
+def test_valid_json_of_the_wrong_shape_in_a_dataset_is_one_line(prepared_dataset, tmp_path, name, text, where):
+    shutil.copytree(prepared_dataset, tmp_path / "ds")
+    (tmp_path / "ds" / name).write_text(text)
+    with pytest.raises(UserError, match=where):
+        Dataset.open(tmp_path / "ds")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line.
 

@@ -45,6 +45,7 @@ FORMAT = "voiceclone-dataset"
 FORMAT_VERSION = 2
 SPLITS = ("train", "val", "unseen")
 CONFIG, MANIFEST, SPEAKERS, REPORT = "config.json", "manifest.jsonl", "speakers.json", "report.json"
+ROW_KEYS = frozenset({"id", "speaker", "split", "frames"})  # what the readers of a manifest row rely on
 FEATURES, STORE_META, JOURNAL, SPANS = "features", "store.json", "journal.jsonl", "spans.npy"
 ARRAYS = ("mel", "f0", "energy", "audio")
 HEADER_BYTES = 128  # fixed .npy header size, so a growing store's header is rewritten in place
@@ -209,6 +210,14 @@ class Dataset:
             manifest = [json.loads(line) for line in (path / MANIFEST).read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: incomplete or damaged dataset ({e})") from None
+        # valid JSON of the wrong shape would fail far from here, in training or evaluation, as a traceback
+        if not isinstance(speakers, dict) or not all(isinstance(v, dict) for v in speakers.values()):
+            raise UserError(f"{path / SPEAKERS}: damaged (expected an object of speakers, got "
+                            f"{type(speakers).__name__})")
+        for n, row in enumerate(manifest, 1):
+            if not isinstance(row, dict) or not ROW_KEYS <= row.keys() or row["split"] not in SPLITS:
+                raise UserError(f"{path / MANIFEST}: row {n} is damaged (expected an object with "
+                                f"{', '.join(sorted(ROW_KEYS))} and a split of {', '.join(SPLITS)})")
         _check_arrays(path, config, recipe.audio)
         return cls(path, config, recipe, speakers, manifest)
 
