@@ -13,7 +13,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.errors import UserError
 from voiceclone.stages import augment
 from voiceclone.stages.losses import aam_softmax_loss
-from voiceclone.stages.tasks import AcousticTask
+from voiceclone.stages.tasks import AcousticTask, _frozen_call
 
 
 def _batch(task: AcousticTask, n: int = 4) -> dict[str, torch.Tensor]:
@@ -41,6 +41,9 @@ def test_aam_softmax_is_cross_entropy_without_margin_and_harder_with_it():
     ((), {"mel", "speaker"}),
     (("acoustic.loss.consistency=0.5", "acoustic.model.speaker_loss=aam", "acoustic.perturb.eq_terms=8"),
      {"mel", "speaker", "consistency"}),
+    (("acoustic.loss.cycle=0.5",), {"mel", "speaker", "cycle"}),
+    (("acoustic.loss.cycle=0.5", "acoustic.loss.consistency=0.2", "acoustic.augment=true"),
+     {"mel", "speaker", "consistency", "cycle"}),
 ])
 def test_lever_options_give_finite_named_losses_and_gradients(prepared_dataset, overrides, names):
     recipe = load_recipe("demo", overrides)
@@ -50,8 +53,20 @@ def test_lever_options_give_finite_named_losses_and_gradients(prepared_dataset, 
     assert all(torch.isfinite(v) for v in losses.values())
     if "consistency" in losses:  # it teaches the decoder to render the other voice
         task.model.zero_grad()
-        losses["consistency"].backward()
+        losses["consistency"].backward(retain_graph=True)  # the cycle term shares its conversion
         assert float(task.model.decoder.out.weight.grad.abs().sum()) > 0
+    if "cycle" in losses:  # it teaches the decoder to keep the words in the other voice
+        task.model.zero_grad()
+        losses["cycle"].backward()
+        assert float(task.model.decoder.out.weight.grad.abs().sum()) > 0
+
+
+def test_frozen_call_passes_gradients_to_the_input_only():
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    _frozen_call(layer, x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert layer.weight.grad is None and layer.bias.grad is None
 
 
 def test_unknown_speaker_loss_is_a_one_line_error():

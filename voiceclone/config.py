@@ -161,6 +161,9 @@ class AcousticLossWeights:
     # 1 - cosine between the model's own speaker embedding of a *converted* output (content of one item,
     # another item's reference) and that reference's embedding; the encoder is frozen on this path
     consistency: float = 0.0
+    # L1 between the content the model's own content encoder (frozen on that path) reads back from that
+    # converted output and the source's content: the words must survive the change of voice
+    cycle: float = 0.0
 
 
 @dataclass(frozen=True)

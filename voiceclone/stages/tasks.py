@@ -42,6 +42,11 @@ def _log_median(f0: Tensor) -> Tensor:
 GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
 
 
+def _frozen_call(module: nn.Module, *args: Tensor) -> Tensor:
+    """module(*args) with its parameters detached: gradients reach the inputs, never the module."""
+    return torch.func.functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, args)
+
+
 def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """pred, target [B, M, T], mask [B, T] -> per-item mean absolute error [B]."""
     err = (pred.float() - target.float()).abs().mean(1) * mask
@@ -212,14 +217,21 @@ class AcousticTask(Task):
                 out["speaker"] = F.cross_entropy(logits[known], batch["speaker"][known])
             else:
                 out["speaker"] = logits.sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
-        if self.weights.get("consistency", 0.0) > 0 and ref is not None and pred.shape[0] > 1:
-            out["consistency"] = self._consistency(source, f0, energy, mask, speaker, ref_f0)
+        wanted = [name for name in ("consistency", "cycle") if self.weights.get(name, 0.0) > 0]
+        if wanted and ref is not None and pred.shape[0] > 1:
+            out.update(self._conversion_losses(wanted, source, f0, energy, mask, speaker, ref_f0))
         return out
 
-    def _consistency(self, source: Tensor, f0: Tensor, energy: Tensor, mask: Tensor, speaker: Tensor,
-                     ref_f0: Tensor | None) -> Tensor:
-        """Convert each item's content into the *next* item's voice (register moved as synthesis moves it)
-        and ask the model's own speaker encoder, frozen here, to find that voice in the output."""
+    def _conversion_losses(self, wanted: list[str], source: Tensor, f0: Tensor, energy: Tensor, mask: Tensor,
+                           speaker: Tensor, ref_f0: Tensor | None) -> dict[str, Tensor]:
+        """Convert each item's content into the *next* item's voice (register moved as synthesis moves it),
+        an output no target exists for, and judge it with the model's own encoders, frozen on this path:
+
+        - "consistency": the speaker encoder must find that voice in it (1 - cosine);
+        - "cycle": the content encoder must read the source's content back from it (L1), so the decoder
+          keeps the words when it renders a voice other than the source's (CycleGAN-VC's cycle idea,
+          without a second conversion).
+        """
         model = self.model
         other = torch.roll(speaker, 1, dims=0)
         f0_other = f0
@@ -229,9 +241,13 @@ class AcousticTask(Task):
             f0_other = f0 * ratio[:, None]
         content = model.content_encoder(source)
         converted = model.decoder(content, pitch_features(f0_other), energy_features(energy, mask), other)
-        frozen = {n: p.detach() for n, p in model.speaker_encoder.named_parameters()}
-        embedded = torch.func.functional_call(model.speaker_encoder, frozen, (converted, mask))
-        return (1 - F.cosine_similarity(embedded.float(), other.detach().float(), dim=1)).mean()
+        out = {}
+        if "consistency" in wanted:
+            embedded = _frozen_call(model.speaker_encoder, converted, mask)
+            out["consistency"] = (1 - F.cosine_similarity(embedded.float(), other.detach().float(), dim=1)).mean()
+        if "cycle" in wanted:
+            out["cycle"] = masked_l1(_frozen_call(model.content_encoder, converted), content.detach(), mask).mean()
+        return out
 
     @torch.no_grad()
     def val_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
