@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the demo is prepared as recipes/demo/run.sh prepares it: the 10 test-other readers held out (the monitor),
 # the training readers' recordings cut into 6 s pieces, all of them kept for training
 DEMO_UNSEEN = tuple((ROOT / "recipes" / "demo" / "unseen.txt").read_text().strip().split(","))
-DEMO_PREPARE = ["prepare.max_seconds=6", "prepare.val_per_speaker=0", "acoustic.loss.consistency=0.2"]
+DEMO_PREPARE = ["prepare.max_seconds=6", "prepare.val_per_speaker=0", "acoustic.loss.consistency=0.5",
+                "acoustic.loss.cycle=0.5"]
 
 
 def copy_subset(src: Path, dst: Path, speakers: int | None) -> Path:
