@@ -70,6 +70,7 @@ def test_values_are_checked(tmp_path):
     ("vocoder.train.weight_decay=-1", "train.weight_decay"), ("acoustic.train.warmup_steps=-5", "train.warmup_steps"),
     ("acoustic.train.grad_clip=0", "train.grad_clip"), ("acoustic.train.max_bad_steps=0", "train.max_bad_steps"),
     ("vocoder.gan.disc_lr=-1", "vocoder.gan.disc_lr"),
+    ("acoustic.loss.mel=-1", "acoustic.loss.mel"), ("vocoder.loss.feature=-0.5", "vocoder.loss.feature"),
 ])
 def test_training_settings_that_torch_would_refuse_later_are_refused_here(override, key):
     with pytest.raises(UserError, match=f"setting {key}"):
@@ -92,6 +93,14 @@ def test_overrides_are_toml_values_and_checked_like_the_file():
         load_recipe("demo", ["acoustic.train.lrr=1e-3"])
     with pytest.raises(UserError, match="expected section.key=value"):
         load_recipe("demo", ["acoustic.train.lr"])
+    with pytest.raises(UserError, match=r"demo\.toml \(with --set\): 'acoustic.train.lr' must be a number"):
+        load_recipe("demo", ["acoustic.train.lr='fast'"])  # the value may be in the file or in --set
+
+
+def test_a_bad_value_in_the_file_names_the_file_alone(tmp_path):
+    with pytest.raises(UserError, match=r"r\.toml: 'prepare.loudness_db' must be a number") as e:
+        load_recipe(write(tmp_path, "[prepare]\nloudness_db = 'loud'\n"))
+    assert "--set" not in str(e.value)
 
 
 def test_a_stored_recipe_round_trips():

@@ -165,6 +165,9 @@ class AcousticLossWeights:
     # converted output and the source's content: the words must survive the change of voice
     cycle: float = 0.0
 
+    def __post_init__(self) -> None:
+        _nonnegative(self, "acoustic.loss")
+
 
 @dataclass(frozen=True)
 class PerturbConfig:
@@ -229,6 +232,9 @@ class VocoderLossWeights:
     feature: float = 2.0  # feature matching over discriminator layers
     adversarial: float = 1.0  # least-squares generator loss
     discriminator: float = 1.0  # least-squares discriminator loss
+
+    def __post_init__(self) -> None:
+        _nonnegative(self, "vocoder.loss")
 
 
 @dataclass(frozen=True)
@@ -318,6 +324,12 @@ def differences(a: Any, b: Any, prefix: str, sep: str = " vs ") -> list[str]:
 def _require(ok: bool, key: str, why: str) -> None:
     if not ok:
         raise UserError(f"setting {key} {why}")
+
+
+def _nonnegative(weights: Any, section: str) -> None:
+    """Loss weights: a negative one would train the model to make that loss worse."""
+    for f in dataclasses.fields(weights):
+        _require(getattr(weights, f.name) >= 0, f"{section}.{f.name}", "must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -463,7 +475,8 @@ def load_recipe(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     data.setdefault("name", path.stem)
-    return build(Recipe, merge_overrides(data, overrides), source=str(path))
+    # a bad value may come from the file or from --set: the message names both places to look
+    return build(Recipe, merge_overrides(data, overrides), source=f"{path} (with --set)" if overrides else str(path))
 
 
 RETIRED = (("acoustic", "model", "n_speakers"),)  # keys older versions saved, which never had an effect
@@ -483,7 +496,7 @@ def recipe_from_dict(data: dict[str, Any], overrides: Sequence[str] = (), source
         keys, value = parse_override(item)
         if keys[-1] == "size":
             _release_preset(data, keys[:-1], value)
-    return build(Recipe, merge_overrides(data, overrides), source=source)
+    return build(Recipe, merge_overrides(data, overrides), source=f"{source} (with --set)" if overrides else source)
 
 
 def _release_preset(data: dict[str, Any], section: list[str], new_size: Any) -> None:
