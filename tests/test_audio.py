@@ -196,8 +196,10 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     sf.write(folder / "nan.wav", nan, sr, subtype="FLOAT")
     sf.write(folder / "silent.wav", np.zeros(2 * sr, dtype=np.float32), sr)
     sf.write(folder / "short.wav", y[: int(0.3 * sr)], sr)
+    sf.write(folder / "1hz.wav", y[:3000], 1)  # a damaged header's rate: trusted, 3000 samples would become 48 M
     return {"empty.wav": "empty file", "notes.flac": "not audio", "truncated.wav": "truncated",
-            "corrupt.flac": "corrupt", "nan.wav": "non-finite samples", "silent.wav": "silent", "short.wav": "too short"}
+            "corrupt.flac": "corrupt", "nan.wav": "non-finite samples", "silent.wav": "silent", "short.wav": "too short",
+            "1hz.wav": "unsupported sample rate"}
 
 
 def test_bad_files_raise_audio_error_with_their_reason(tmp_path):

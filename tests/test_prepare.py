@@ -457,7 +457,8 @@ def test_strict_stops_at_the_first_bad_file(tmp_path):
         run(tmp_path / "c", tmp_path / "ds", strict=True)
     name, reason = str(err.value).split(": ", 1)
     assert Path(name).parent.name == "bad" and reason.split(" (")[0] in {
-        "empty file", "not audio", "truncated", "corrupt", "non-finite samples", "silent", "too short"}
+        "empty file", "not audio", "truncated", "corrupt", "non-finite samples", "silent", "too short",
+        "unsupported sample rate"}
 
 
 def test_dataset_open_errors(prepared_dataset, tmp_path):
@@ -523,7 +524,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     assert_one_line_error(cli(str(tmp_path / "texts"), "--out", str(tmp_path / "ds")), "no audio files")
     write_bad_files(tmp_path / "bad" / "spk")
     result = cli(str(tmp_path / "bad"), "--out", str(tmp_path / "ds"))
-    assert_one_line_error(result, "no usable audio", "7 files")
+    assert_one_line_error(result, "no usable audio", "8 files")
     assert not (tmp_path / "ds").exists()  # nothing worth resuming was left behind
     small_corpus(tmp_path / "c", speakers=1, utterances=2)
     write_bad_files(tmp_path / "c" / "zz")

@@ -21,6 +21,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 SILENCE_PEAK = 1e-4  # a file whose peak stays below this (-80 dBFS) holds no usable signal
 LOUDNESS_FRAME = 512  # samples per frame when measuring the active level
 INT16_SCALE = 32768.0  # full scale of stored int16 audio: x / 32768 in [-1, 1), the convention of soundfile
+# Below this a file carries no speech band (telephone audio is 8 kHz). A header that claims such a rate is
+# damaged, and trusting it would resample a small file into a huge one (1 Hz -> 16 kHz: 16000x the samples).
+MIN_SAMPLE_RATE = 4000
 
 
 class AudioError(UserError):
@@ -48,8 +51,8 @@ def from_int16(y: np.ndarray) -> np.ndarray:
 def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     """Decode any format libsndfile reads, mix to mono, resample with soxr (high quality). [T] float32.
 
-    Raises AudioError with one of the reasons: missing, empty file, not audio, corrupt, truncated,
-    no samples, non-finite samples.
+    Raises AudioError with one of the reasons: missing, empty file, not audio, corrupt, unsupported sample
+    rate, truncated, no samples, non-finite samples.
     """
     path = Path(path)
     if path.is_dir():
@@ -61,7 +64,10 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     try:
         with sf.SoundFile(str(path)) as f:
             declared, sr, log = f.frames, f.samplerate, f.extra_info
+            _check_rate(path, sr)
             y = f.read(dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as e:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
         message = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         reason = "not audio" if "not recognised" in message.lower() else "corrupt"
@@ -74,6 +80,11 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     if not np.isfinite(y).all():
         raise AudioError(path, "non-finite samples")
     return resample(y, sr, sample_rate)
+
+
+def _check_rate(path: Path | str, rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(path, "unsupported sample rate", f"{rate} Hz; at least {MIN_SAMPLE_RATE} Hz")
 
 
 def resample(y: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -150,6 +161,7 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
     except Exception as e:  # libsndfile's error types vary by format
         raise AudioError(path, "unreadable", str(e).splitlines()[0][:120]) from None
     with f:
+        _check_rate(path, f.samplerate)
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
