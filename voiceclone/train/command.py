@@ -192,10 +192,7 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         raise UserError(f"{last}: missing, so the run cannot be resumed from where it stopped; {best.name} is "
                         "kept; start a new --run (optionally --init-from this one with --finetune)")
     if req.resume and last.is_file():
-        state = R.load_checkpoint(last, req.device)
-        missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise UserError(f"{last}: not a voiceclone resume checkpoint (missing {', '.join(missing)})")
+        state = R.load_checkpoint(last, req.device, keys=RESUME_KEYS)
         wrong = [k for k in RESUME_KEYS if not isinstance(state[k], dict)]
         if wrong:
             raise UserError(f"{last}: not a voiceclone resume checkpoint ({', '.join(wrong)} not a mapping)")
