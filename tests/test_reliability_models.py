@@ -262,6 +262,22 @@ def test_a_long_reference_is_not_read_whole(model, tmp_path):
         tracemalloc.stop()
 
 
+def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(model, tmp_path):
+    """A 100-sample source was a RuntimeError traceback from the content encoder's convolution (exit 1), and
+    in a folder it stopped the run."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    speech, _ = sf.read(model["src"], dtype="float32")
+    sf.write(folder / "blip.wav", speech[np.argmax(np.abs(speech)) :][:100], 16000)
+    (folder / "speech.wav").write_bytes(Path(model["src"]).read_bytes())
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--source", str(folder / "blip.wav")),
+                   "blip.wav", "too short")
+    assert not (tmp_path / "o.wav").exists()
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "blip.wav" in r.output and (tmp_path / "out" / "speech.wav").is_file()
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:99"])
 def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--device", device), f"--device {device}")
