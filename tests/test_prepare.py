@@ -491,6 +491,22 @@ def test_valid_json_of_the_wrong_shape_in_a_dataset_is_one_line(prepared_dataset
         Dataset.open(tmp_path / "ds")
 
 
+@pytest.mark.parametrize("edit, where", [(lambda c: c.pop("fingerprint"), "'fingerprint'"),
+                                         (lambda c: c.pop("recipe"), "'recipe'"),
+                                         (lambda c: c.update(store=[1]), "'store'"),
+                                         (lambda c: c["store"].update(frames="12"), "'store'"),
+                                         (lambda c: c.update(splits=[]), "'splits'"),
+                                         (lambda c: c["splits"]["val"].pop("utterances"), "split 'val'")])
+def test_a_config_json_of_the_wrong_shape_is_one_line(prepared_dataset, tmp_path, edit, where):
+    """Each was a KeyError, ValueError or AttributeError traceback."""
+    shutil.copytree(prepared_dataset, tmp_path / "ds")
+    config = json.loads((tmp_path / "ds" / "config.json").read_text())
+    edit(config)
+    (tmp_path / "ds" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"config.json: damaged \\({where}"):
+        Dataset.open(tmp_path / "ds")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line.
 
