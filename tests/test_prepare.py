@@ -507,6 +507,28 @@ def test_a_config_json_of_the_wrong_shape_is_one_line(prepared_dataset, tmp_path
         Dataset.open(tmp_path / "ds")
 
 
+@pytest.mark.parametrize("damage", ["past the end", "reversed", "row frames", "row dropped"])
+def test_spans_that_disagree_with_the_store_or_manifest_are_one_line(prepared_dataset, tmp_path, damage):
+    """A span past the store's end read silently short features; a reversed one, or a row whose frames are
+    not its span's, was a traceback in evaluation."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    spans = np.load(ds / "train" / "spans.npy")
+    rows = [json.loads(line) for line in (ds / "manifest.jsonl").read_text().splitlines()]
+    if damage == "past the end":
+        spans[-1, 1] = 10**9
+    elif damage == "reversed":
+        spans[0] = spans[0][::-1].copy()
+    elif damage == "row frames":
+        next(r for r in rows if r["split"] == "train")["frames"] = "12"
+    else:
+        rows.remove(next(r for r in rows if r["split"] == "train"))
+    np.save(ds / "train" / "spans.npy", spans)
+    (ds / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match="train/spans.npy: .*damaged dataset"):
+        Dataset.open(ds)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line.
 

@@ -220,6 +220,7 @@ class Dataset:
                 raise UserError(f"{path / MANIFEST}: row {n} is damaged (expected an object with "
                                 f"{', '.join(sorted(ROW_KEYS))} and a split of {', '.join(SPLITS)})")
         _check_arrays(path, config, recipe.audio)
+        _check_spans(path, config["store"]["frames"], manifest)
         return cls(path, config, recipe, speakers, manifest)
 
     def split(self, name: str) -> Split:
@@ -266,6 +267,23 @@ def _check_arrays(path: Path, config: dict[str, Any], cfg: AudioConfig) -> None:
         _check_npy(path / FEATURES / f"{key}.npy", shape, dtype)
     for name in SPLITS:
         _check_npy(path / name / SPANS, (config["splits"][name]["utterances"], 2), np.int64)
+
+
+def _check_spans(path: Path, frames: int, manifest: list[dict]) -> None:
+    """Every split's spans lie within the store and hold the frames their manifest rows say: a span past the
+    store's end, reversed or of another length gave silently short features or a traceback in evaluation."""
+    for name in SPLITS:
+        rows = [r for r in manifest if r["split"] == name]
+        p = path / name / SPANS
+        spans = np.load(p, allow_pickle=False)
+        if len(spans) != len(rows):
+            raise UserError(f"{p}: {len(spans)} spans for the manifest's {len(rows)} '{name}' rows (damaged dataset; "
+                            "prepare it again)")
+        for row, (a, b) in zip(rows, spans.tolist()):
+            if not 0 <= a < b <= frames or row["frames"] != b - a or isinstance(row["frames"], bool):
+                raise UserError(f"{p}: the span of {row.get('id', '?')!r} ({a}:{b}) does not hold its manifest row's "
+                                f"{row['frames']!r} frames within the store's {frames} (damaged dataset; prepare it "
+                                "again)")
 
 
 def _check_npy(p: Path, shape: tuple[int, ...], dtype: Any) -> None:
