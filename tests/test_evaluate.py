@@ -255,6 +255,12 @@ def test_a_plot_named_for_another_format_is_one_line(tmp_path, name):
     assert code == 0 and (tmp_path / "curves.PNG").read_bytes().startswith(PNG_SIGNATURE), output
 
 
+def test_a_plot_with_a_baseline_is_one_line(tmp_path):
+    """A comparison draws no curves: --plot was silently not written, exit 0."""
+    one_line_error(*invoke("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",
+                           "--plot", tmp_path / "c.png"), "--plot", "--baseline")
+
+
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     ds, run = trained / "ds", trained / "run"
     empty = tmp_path / "empty_run"

@@ -76,6 +76,8 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     if baseline is not None:
         if data is None or (model or run) is None:
             raise UserError("--baseline needs --model MODEL and --data DATASET")
+        if plot is not None:  # the comparison draws no curves: the plot was silently not written
+            raise UserError("--plot draws a run's training curves; it does not go with --baseline")
         return compare_models(model if model is not None else run, baseline, data,
                               split="val" if split == "unseen" else split, max_utterances=max_utterances,
                               out=out, speaker_encoder=speaker_encoder, device=device, console=console)
