@@ -456,7 +456,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    # deep copy of plain data; a TOML date or time in a recipe file (sample_rate = 2024-01-01) has no JSON form
+    # and was a TypeError traceback: it becomes its text, which the type checks then judge
+    data = json.loads(json.dumps(data, default=str))
     for item in overrides:
         keys, value = parse_override(item)
         node = data
