@@ -50,6 +50,8 @@ def test_unknown_section_is_rejected(tmp_path):
     ("audio = 3\n", "audio", "a table"),
     ("[audio]\nsample_rate = 2024-01-01\n", "audio.sample_rate", "an integer"),  # was a TypeError traceback
     ("[acoustic.train]\nlr = 12:30:00\n", "acoustic.train.lr", "a number"),
+    ('[acoustic.model]\nsize = ["tiny"]\n', "acoustic.model.size", "is not one of"),  # was a TypeError
+    ('[vocoder.model]\nsize = {a = 1}\n', "vocoder.model.size", "is not one of"),
 ])
 def test_wrong_types_name_the_key_and_the_type(tmp_path, text, key, expected):
     with pytest.raises(UserError) as e:

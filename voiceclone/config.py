@@ -346,7 +346,7 @@ def build(cls: type, data: dict[str, Any], where: str = "", source: str = "confi
     presets = getattr(cls, "PRESETS", None)
     if presets and "size" in data:
         size = data["size"]
-        if size not in presets:
+        if not isinstance(size, str) or size not in presets:  # a list or table: `in` would raise TypeError
             raise UserError(f"{source}: {where}.size = {size!r} is not one of {sorted(presets)}")
         data = {**presets[size], **data}
     kwargs = {}
