@@ -64,6 +64,13 @@ def test_a_date_in_a_recipe_file_is_its_text(tmp_path):
     assert load_recipe(write(tmp_path, "[prepare]\nsplit_salt = 2024-01-01\n")).prepare.split_salt == "2024-01-01"
 
 
+def test_a_recipe_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad's UTF-8 starts with a BOM: it was 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    path = tmp_path / "r.toml"
+    path.write_bytes("\ufeff# Zoë's recipe\n[audio]\nfmax = 7000\n".encode("utf-8"))
+    assert load_recipe(path).audio.fmax == 7000.0
+
+
 def test_an_integer_is_accepted_where_a_number_is_expected(tmp_path):
     assert load_recipe(write(tmp_path, "[audio]\nfmax = 7000\n")).audio.fmax == 7000.0
 

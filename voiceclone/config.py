@@ -473,7 +473,9 @@ def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 def load_recipe(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Recipe:
     path = recipe_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        # TOML is UTF-8 whatever the locale; Windows editors (Notepad) may begin it with a byte-order mark, which
+        # tomllib calls an 'Invalid statement (at line 1, column 1)' the user cannot see
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     data.setdefault("name", path.stem)
