@@ -48,11 +48,27 @@ def test_unknown_section_is_rejected(tmp_path):
     ("[convergence]\nearly_stop = 1\n", "convergence.early_stop", "true or false"),
     ("[finetune]\nfreeze = \"decoder\"\n", "finetune.freeze", "a list of a string"),
     ("audio = 3\n", "audio", "a table"),
+    ("[audio]\nsample_rate = 2024-01-01\n", "audio.sample_rate", "an integer"),  # was a TypeError traceback
+    ("[acoustic.train]\nlr = 12:30:00\n", "acoustic.train.lr", "a number"),
+    ('[acoustic.model]\nsize = ["tiny"]\n', "acoustic.model.size", "is not one of"),  # was a TypeError
+    ('[vocoder.model]\nsize = {a = 1}\n', "vocoder.model.size", "is not one of"),
 ])
 def test_wrong_types_name_the_key_and_the_type(tmp_path, text, key, expected):
     with pytest.raises(UserError) as e:
         load_recipe(write(tmp_path, text))
     assert key in str(e.value) and (expected in str(e.value) or "must be a table" in str(e.value)), str(e.value)
+
+
+def test_a_date_in_a_recipe_file_is_its_text(tmp_path):
+    """A TOML date has no JSON form: it was a TypeError traceback wherever it stood."""
+    assert load_recipe(write(tmp_path, "[prepare]\nsplit_salt = 2024-01-01\n")).prepare.split_salt == "2024-01-01"
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad's UTF-8 starts with a BOM: it was 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    path = tmp_path / "r.toml"
+    path.write_bytes("\ufeff# Zoë's recipe\n[audio]\nfmax = 7000\n".encode("utf-8"))
+    assert load_recipe(path).audio.fmax == 7000.0
 
 
 def test_an_integer_is_accepted_where_a_number_is_expected(tmp_path):

@@ -243,6 +243,24 @@ def one_line_error(code: int, output: str, *needles: str) -> None:
         assert needle in output, (needle, output)
 
 
+@pytest.mark.parametrize("name", ["curves.svg", "curves.pdf", "curves.txt"])
+def test_a_plot_named_for_another_format_is_one_line(tmp_path, name):
+    """The curves were written as PNG under any name: a curves.svg that no SVG viewer opens, exit 0."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
+    one_line_error(*invoke("--run", run, "--plot", tmp_path / name), name, "PNG")
+    assert not (tmp_path / name).exists()
+    code, output = invoke("--run", run, "--plot", tmp_path / "curves.PNG")
+    assert code == 0 and (tmp_path / "curves.PNG").read_bytes().startswith(PNG_SIGNATURE), output
+
+
+def test_a_plot_with_a_baseline_is_one_line(tmp_path):
+    """A comparison draws no curves: --plot was silently not written, exit 0."""
+    one_line_error(*invoke("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",
+                           "--plot", tmp_path / "c.png"), "--plot", "--baseline")
+
+
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     ds, run = trained / "ds", trained / "run"
     empty = tmp_path / "empty_run"

@@ -491,6 +491,44 @@ def test_valid_json_of_the_wrong_shape_in_a_dataset_is_one_line(prepared_dataset
         Dataset.open(tmp_path / "ds")
 
 
+@pytest.mark.parametrize("edit, where", [(lambda c: c.pop("fingerprint"), "'fingerprint'"),
+                                         (lambda c: c.pop("recipe"), "'recipe'"),
+                                         (lambda c: c.update(store=[1]), "'store'"),
+                                         (lambda c: c["store"].update(frames="12"), "'store'"),
+                                         (lambda c: c.update(splits=[]), "'splits'"),
+                                         (lambda c: c["splits"]["val"].pop("utterances"), "split 'val'")])
+def test_a_config_json_of_the_wrong_shape_is_one_line(prepared_dataset, tmp_path, edit, where):
+    """Each was a KeyError, ValueError or AttributeError traceback."""
+    shutil.copytree(prepared_dataset, tmp_path / "ds")
+    config = json.loads((tmp_path / "ds" / "config.json").read_text())
+    edit(config)
+    (tmp_path / "ds" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"config.json: damaged \\({where}"):
+        Dataset.open(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("damage", ["past the end", "reversed", "row frames", "row dropped"])
+def test_spans_that_disagree_with_the_store_or_manifest_are_one_line(prepared_dataset, tmp_path, damage):
+    """A span past the store's end read silently short features; a reversed one, or a row whose frames are
+    not its span's, was a traceback in evaluation."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    spans = np.load(ds / "train" / "spans.npy")
+    rows = [json.loads(line) for line in (ds / "manifest.jsonl").read_text().splitlines()]
+    if damage == "past the end":
+        spans[-1, 1] = 10**9
+    elif damage == "reversed":
+        spans[0] = spans[0][::-1].copy()
+    elif damage == "row frames":
+        next(r for r in rows if r["split"] == "train")["frames"] = "12"
+    else:
+        rows.remove(next(r for r in rows if r["split"] == "train"))
+    np.save(ds / "train" / "spans.npy", spans)
+    (ds / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match="train/spans.npy: .*damaged dataset"):
+        Dataset.open(ds)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line.
 

@@ -194,6 +194,22 @@ def test_malformed_bundle_metadata_is_one_line(model, tmp_path, meta):
     one_line_error(synth(model, bad, tmp_path / "o.wav"), "bad.safetensors")
 
 
+@pytest.mark.parametrize("f0", ["abc", [1, 2], -100.0, 0, 1e30])
+def test_a_damaged_fine_tuned_voice_register_is_one_line(model, tmp_path, f0):
+    """A hand-edited voice_f0_median was a TypeError traceback (a string) or a NaN or +1109 st shift."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(model["bundle"]))
+    tensors["acoustic.voice"] = torch.zeros(json.loads(header["recipe"])["acoustic"]["model"]["speaker_dim"])
+    meta = json.loads(header["meta"])
+    meta["acoustic"].update(learned_voice=True, voice_f0_median=f0)
+    bad = rewrite_bundle(model["bundle"], tmp_path / "voice.safetensors", tensors, {"meta": json.dumps(meta)})
+    r = runner.invoke(app, ["synthesize", "--model", str(bad), "--source", str(model["src"]),
+                            "--out", str(tmp_path / "o.wav")])
+    one_line_error(r, "voice.safetensors", "voice_f0_median")
+    assert not (tmp_path / "o.wav").exists()
+
+
 # --- 14. sizes a bundle asks for ---------------------------------------------------------------------
 
 
@@ -244,6 +260,22 @@ def test_a_long_reference_is_not_read_whole(model, tmp_path):
         assert peak < whole / 2, peak
     finally:
         tracemalloc.stop()
+
+
+def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(model, tmp_path):
+    """A 100-sample source was a RuntimeError traceback from the content encoder's convolution (exit 1), and
+    in a folder it stopped the run."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    speech, _ = sf.read(model["src"], dtype="float32")
+    sf.write(folder / "blip.wav", speech[np.argmax(np.abs(speech)) :][:100], 16000)
+    (folder / "speech.wav").write_bytes(Path(model["src"]).read_bytes())
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--source", str(folder / "blip.wav")),
+                   "blip.wav", "too short")
+    assert not (tmp_path / "o.wav").exists()
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "blip.wav" in r.output and (tmp_path / "out" / "speech.wav").is_file()
 
 
 @pytest.mark.parametrize("device", ["foo", "cuda:99"])

@@ -346,7 +346,7 @@ def build(cls: type, data: dict[str, Any], where: str = "", source: str = "confi
     presets = getattr(cls, "PRESETS", None)
     if presets and "size" in data:
         size = data["size"]
-        if size not in presets:
+        if not isinstance(size, str) or size not in presets:  # a list or table: `in` would raise TypeError
             raise UserError(f"{source}: {where}.size = {size!r} is not one of {sorted(presets)}")
         data = {**presets[size], **data}
     kwargs = {}
@@ -456,7 +456,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    # deep copy of plain data; a TOML date or time in a recipe file (sample_rate = 2024-01-01) has no JSON form
+    # and was a TypeError traceback: it becomes its text, which the type checks then judge
+    data = json.loads(json.dumps(data, default=str))
     for item in overrides:
         keys, value = parse_override(item)
         node = data
@@ -471,7 +473,9 @@ def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 def load_recipe(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Recipe:
     path = recipe_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        # TOML is UTF-8 whatever the locale; Windows editors (Notepad) may begin it with a byte-order mark, which
+        # tomllib calls an 'Invalid statement (at line 1, column 1)' the user cannot see
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     data.setdefault("name", path.stem)

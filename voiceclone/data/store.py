@@ -204,6 +204,7 @@ class Dataset:
         if config.get("version") != FORMAT_VERSION:
             raise UserError(f"{path}: dataset format version {config.get('version')!r} is not the supported "
                             f"{FORMAT_VERSION}; prepare it again with this version")
+        _check_config(config_path, config)
         recipe = recipe_from_dict(config["recipe"], source=str(config_path))
         try:
             speakers = json.loads((path / SPEAKERS).read_text())
@@ -219,6 +220,7 @@ class Dataset:
                 raise UserError(f"{path / MANIFEST}: row {n} is damaged (expected an object with "
                                 f"{', '.join(sorted(ROW_KEYS))} and a split of {', '.join(SPLITS)})")
         _check_arrays(path, config, recipe.audio)
+        _check_spans(path, config["store"]["frames"], manifest)
         return cls(path, config, recipe, speakers, manifest)
 
     def split(self, name: str) -> Split:
@@ -235,21 +237,53 @@ class Dataset:
         return f"Dataset({str(self.path)!r}, {len(self.speakers)} speakers, {counts}, {self.fingerprint})"
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_config(config_path: Path, config: dict[str, Any]) -> None:
+    """The entries of config.json that opening and reading rely on, of the right JSON type: a damaged or
+    hand-edited one was a KeyError or AttributeError traceback."""
+    splits = config.get("splits")
+    store = config.get("store")
+    problem = ("'fingerprint' must be a string" if not isinstance(config.get("fingerprint"), str) else
+               "'recipe' must be an object" if not isinstance(config.get("recipe"), dict) else
+               "'store' must be an object with a whole number of 'frames'"
+               if not isinstance(store, dict) or not _count(store.get("frames")) else
+               "'splits' must be an object" if not isinstance(splits, dict) else
+               next((f"split '{name}' must be an object with a whole number of 'utterances'" for name in SPLITS
+                     if not isinstance(splits.get(name), dict) or not _count(splits[name].get("utterances"))), None))
+    if problem:
+        raise UserError(f"{config_path}: damaged ({problem}); prepare the dataset again")
+
+
 def _check_arrays(path: Path, config: dict[str, Any], cfg: AudioConfig) -> None:
     """The store's arrays exist with the frames config.json promises and are not cut short; every split has its
     spans, within the store."""
-    frames = int(config.get("store", {}).get("frames", -1))
-    if frames < 0:
-        raise UserError(f"{path}: {CONFIG} has no store size (damaged dataset)")
+    frames = config["store"]["frames"]
     expect = {"mel": ((frames, cfg.n_mels), np.float16), "f0": ((frames,), np.float32),
               "energy": ((frames,), np.float32), "audio": ((frames * cfg.hop_length,), np.int16)}
     for key, (shape, dtype) in expect.items():
         _check_npy(path / FEATURES / f"{key}.npy", shape, dtype)
     for name in SPLITS:
-        info = config.get("splits", {}).get(name)
-        if info is None:
-            raise UserError(f"{path}: {CONFIG} lists no split '{name}' (damaged dataset)")
-        _check_npy(path / name / SPANS, (int(info["utterances"]), 2), np.int64)
+        _check_npy(path / name / SPANS, (config["splits"][name]["utterances"], 2), np.int64)
+
+
+def _check_spans(path: Path, frames: int, manifest: list[dict]) -> None:
+    """Every split's spans lie within the store and hold the frames their manifest rows say: a span past the
+    store's end, reversed or of another length gave silently short features or a traceback in evaluation."""
+    for name in SPLITS:
+        rows = [r for r in manifest if r["split"] == name]
+        p = path / name / SPANS
+        spans = np.load(p, allow_pickle=False)
+        if len(spans) != len(rows):
+            raise UserError(f"{p}: {len(spans)} spans for the manifest's {len(rows)} '{name}' rows (damaged dataset; "
+                            "prepare it again)")
+        for row, (a, b) in zip(rows, spans.tolist()):
+            if not 0 <= a < b <= frames or row["frames"] != b - a or isinstance(row["frames"], bool):
+                raise UserError(f"{p}: the span of {row.get('id', '?')!r} ({a}:{b}) does not hold its manifest row's "
+                                f"{row['frames']!r} frames within the store's {frames} (damaged dataset; prepare it "
+                                "again)")
 
 
 def _check_npy(p: Path, shape: tuple[int, ...], dtype: Any) -> None:

@@ -70,9 +70,14 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     for path in (out, plot):  # before the long part: a path that cannot be written fails now
         if path is not None:
             check_output(path)
+    # the figure is always PNG: a curves.svg or curves.pdf would be a PNG under another format's name
+    if plot is not None and Path(plot).suffix and Path(plot).suffix.lower() != ".png":
+        raise UserError(f"--plot {plot}: the curves are written as PNG; name the file .png")
     if baseline is not None:
         if data is None or (model or run) is None:
             raise UserError("--baseline needs --model MODEL and --data DATASET")
+        if plot is not None:  # the comparison draws no curves: the plot was silently not written
+            raise UserError("--plot draws a run's training curves; it does not go with --baseline")
         return compare_models(model if model is not None else run, baseline, data,
                               split="val" if split == "unseen" else split, max_utterances=max_utterances,
                               out=out, speaker_encoder=speaker_encoder, device=device, console=console)

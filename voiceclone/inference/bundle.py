@@ -33,6 +33,7 @@ from voiceclone.run import best_path, load_checkpoint
 FORMAT = "voiceclone-bundle"
 FORMAT_VERSION = 1
 MAX_SPEAKERS = 100_000  # training speakers a model may name (its classifier has one row each)
+MAX_VOICE_F0 = 8000.0  # Hz: above any recipe's f0 range, so a median measured in it always fits
 
 
 @dataclass
@@ -61,6 +62,10 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: damaged model metadata ('speakers' must be a list of names)")
     if len(speakers) > MAX_SPEAKERS:
         raise UserError(f"{where}: names {len(speakers)} training speakers; at most {MAX_SPEAKERS} are supported")
+    f0 = meta.get("voice_f0_median")  # a fine-tuned voice's register: synthesis divides by it
+    if f0 is not None and (isinstance(f0, bool) or not isinstance(f0, (int, float)) or not 0 < f0 <= MAX_VOICE_F0):
+        raise UserError(f"{where}: damaged model metadata ('voice_f0_median' must be a number of Hz in "
+                        f"(0, {MAX_VOICE_F0:g}], got {f0!r})")
     return meta
 
 

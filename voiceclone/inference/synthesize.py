@@ -331,6 +331,9 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
         seconds = info.pop("seconds")
     else:
         y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
+        if len(y) < cfg.hop_length:  # no whole frame: the content encoder's convolutions refuse an empty input
+            raise A.AudioError(source, "too short", f"{len(y)} samples after trimming, less than one "
+                                                    f"{cfg.hop_length}-sample frame")
         blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength, workers)
         seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
