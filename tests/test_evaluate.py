@@ -255,6 +255,15 @@ def test_a_plot_named_for_another_format_is_one_line(tmp_path, name):
     assert code == 0 and (tmp_path / "curves.PNG").read_bytes().startswith(PNG_SIGNATURE), output
 
 
+def test_a_report_and_a_plot_of_one_path_is_one_line(tmp_path):
+    """The JSON report silently overwrote the figure written to the same path, exit 0."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
+    one_line_error(*invoke("--run", run, "--out", tmp_path / "x.png", "--plot", tmp_path / "x.png"),
+                   "--out and --plot", "x.png")
+
+
 def test_a_plot_with_a_baseline_is_one_line(tmp_path):
     """A comparison draws no curves: --plot was silently not written, exit 0."""
     one_line_error(*invoke("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",

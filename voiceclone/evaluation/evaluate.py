@@ -70,6 +70,8 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     for path in (out, plot):  # before the long part: a path that cannot be written fails now
         if path is not None:
             check_output(path)
+    if out is not None and plot is not None and Path(out).resolve() == Path(plot).resolve():
+        raise UserError(f"--out and --plot are both {out}: the report would overwrite the figure")
     # the figure is always PNG: a curves.svg or curves.pdf would be a PNG under another format's name
     if plot is not None and Path(plot).suffix and Path(plot).suffix.lower() != ".png":
         raise UserError(f"--plot {plot}: the curves are written as PNG; name the file .png")
