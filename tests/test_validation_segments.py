@@ -81,3 +81,37 @@ def test_each_stage_validates_on_as_many_segments_per_utterance_as_its_recipe_sa
         assert counts[1] == len(dataset.split("val")) < counts[6], (stage, counts)
     with pytest.raises(UserError, match="val_segments"):
         load_recipe("demo", ["vocoder.train.val_segments=0"])
+
+
+def test_a_limit_keeps_that_many_segments_spread_over_the_utterances_and_the_same_every_epoch():
+    split = FakeSplit([100, 120, 200, 90, 300, 60, 150, 250])
+    full = Segments(split, 48, 256, seed=1, train=False, cover=6)
+    capped = Segments(split, 48, 256, seed=1, train=False, cover=6, limit=8)
+    assert len(full) > 8 and len(capped) == 8
+    assert set(capped.fixed) <= set(full.fixed)
+    assert capped.fixed[0] == full.fixed[0] and capped.fixed[-1] == full.fixed[-1]  # first and last kept
+    assert len({u for u, _ in capped.fixed}) >= 6  # spread over the utterances, not the first ones' segments
+    for k in range(len(capped)):
+        a, b = capped[(1, k)], capped[(9, k)]
+        assert all(np.array_equal(a[name], b[name]) for name in a)
+    # without cover the middle segments are capped alike; a limit above the count changes nothing
+    assert len(Segments(split, 48, 256, seed=1, train=False, limit=3)) == 3
+    assert Segments(split, 48, 256, seed=1, train=False, cover=6, limit=10_000).fixed == full.fixed
+
+
+def test_training_validates_on_the_capped_segments_and_evaluate_on_all(make_dataset, tmp_path):
+    import pytest
+    import torch
+
+    from voiceclone.config import load_recipe
+    from voiceclone.data.store import Dataset
+    from voiceclone.errors import UserError
+    from voiceclone.stages.tasks import make_task
+
+    dataset = Dataset.open(make_dataset(tmp_path, speakers=3, utterances=3, seconds=3.0, seed=2))
+    for stage in ("acoustic", "vocoder"):
+        recipe = load_recipe("demo", [f"{stage}.train.val_max_segments=2", f"{stage}.train.segment_frames=32"])
+        task = make_task(stage, recipe, dataset, torch.device("cpu"))
+        assert len(task.val_segments("val")) == 2 < len(task.val_segments("val", whole=True)), stage
+    with pytest.raises(UserError, match="val_max_segments"):
+        load_recipe("demo", ["vocoder.train.val_max_segments=-1"])

@@ -132,10 +132,14 @@ class TrainConfig:
     # validation segments per utterance: fixed, evenly spaced, covering utterances up to this many segments
     # long, so the monitored loss measures whole utterances rather than one slice of each
     val_segments: int = 6
+    # at most this many validation segments per split, evenly spread over its utterances (0: all of them):
+    # on a CPU the vocoder's validation (audio generated, its F0 tracked) can cost more than its training epoch
+    val_max_segments: int = 0
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
         _require(1 <= self.val_segments <= 64, "train.val_segments", "must be in [1, 64]")
+        _require(0 <= self.val_max_segments <= 10**7, "train.val_max_segments", "must be in [0, 10^7] (0: all)")
         _require(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1): the average's decay per step")
         _require(1 <= self.batch_size <= 4096, "train.batch_size", "must be in [1, 4096]")
         _require(8 <= self.segment_frames <= 8192, "train.segment_frames", "must be in [8, 8192]")

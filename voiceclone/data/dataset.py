@@ -25,7 +25,8 @@ class Segments(TorchDataset):
     train=True: a random segment per (epoch, index). train=False (validation): fixed segments, the same every
     epoch; with cover=0 the middle one of each utterance, with cover=K up to K evenly spaced segments that
     together cover the utterance (an item is then one segment, and len() counts segments), so validation
-    measures whole utterances and its value moves only when the model does.
+    measures whole utterances and its value moves only when the model does; limit > 0 keeps at most that
+    many of those segments, evenly spread over the split's utterances (in order, so over its speakers too).
     references: a pool of other utterances per speaker ([(Split, index)]); the reference is always a
     different utterance of the same speaker, so the target segment can never leak through it.
     Items: mel [frames, n_mels] float32, f0 [frames], energy [frames], mask [frames],
@@ -35,11 +36,15 @@ class Segments(TorchDataset):
 
     def __init__(self, split: Split, frames: int, hop: int, seed: int, train: bool,
                  references: dict[str, list[tuple[Split, int]]] | None = None, ref_frames: int = 0,
-                 with_audio: bool = False, speaker_ids: dict[str, int] | None = None, cover: int = 0) -> None:
+                 with_audio: bool = False, speaker_ids: dict[str, int] | None = None, cover: int = 0,
+                 limit: int = 0) -> None:
         self.split, self.frames, self.hop, self.seed, self.train = split, frames, hop, seed, train
         self.references, self.ref_frames = references, ref_frames
         self.with_audio, self.speaker_ids = with_audio, speaker_ids or {}
         self.fixed = None if train or cover <= 0 else fixed_segments(split, frames, cover)
+        if not train and 0 < limit < len(self):
+            fixed = self.fixed or [(i, max(split.n_frames(i) - frames, 0) // 2) for i in range(len(split))]
+            self.fixed = [fixed[int(k)] for k in np.linspace(0, len(fixed) - 1, limit).round()]
 
     def __len__(self) -> int:
         return len(self.split) if self.fixed is None else len(self.fixed)

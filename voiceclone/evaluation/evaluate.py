@@ -180,7 +180,7 @@ def validation_report(model: Model, dataset: Dataset, split: str, device: torch.
     vocoder = VocoderTask(model.recipe, dataset, device, acoustic=model.acoustic if finetuned else None)
     vocoder.generator.load_state_dict(model.vocoder.state_dict())
     for task in (acoustic, vocoder):
-        segments = task.val_segments(split)
+        segments = task.val_segments(split, whole=True)
         entry: dict[str, Any] = {"monitor": task.monitor, "segments": 0 if segments is None else len(segments)}
         if segments is not None:
             values = validation_losses(task, segments, task.train_cfg.batch_size, bf16=task.train_cfg.bf16)

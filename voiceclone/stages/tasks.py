@@ -88,8 +88,12 @@ class Task(ABC):
         """Random training segments of the `train` split."""
 
     @abstractmethod
-    def val_segments(self, split: str) -> Segments | None:
-        """Fixed validation segments of a split, or None when the split is empty."""
+    def val_segments(self, split: str, whole: bool = False) -> Segments | None:
+        """Fixed validation segments of a split, or None when the split is empty; at most
+        `train.val_max_segments` of them unless `whole` (evaluate measures them all)."""
+
+    def _val_limit(self, whole: bool) -> int:
+        return 0 if whole else self.train_cfg.val_max_segments
 
     @abstractmethod
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -169,7 +173,7 @@ class AcousticTask(Task):
                         train=True, references=reference_pool(train), ref_frames=self.ref_frames,
                         speaker_ids=self.speaker_ids)
 
-    def val_segments(self, split: str) -> Segments | None:
+    def val_segments(self, split: str, whole: bool = False) -> Segments | None:
         s = self.dataset.split(split)
         if len(s) == 0:
             return None
@@ -177,7 +181,7 @@ class AcousticTask(Task):
         pool = reference_pool(s, self.dataset.split("train")) if split == "val" else reference_pool(s)
         return Segments(s, self.train_cfg.segment_frames, self.recipe.audio.hop_length, self.train_cfg.seed,
                         train=False, references=pool, ref_frames=self.ref_frames, speaker_ids=self.speaker_ids,
-                        cover=self.train_cfg.val_segments)
+                        cover=self.train_cfg.val_segments, limit=self._val_limit(whole))
 
     def losses(self, group: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         mel, ref = batch["mel"].transpose(1, 2), batch["ref_mel"].transpose(1, 2)  # [B, M, T], [B, M, R]
@@ -290,20 +294,20 @@ class VocoderTask(Task):
                                    "base_lr": self.recipe.vocoder.gan.disc_lr}],
                 "generator": [{"params": list(self.generator.parameters()), "base_lr": gen_lr}]}
 
-    def _segments(self, split: str, frames: int, train: bool) -> Segments | None:
+    def _segments(self, split: str, frames: int, train: bool, limit: int = 0) -> Segments | None:
         s = self.dataset.split(split)
         if len(s) == 0:
             return None
         refs = reference_pool(s, self.dataset.split("train")) if self.acoustic is not None else None
         return Segments(s, frames, self.recipe.audio.hop_length, self.train_cfg.seed, train=train,
                         references=refs, ref_frames=2 * frames if refs else 0, with_audio=True,
-                        cover=0 if train else self.train_cfg.val_segments)
+                        cover=0 if train else self.train_cfg.val_segments, limit=limit)
 
     def train_segments(self) -> Segments:
         return self._segments("train", self.train_cfg.segment_frames, True)
 
-    def val_segments(self, split: str) -> Segments | None:
-        return self._segments(split, self.val_frames, False)
+    def val_segments(self, split: str, whole: bool = False) -> Segments | None:
+        return self._segments(split, self.val_frames, False, self._val_limit(whole))
 
     def _input_mel(self, batch: dict[str, Tensor]) -> Tensor:
         mel = batch["mel"].transpose(1, 2)
