@@ -43,7 +43,7 @@ class Segments(TorchDataset):
         self.with_audio, self.speaker_ids = with_audio, speaker_ids or {}
         self.fixed = None if train or cover <= 0 else fixed_segments(split, frames, cover)
         if not train and 0 < limit < len(self):
-            fixed = self.fixed or [(i, max(split.n_frames(i) - frames, 0) // 2) for i in range(len(split))]
+            fixed = self.fixed or fixed_segments(split, frames, 1)  # the middle segment of each utterance
             self.fixed = [fixed[int(k)] for k in np.linspace(0, len(fixed) - 1, limit).round()]
 
     def __len__(self) -> int:
