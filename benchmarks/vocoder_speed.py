@@ -8,7 +8,7 @@ generators' calls alternate, and each round's ratio of Vocos's time to base's is
 whose speed drifts (other work, clocks) slows both sides of a sample alike. The table's separate blocks
 of calls are biased against whichever size runs first: on the 2-core EPYC the first block of base calls
 took 70 ms each and later blocks 57 ms (Vocos-size 119-123 ms in every block), which made the same code
-read 1.65-2.09x from run to run and 2.06-2.15x paired.
+read 1.65-2.09x from run to run and 2.05-2.11x paired (four runs).
 
 Synthesis on CPU: 2 threads, batch 1, 10 s of audio, inference mode (the deployment case of a laptop).
 Synthesis on CUDA, when there is a GPU: batch 1 x 10 s and batch 16 x 1 s, bf16 autocast. A training step is what the
