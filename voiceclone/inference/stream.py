@@ -396,7 +396,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
 
     from voiceclone.inference.bundle import load_model
     from voiceclone.errors import UserError, check_output
-    from voiceclone.inference.synthesize import check_transpose, embed_references, write_wav
+    from voiceclone.inference.synthesize import check_sample_rate, check_transpose, embed_references, write_wav
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
@@ -407,8 +407,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
         raise UserError(f"{source}: --stream converts one file, not a folder")
     if not source.exists():
         raise UserError(f"{source}: no such file")
-    if sample_rate is not None and not 8000 <= sample_rate <= 192000:
-        raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
+    check_sample_rate(sample_rate)
     check_output(out)
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)

@@ -49,12 +49,20 @@ REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound
 
 MAX_TRANSPOSE = 48.0  # semitones: four octaves, more than any voice spans
 MAX_CHUNK_SECONDS = 3600.0
+OUTPUT_RATES = (8000, 192000)  # --sample-rate: the range of the recipes' own audio.sample_rate
 
 
 def check_transpose(transpose: float) -> None:
     """A NaN or huge --transpose does not fail: it silently feeds the vocoder a nonsense F0."""
     if not -MAX_TRANSPOSE <= transpose <= MAX_TRANSPOSE:
         raise UserError(f"--transpose {transpose:g}: expected -{MAX_TRANSPOSE:g} to {MAX_TRANSPOSE:g} semitones")
+
+
+def check_sample_rate(sample_rate: int | None) -> None:
+    """--sample-rate of the written file, when given."""
+    lo, hi = OUTPUT_RATES
+    if sample_rate is not None and not lo <= sample_rate <= hi:
+        raise UserError(f"--sample-rate {sample_rate}: expected {lo}-{hi} Hz")
 
 
 @dataclass
@@ -411,8 +419,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     # a piece shorter than the context converted on each side of it is mostly waste; 0 divides by zero
     if not 2 * CONTEXT_SECONDS <= chunk_seconds <= MAX_CHUNK_SECONDS:
         raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
-    if sample_rate is not None and not 8000 <= sample_rate <= 192000:
-        raise UserError(f"--sample-rate {sample_rate}: expected 8000-192000 Hz")
+    check_sample_rate(sample_rate)
     check_output(out, folder=source is not None and source.is_dir())
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
