@@ -133,3 +133,34 @@ def test_a_truncated_array_says_it_is_cut_short(prepared_dataset, tmp_path):
     # not "shape (n, 80) float16, expected (n, 80) float16": the sizes that differ (tmp_path's own name
     # holds the word "truncated", so the bytes are what is checked)
     one_line_error(r, "mel.npy", "bytes", "needed")
+
+
+# --- a damaged mp3: libmpg123's own notes ------------------------------------------------------------
+
+
+def _damaged_mp3s(folder: Path) -> list[Path]:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(32000) / 16000
+    good = folder / "good.mp3"
+    sf.write(good, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="MP3")
+    data = good.read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    files = {"cut.mp3": data[: len(data) // 3],  # libmpg123: "Warning: Xing stream size off by more than 1%"
+             "resync.mp3": data[:2000] + noise[2000:5000] + data[5000:],  # "Note: Illegal Audio-MPEG-Header"
+             "noise.mp3": data[:400] + noise[400:]}  # the same, when the file is opened
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return [folder / n for n in files]
+
+
+def test_a_damaged_mp3_prints_only_our_line(tmp_path, capfd):
+    from voiceclone.audio import AudioError, load_audio
+
+    for path in _damaged_mp3s(tmp_path):
+        with pytest.raises(AudioError, match=path.name):
+            load_audio(path, 16000)
+        print("after", path.name, file=sys.stderr)  # stderr works again after each decode
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"after {n}" for n in ("cut.mp3", "resync.mp3", "noise.mp3")], err

@@ -6,7 +6,11 @@ Stored audio is int16; `to_int16` and `from_int16` are the one pair of conversio
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -26,12 +30,56 @@ INT16_SCALE = 32768.0  # full scale of stored int16 audio: x / 32768 in [-1, 1),
 MIN_SAMPLE_RATE = 4000
 
 
+_STDERR_LOCK = threading.Lock()
+
+
 class AudioError(UserError):
     """A file that cannot be used; `reason` is the short tag that report.json counts by."""
 
     def __init__(self, path: Path | str, reason: str, detail: str = "") -> None:
         self.path, self.reason, self.detail = str(path), reason, detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@contextmanager
+def quiet_decoder() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the block: libmpg123, libsndfile's mp3 decoder, prints its
+    own notes on a damaged file ("Note: Illegal Audio-MPEG-Header ...", "Warning: Xing stream size off ...")
+    straight to stderr, before and beside the one line an AudioError gives.
+
+    The swap is process-wide, so whatever another thread writes meanwhile is lost too. Files are decoded in
+    the thread that prints (prepare's workers are processes; synthesis threads only compute), so that is at
+    worst one refresh of a progress bar, which the next one redraws. The lock keeps concurrent uses from
+    restoring each other's descriptor; blocks are short (one open, one read), never across a yield.
+    """
+    with _STDERR_LOCK:
+        saved = _stderr_to_null()
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def _stderr_to_null() -> int | None:
+    """Point descriptor 2 at /dev/null; returns a copy of the old one, or None where there is none to swap."""
+    try:
+        sys.stderr.flush()  # what Python wrote before still goes out
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # stderr closed: nothing to silence
+        return None
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        os.close(saved)
+        return None
+    os.dup2(null, 2)
+    os.close(null)
+    return saved
 
 
 def is_audio_file(path: Path) -> bool:
@@ -62,7 +110,7 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with quiet_decoder(), sf.SoundFile(str(path)) as f:
             declared, sr, log = f.frames, f.samplerate, f.extra_info
             _check_rate(path, sr)
             y = f.read(dtype="float32", always_2d=True)
@@ -157,7 +205,8 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
     concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
     path = Path(path)
     try:
-        f = sf.SoundFile(str(path))
+        with quiet_decoder():
+            f = sf.SoundFile(str(path))
     except Exception as e:  # libsndfile's error types vary by format
         raise AudioError(path, "unreadable", str(e).splitlines()[0][:120]) from None
     with f:
@@ -166,7 +215,8 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
         while True:
-            x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            with quiet_decoder():
+                x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")

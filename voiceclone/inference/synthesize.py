@@ -399,7 +399,8 @@ def _sound_errors(out: Path) -> Iterator[None]:
 def _duration(path: Path) -> float:
     """Seconds of audio by the file's header; 0 if unreadable (load_audio then names the problem)."""
     try:
-        return float(sf.info(str(path)).duration)
+        with A.quiet_decoder():
+            return float(sf.info(str(path)).duration)
     except Exception:  # any header libsndfile cannot parse
         return 0.0
 
