@@ -164,3 +164,15 @@ def test_a_damaged_mp3_prints_only_our_line(tmp_path, capfd):
         print("after", path.name, file=sys.stderr)  # stderr works again after each decode
     err = capfd.readouterr().err
     assert err.splitlines() == [f"after {n}" for n in ("cut.mp3", "resync.mp3", "noise.mp3")], err
+
+
+def test_damage_past_the_header_of_a_streamed_file_is_an_audio_error(tmp_path, capfd):
+    # stream_audio reads long sources and references block by block: a decoder error mid-way named no file
+    # and ended a folder run with a traceback
+    from voiceclone.audio import AudioError, stream_audio
+
+    path = _damaged_mp3s(tmp_path)[1]
+    with pytest.raises(AudioError, match=f"{path.name}: corrupt"):
+        for _ in stream_audio(path, 16000):
+            pass
+    assert capfd.readouterr().err == ""

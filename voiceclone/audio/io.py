@@ -215,8 +215,12 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
         while True:
-            with quiet_decoder():
-                x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            try:
+                with quiet_decoder():
+                    x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            except Exception as e:  # damage past the header shows only here (libsndfile: "internal error")
+                raise AudioError(path, "corrupt", str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+                                 ) from None
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")
