@@ -270,6 +270,19 @@ def test_a_plot_with_a_baseline_is_one_line(tmp_path):
                            "--plot", tmp_path / "c.png"), "--plot", "--baseline")
 
 
+def test_an_explicit_unseen_split_with_a_baseline_is_one_line(tmp_path, monkeypatch):
+    """--split unseen was the default, so an explicit one was silently compared on val instead."""
+    import voiceclone.evaluation.evaluate as E
+
+    args = ("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d")
+    one_line_error(*invoke(*args, "--split", "unseen"), "--split unseen", "--split val")
+    used = []
+    monkeypatch.setattr(E, "compare_models", lambda *a, split, **k: used.append(split) or {})
+    for extra, split in (((), "val"), (("--split", "val"), "val"), (("--split", "train"), "train")):
+        code, output = invoke(*args, *extra)
+        assert code == 0 and used[-1] == split, (extra, output, used)
+
+
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     ds, run = trained / "ds", trained / "run"
     empty = tmp_path / "empty_run"

@@ -234,7 +234,7 @@ def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
     run: Optional[Path] = typer.Option(None, "--run", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
-    split: str = typer.Option("unseen", "--split", help="train, val or unseen (speakers never trained on)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val or unseen (speakers never trained on). Default: unseen; with --baseline, val."),
     pairs: int = typer.Option(DEFAULT_PAIRS, "--pairs", help="Zero-shot conversions, each into a different speaker of the split."),
     max_utterances: int = typer.Option(DEFAULT_MAX_UTTERANCES, "--max-utterances", help="Utterances reconstructed and copy-synthesized, spread over the speakers."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure, with units and identities, to this JSON file."),

@@ -58,14 +58,15 @@ VALIDATION_UNITS = {"mel": "log-mel L1", "f0_rmse_cents": "cents"}
 
 
 def evaluate(model: Path | str | None = None, data: Path | str | None = None, run: Path | str | None = None,
-             split: str = "unseen", pairs: int = DEFAULT_PAIRS, max_utterances: int = DEFAULT_MAX_UTTERANCES,
+             split: str | None = None, pairs: int = DEFAULT_PAIRS, max_utterances: int = DEFAULT_MAX_UTTERANCES,
              out: Path | str | None = None, plot: Path | str | None = None,
              speaker_encoder: Path | str | None = None, device: str | None = None, seed: int = 0,
              baseline: Path | str | None = None, judges: bool | None = None, asr_model: str | None = None,
              console: Console | None = None) -> dict[str, Any]:
     """The `voiceclone evaluate` command. With `data`: the full evaluation of `model` (or `run`), or with
     `baseline` its comparison against that model; without `data`: `watch(run)`, the convergence status
-    and curves from the history alone. Returns the report."""
+    and curves from the history alone. split: None = unseen for an evaluation, val for a comparison (which
+    needs each speaker's training clips, and unseen speakers have none). Returns the report."""
     console = console or Console(stderr=True)
     for path in (out, plot):  # before the long part: a path that cannot be written fails now
         if path is not None:
@@ -80,8 +81,11 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
             raise UserError("--baseline needs --model MODEL and --data DATASET")
         if plot is not None:  # the comparison draws no curves: the plot was silently not written
             raise UserError("--plot draws a run's training curves; it does not go with --baseline")
+        if split == "unseen":  # was silently replaced by val, the default's fallback
+            raise UserError("--split unseen: the comparison measures each speaker against their training clips, "
+                            "and unseen speakers have none; use --split val (the default with --baseline)")
         return compare_models(model if model is not None else run, baseline, data,
-                              split="val" if split == "unseen" else split, max_utterances=max_utterances,
+                              split=split or "val", max_utterances=max_utterances,
                               out=out, speaker_encoder=speaker_encoder, device=device, console=console)
     if data is None:
         target = run if run is not None else model
@@ -93,7 +97,7 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
         return watch(target, out=out, plot=plot, console=console)
     if model is not None and run is not None and Path(model).resolve() != Path(run).resolve():
         raise UserError(f"--model {model} and --run {run} name different models; give one of them")
-    return evaluate_model(model if model is not None else run, data, split=split, pairs=pairs,
+    return evaluate_model(model if model is not None else run, data, split=split or "unseen", pairs=pairs,
                           max_utterances=max_utterances, out=out, plot=plot, speaker_encoder=speaker_encoder,
                           device=device, seed=seed, judges=judges, asr_model=asr_model, console=console)
 
