@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -139,7 +140,6 @@ def test_a_truncated_array_says_it_is_cut_short(prepared_dataset, tmp_path):
 
 
 def _damaged_mp3s(folder: Path) -> list[Path]:
-    import numpy as np
     import soundfile as sf
 
     t = np.arange(32000) / 16000
@@ -176,3 +176,20 @@ def test_damage_past_the_header_of_a_streamed_file_is_an_audio_error(tmp_path, c
         for _ in stream_audio(path, 16000):
             pass
     assert capfd.readouterr().err == ""
+
+
+def test_a_decoder_error_gives_its_reason_not_the_path_again(tmp_path):
+    # libsndfile's "Error opening '<path>': <reason>" was kept whole and cut at 120 characters, so a long
+    # path left no reason; of an mp3 without a stream it says "File does not exist", of a file that exists
+    from voiceclone.audio import AudioError, load_audio
+
+    folder = tmp_path / ("long folder name " * 6).strip()
+    folder.mkdir()
+    (folder / "notes.wav").write_text("not a recording\n" * 50)
+    with pytest.raises(AudioError) as e:
+        load_audio(folder / "notes.wav", 16000)
+    assert str(e.value) == f"{folder / 'notes.wav'}: not audio (Format not recognised.)"
+    (folder / "noise.mp3").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError, match="no audio stream the decoder can read") as e:
+        load_audio(folder / "noise.mp3", 16000)
+    assert "does not exist" not in str(e.value)

@@ -117,7 +117,7 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     except AudioError:
         raise
     except Exception as e:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
-        message = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        message = _decoder_message(e)
         reason = "not audio" if "not recognised" in message.lower() else "corrupt"
         raise AudioError(path, reason, message) from None
     if _truncated(log, declared, len(y)):
@@ -128,6 +128,17 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     if not np.isfinite(y).all():
         raise AudioError(path, "non-finite samples")
     return resample(y, sr, sample_rate)
+
+
+def _decoder_message(e: Exception) -> str:
+    """libsndfile's reason, without its "Error opening '<path>': " (the path leads our line already, and a long
+    one cut the reason off). Of a file that exists, "File does not exist or is not a regular file" is what the
+    mp3 decoder says when it finds no stream it can read."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = re.sub(r"^Error opening '.*?': ", "", text)
+    if text.startswith("File does not exist or is not a regular file"):
+        text = "no audio stream the decoder can read"
+    return text[:120]
 
 
 def _check_rate(path: Path | str, rate: int) -> None:
@@ -208,7 +219,7 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
         with quiet_decoder():
             f = sf.SoundFile(str(path))
     except Exception as e:  # libsndfile's error types vary by format
-        raise AudioError(path, "unreadable", str(e).splitlines()[0][:120]) from None
+        raise AudioError(path, "unreadable", _decoder_message(e)) from None
     with f:
         _check_rate(path, f.samplerate)
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -219,8 +230,7 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
                 with quiet_decoder():
                     x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
             except Exception as e:  # damage past the header shows only here (libsndfile: "internal error")
-                raise AudioError(path, "corrupt", str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-                                 ) from None
+                raise AudioError(path, "corrupt", _decoder_message(e)) from None
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")
