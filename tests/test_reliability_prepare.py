@@ -136,6 +136,18 @@ def test_a_truncated_array_says_it_is_cut_short(prepared_dataset, tmp_path):
     one_line_error(r, "mel.npy", "bytes", "needed")
 
 
+def test_a_torn_manifest_line_names_the_manifest_and_its_line(prepared_dataset, tmp_path):
+    # was "<dataset>: incomplete or damaged dataset (Unterminated string ...: line 1 column 195)": the folder,
+    # and the line within the torn line; a blank line is harmless
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    manifest = ds / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n" + lines[0][:50])
+    r = runner.invoke(app, ["train", "--data", str(ds), "--run", str(tmp_path / "run")])
+    one_line_error(r, f"{manifest}: line {len(lines) + 2} is damaged", "column")
+
+
 # --- a damaged mp3: libmpg123's own notes ------------------------------------------------------------
 
 

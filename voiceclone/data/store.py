@@ -208,9 +208,17 @@ class Dataset:
         recipe = recipe_from_dict(config["recipe"], source=str(config_path))
         try:
             speakers = json.loads((path / SPEAKERS).read_text())
-            manifest = [json.loads(line) for line in (path / MANIFEST).read_text().splitlines() if line.strip()]
+            lines = (path / MANIFEST).read_text().splitlines()
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: incomplete or damaged dataset ({e})") from None
+        manifest = []
+        for n, line in enumerate(lines, 1):  # one by one: the error names the file's line, not "line 1" of it
+            if line.strip():
+                try:
+                    manifest.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path / MANIFEST}: line {n} is damaged ({e.msg}: column {e.colno}); "
+                                    "prepare the dataset again") from None
         # valid JSON of the wrong shape would fail far from here, in training or evaluation, as a traceback
         if not isinstance(speakers, dict) or not all(isinstance(v, dict) for v in speakers.values()):
             raise UserError(f"{path / SPEAKERS}: damaged (expected an object of speakers, got "
