@@ -278,6 +278,26 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     assert "blip.wav" in r.output and (tmp_path / "out" / "speech.wav").is_file()
 
 
+def test_an_output_onto_an_input_is_refused_and_the_input_kept(model, tmp_path):
+    """--out naming the --source or a --reference, or a folder --out where an output lands on a source file,
+    replaced the recording with its conversion, exit 0."""
+    folder = tmp_path / "in"
+    (folder / "out").mkdir(parents=True)
+    src, ref = folder / "a.wav", tmp_path / "ref.wav"
+    for p in (src, folder / "out" / "a.wav", ref):
+        p.write_bytes(Path(model["src"]).read_bytes())
+    before = {p: p.read_bytes() for p in (src, folder / "out" / "a.wav", ref)}
+    one_line_error(synth(model, model["bundle"], src, "--source", str(src)), "is the --source file")
+    one_line_error(synth(model, model["bundle"], src, "--source", str(src), "--stream"), "is the --source file")
+    one_line_error(synth(model, model["bundle"], ref, "--reference", str(ref)), "is the --reference file")
+    one_line_error(synth(model, model["bundle"], folder, "--source", str(folder)), "is the --source folder")
+    # in/a.wav would be written to in/out/a.wav, itself a source
+    one_line_error(synth(model, model["bundle"], folder / "out", "--source", str(folder)),
+                   "would overwrite its file", str(folder / "out" / "a.wav"))
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.wav", "a.wav", "out"]
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:99"])
 def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--device", device), f"--device {device}")

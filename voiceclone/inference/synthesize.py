@@ -58,6 +58,17 @@ def check_transpose(transpose: float) -> None:
         raise UserError(f"--transpose {transpose:g}: expected -{MAX_TRANSPOSE:g} to {MAX_TRANSPOSE:g} semitones")
 
 
+def check_not_an_input(out: Path, source: Path | None, references: Sequence[Path]) -> None:
+    """An --out that is the --source (or a --reference) was written over it: the recording replaced by its
+    conversion, exit 0. Of a folder --source, the same folder as --out is the same mistake."""
+    target = Path(out).resolve()
+    for option, path in [("--source", source), *(("--reference", r) for r in references)]:
+        if path is not None and Path(path).resolve() == target:
+            what = ("folder; the outputs would replace its files" if Path(path).is_dir() else
+                    "file; the output would replace it")
+            raise UserError(f"{out}: is the {option} {what}; choose another --out")
+
+
 def check_sample_rate(sample_rate: int | None) -> None:
     """--sample-rate of the written file, when given."""
     lo, hi = OUTPUT_RATES
@@ -422,6 +433,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
     check_sample_rate(sample_rate)
     check_output(out, folder=source is not None and source.is_dir())
+    check_not_an_input(out, source, references)
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
     for w in ref.warnings:
@@ -439,10 +451,15 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         if out.suffix.lower() == ".wav":
             raise UserError(f"{out}: with a folder as --source, --out must be a folder")
         failed = []
+        targets = _folder_targets(source, files, out)
+        inputs = {f.resolve(): f for f in files}
+        for t in targets.values():  # --out inside --source: an output may land on a source file
+            if t.resolve() in inputs:
+                raise UserError(f"{out}: converting {source} here would overwrite its file {inputs[t.resolve()]}; "
+                                "choose another --out")
         with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as bar:
             task = bar.add_task("convert", total=len(files))
-            targets = _folder_targets(source, files, out)
             for f in files:
                 try:
                     results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
