@@ -298,6 +298,16 @@ def test_an_output_onto_an_input_is_refused_and_the_input_kept(model, tmp_path):
     assert sorted(p.name for p in folder.rglob("*")) == ["a.wav", "a.wav", "out"]
 
 
+@pytest.mark.parametrize("name", ["voice.mp3", "voice.flac"])
+def test_an_output_named_for_another_format_is_one_line(model, tmp_path, name):
+    """The output is WAV: an --out of voice.mp3 got WAV data under that name, exit 0."""
+    one_line_error(synth(model, model["bundle"], tmp_path / name), name, "WAV")
+    one_line_error(synth(model, model["bundle"], tmp_path / name, "--stream"), name, "WAV")
+    assert not (tmp_path / name).exists()
+    r = synth(model, model["bundle"], tmp_path / "voice.WAV")
+    assert r.exit_code == 0 and sf.info(str(tmp_path / "voice.WAV")).format == "WAV", r.output
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:99"])
 def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--device", device), f"--device {device}")

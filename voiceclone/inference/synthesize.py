@@ -69,6 +69,12 @@ def check_not_an_input(out: Path, source: Path | None, references: Sequence[Path
             raise UserError(f"{out}: is the {option} {what}; choose another --out")
 
 
+def check_wav_name(out: Path) -> None:
+    """The output is always WAV: an --out of voice.mp3 or voice.flac got WAV data under that name, exit 0."""
+    if Path(out).suffix and Path(out).suffix.lower() != ".wav":
+        raise UserError(f"--out {out}: the output is written as WAV; name the file .wav")
+
+
 def check_sample_rate(sample_rate: int | None) -> None:
     """--sample-rate of the written file, when given."""
     lo, hi = OUTPUT_RATES
@@ -433,6 +439,8 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
     check_sample_rate(sample_rate)
     check_output(out, folder=source is not None and source.is_dir())
+    if source is None or not source.is_dir():
+        check_wav_name(out)
     check_not_an_input(out, source, references)
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
