@@ -292,3 +292,15 @@ def test_a_resume_checkpoint_with_the_keys_but_not_their_content_is_one_line(pre
 def test_epochs_below_one_are_refused(prepared_dataset, tmp_path, epochs):
     one_line_error(train_cli(prepared_dataset, tmp_path / "run", "--epochs", epochs), "--epochs")
     assert not (tmp_path / "run/acoustic/history.jsonl").exists()
+
+
+@pytest.mark.parametrize("count", ["100000", "-1"])
+def test_thread_and_worker_counts_out_of_range_are_one_line(tmp_path, count):
+    """--threads 100000 crashed in libgomp (a segfault, exit 139, no message); a negative count was taken
+    silently as 0."""
+    missing = str(tmp_path / "missing")
+    for args in (["train", "--data", missing, "--run", missing, "--threads", count],
+                 ["synthesize", "--model", missing, "--source", missing, "--out", missing, "--threads", count],
+                 ["evaluate", "--run", missing, "--threads", count],
+                 ["prepare", missing, "--out", missing, "--workers", count]):
+        one_line_error(runner.invoke(app, args), f"{args[-2]} {count}", "1024")

@@ -65,8 +65,9 @@ def _root(
 
 def _threads(ctx: typer.Context, requested: int) -> int:
     """Set torch's threads: `requested`, or the cores other processes leave free (voiceclone/threads.py)."""
-    from voiceclone.threads import apply_threads
+    from voiceclone.threads import apply_threads, check_count
 
+    check_count(requested, "--threads")
     return apply_threads(requested, since=ctx.find_root().obj)
 
 
@@ -91,8 +92,9 @@ def prepare(
     from voiceclone.config import load_recipe
     from voiceclone.data.prepare import prepare as run_prepare
 
-    from voiceclone.threads import free_cores
+    from voiceclone.threads import check_count, free_cores
 
+    check_count(workers, "--workers")
     cfg = load_recipe(recipe, set_ or [])
     named = tuple(s.strip() for s in unseen_speakers.split(",") if s.strip()) if unseen_speakers else None
     run_prepare(inputs, out, cfg, workers=workers or free_cores(ctx.find_root().obj), unseen_speakers=named,

@@ -36,6 +36,9 @@ R = TypeVar("R")
 
 MIN_WINDOW = 0.05  # seconds: shorter windows hold too few scheduler ticks (100 per second per core) to judge
 SPARE = 0.5  # a core counts as free when neighbours use less than half of it: the second thread then still pays
+# far above any machine's cores; --threads 100000 crashed in libgomp (a segfault, exit 139, no message), and as
+# many prepare workers would be as many processes
+MAX_THREADS = 1024
 
 
 def allowed_cores() -> int:
@@ -112,6 +115,14 @@ def neighbour_load(since: CpuSample | None = None) -> float:
 def free_cores(since: CpuSample | None = None) -> int:
     """Allowed cores left over by other processes, at least 1."""
     return max(1, min(allowed_cores(), int(allowed_cores() - neighbour_load(since) + SPARE)))
+
+
+def check_count(n: int, option: str) -> None:
+    """--threads or --workers: 0 (chosen here) up to MAX_THREADS."""
+    from voiceclone.errors import UserError
+
+    if not 0 <= n <= MAX_THREADS:
+        raise UserError(f"{option} {n}: expected 0 (chosen from the free cores) to {MAX_THREADS}")
 
 
 def _explicit(requested: int) -> int:
