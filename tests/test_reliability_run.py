@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -271,6 +272,12 @@ def test_malformed_last_checkpoints_are_one_line(prepared_dataset, one_epoch, tm
     one_line_error(r, "last.pt", "NotATensor")
     assert "weights_only=False" not in r.output  # never advise turning the protection off
     assert r.output.strip().endswith((")", "."))
+    # cut short by a kill or a copy, and random bytes: the reason in words, not torch's half sentence
+    whole = (one_epoch / "acoustic/last.pt").read_bytes()
+    (run / "acoustic/last.pt").write_bytes(whole[: len(whole) // 2])
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "3", "--resume"), "last.pt", "cut short")
+    (run / "acoustic/last.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "3", "--resume"), "last.pt", "unreadable data")
 
 
 @pytest.mark.parametrize("change", [{"meta": [1]}, {"modules": {"model": [1]}}, {"progress": {"bogus": 1}},

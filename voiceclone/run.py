@@ -134,13 +134,16 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", keys: Sequence[
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # refuse, never fall back
         text = str(e)
-        if "Weights only load failed" in text:  # the restricted loader refused something: say what
-            found = re.search(r"GLOBAL (\S+)", text) or re.search(r"Unsupported operand (\S+)", text)
-            what = found.group(1) if found else "Python objects"
-            raise UserError(f"{path}: refused: it holds {what}, not only tensors and plain values, and voiceclone "
-                            "never unpickles objects (not a voiceclone checkpoint)") from None
+        if "PytorchStreamReader" in text:  # torch's zip reader: the archive ends early or is damaged inside
+            raise UserError(f"{path}: damaged or cut short (an incomplete checkpoint archive)") from None
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:  # the restricted loader refused a Python object: say which
+            raise UserError(f"{path}: refused: it holds {found.group(1)}, not only tensors and plain values, and "
+                            "voiceclone never unpickles objects (not a voiceclone checkpoint)") from None
+        if isinstance(e, KeyError) or any(k in text for k in ("Weights only load failed", "invalid load key")):
+            raise UserError(f"{path}: not a voiceclone checkpoint (unreadable data, not a torch.save file)") from None
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None  # truncated, foreign
+        raise UserError(f"{path}: not a voiceclone checkpoint ({first[:200]})") from None  # foreign
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a voiceclone checkpoint (it holds a {type(state).__name__})")
     missing = [k for k in keys if k not in state]
