@@ -314,6 +314,20 @@ def test_a_short_reference_warns(trained, tmp_path):
     assert isinstance(ref, Reference) and ref.warnings and "3 s" in ref.warnings[0]
 
 
+def test_an_unvoiced_reference_warns_that_register_and_timbre_stay(trained, tmp_path):
+    """Whispered or noisy speech has no pitch to move the register to and no voiced envelope to match: it is
+    used for the speaker vector alone, and says so, where it used to convert silently."""
+    sr = 16000
+    noise = np.random.default_rng(0).normal(0, 0.1, 4 * sr).astype(np.float32)
+    noise *= np.repeat(np.random.default_rng(1).uniform(0.2, 1.0, 40), sr // 10)  # syllable-like bursts
+    sf.write(tmp_path / "whisper.wav", noise, sr)
+    ref = embed_references(load_model(trained["run"]), [tmp_path / "whisper.wav"])
+    assert ref.f0_median is None and ref.envelope is None
+    assert any("no voiced speech" in w and "whisper.wav" in w for w in ref.warnings)
+    voiced = embed_references(load_model(trained["run"]), [wav(trained["corpus"], 0, 1)])
+    assert not any("voiced" in w for w in voiced.warnings)
+
+
 def test_several_short_references_count_together(trained, tmp_path):
     """Eight clips of 0.4 s of one voice (3.2 s of speech) are one usable reference; one such clip is not."""
     y, sr = sf.read(wav(trained["corpus"], 0, 1), dtype="float32")

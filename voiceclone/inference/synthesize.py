@@ -128,7 +128,11 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     device = next(model.acoustic.parameters()).device
     vector = model.acoustic.embed([m.to(device) for m in mels])
     env = timbre.envelope(np.concatenate([f.mel for _, _, f in clips]).T, np.concatenate(f0s))
-    return Reference(vector, total, A.voiced_median(np.concatenate(f0s)), warnings, env)
+    median = A.voiced_median(np.concatenate(f0s))
+    if median is None or env is None:  # whisper, noise, a hum: a voice without its pitch and timbre
+        warnings.append(f"{names}: almost no voiced speech found; the output keeps the source's register and "
+                        "is not matched to the reference's timbre")
+    return Reference(vector, total, median, warnings, env)
 
 
 def _stored_envelope(values, n_mels: int) -> np.ndarray | None:
