@@ -322,3 +322,9 @@ def test_a_device_this_machine_lacks_is_one_line(model, tmp_path, device):
 def test_nonsense_synthesis_options_are_one_line(model, tmp_path, option):
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", *option), option[-2])
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_a_file_name_with_a_line_break_still_gives_one_line(model, tmp_path):
+    bad = tmp_path / "take\n2.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    one_line_error(synth(model, model["run"], tmp_path / "o.wav", "--reference", str(bad)), "take\\n2.wav")

@@ -32,15 +32,21 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(_one_line(str(e)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
         except OSError as e:  # an output path that cannot be written, a full disk: the file and the reason
             if e.errno not in KNOWN_ERRNOS:
                 raise
-            console.print(f"[bold red]error:[/] {file_error(e)}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(_one_line(str(file_error(e))))}", highlight=False,
+                          soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def _one_line(message: str) -> str:
+    """A file name may hold a line break; the error stays one line, the name shown as Python writes it."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _version(value: bool) -> None:
