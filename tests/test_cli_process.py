@@ -23,3 +23,18 @@ def test_a_short_command_keeps_its_exit_code_and_its_one_error_line(tmp_path):
     assert voiceclone("synthesize", "--no-such-option").returncode == 2
     done = voiceclone("--version")
     assert done.returncode == 0 and done.stdout.startswith("voiceclone ")
+
+
+def test_every_option_help_is_printed_whole():
+    """Typer renders help as rich markup: an unescaped `[finetune]` vanished from `train --help`."""
+    import typer
+    from typer.testing import CliRunner
+
+    from voiceclone.cli import app
+
+    runner = CliRunner()
+    for name, command in typer.main.get_command(app).commands.items():
+        shown = " ".join(runner.invoke(app, [name, "--help"], env={"COLUMNS": "1000"}).output.split())
+        for param in command.params:
+            if getattr(param, "help", None):
+                assert " ".join(param.help.replace("\\[", "[").split()) in shown, (name, param.name)

@@ -121,7 +121,7 @@ def train(
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop", help="Stop when converged or overfitting (default: the recipe's)."),
     finetune_on_acoustic: bool = typer.Option(False, "--finetune-on-acoustic/--no-finetune-on-acoustic", help="Vocoder: train on the acoustic model's own outputs."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this trained model (run folder or bundle)."),
-    finetune: bool = typer.Option(False, "--finetune/--no-finetune", help="Adapt --init-from to the dataset's voice (recipe [finetune] settings)."),
+    finetune: bool = typer.Option(False, "--finetune/--no-finetune", help=r"Adapt --init-from to the dataset's voice (the recipe's \[finetune] settings)."),
     set_: Optional[List[str]] = SetOpt,
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/<stage>/tensorboard/ (needs the tensorboard extra)."),
     threads: int = ThreadsOpt,
