@@ -346,3 +346,16 @@ def test_several_short_references_count_together(trained, tmp_path):
     r = synth("--model", str(trained["run"]), "--reference", str(clips[0]), "--source",
               str(wav(trained["corpus"], 1, 0)), "--out", str(tmp_path / "o.wav"))
     assert r.exit_code == 2 and "at least 1 s" in r.output and "Traceback" not in r.output
+
+
+def test_the_summary_wraps_long_output_names_and_says_its_units():
+    """On an 80-column terminal a folder's outputs were cut to '/tmp/out/converted/103…', all alike."""
+    from voiceclone.inference.synthesize import _print_summary
+
+    console = Console(width=80, record=True)
+    name = "/tmp/some/long/folder/converted/1034-121119-0000.wav"
+    _print_summary(console, [{"output": name, "seconds": 7.88, "x_real_time": 180.0, "reference_seconds": 2.4,
+                              "pitch_shift_semitones": 15.88}])
+    shown = console.export_text()
+    assert name in "".join(line.split("│")[1].strip() for line in shown.splitlines() if line.startswith("│"))
+    assert "+15.88 st" in shown and "semitones" in shown and "seconds of speech" in shown

@@ -499,9 +499,11 @@ def _folder_targets(source: Path, files: list[Path], out: Path) -> dict[Path, Pa
 
 
 def _print_summary(console: Console, results: list[dict]) -> None:
-    table = Table(title="synthesized", show_lines=False)
-    for col in ("output", "duration", "x real time", "reference", "pitch shift"):
-        table.add_column(col)
+    table = Table(title="synthesized", show_lines=False,
+                  caption="reference: seconds of speech in the references; pitch shift in semitones (st)")
+    table.add_column("output", overflow="fold")  # wrap, never cut: a folder's output names differ at the end
+    for col in ("duration", "x real time", "reference", "pitch shift"):
+        table.add_column(col, no_wrap=True)
     for r in results:
         table.add_row(r["output"], f"{r['seconds']:.2f} s", f"{r['x_real_time']:.1f}x",
                       f"{r['reference_seconds']:.1f} s", f"{r['pitch_shift_semitones']:+.2f} st")
