@@ -36,7 +36,9 @@ def warn_single_utterance_speakers(summary: dict, console: Console) -> None:
     if single:
         shown = ", ".join(single[:5]) + (", ..." if len(single) > 5 else "")
         console.print(f"{len(single)} speaker(s) have a single utterance ({shown}): training must use it as its "
-                      f"own reference", style="yellow", highlight=False)
+                      f"own reference, through which the target can leak; give them more recordings, or cut "
+                      f"long ones into pieces with a lower --set prepare.max_seconds=N (the demo uses 6)",
+                      style="yellow", highlight=False)
 
 
 def print_summary(summary: dict, console: Console) -> None:
