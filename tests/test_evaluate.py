@@ -362,3 +362,28 @@ def test_convergence_table_keeps_its_header_and_nothing_is_cut_off(columns, tmp_
     assert headers == ["stage", "epochs", "status", "best@epoch", "monitor", "earlystop"], head
     recommendation = json.loads((tmp_path / "r.json").read_text())["convergence"]["stages"]["acoustic"]["summary"]
     assert "".join(recommendation.split()) in "".join(out.split())  # every word of it, wrapped, none cut
+
+
+@pytest.mark.parametrize("columns", [40, 80])
+def test_report_table_keeps_metric_names_whole_at_80_columns(columns):
+    """At 80 columns the name column folded "vocoder f0_rmse_cents" into a line that read as a section header;
+    narrower, a long unit was cut with "…"."""
+    from voiceclone.evaluation.printing import print_report
+
+    summary = {"mean": 0.7122, "std": 0.0951, "median": 0.6692, "n": 4, "unit": "cosine"}
+    report = {"model": {"source": "run"}, "dataset": {"path": "ds"}, "split": "unseen",
+              "speaker_encoder": {"which": "own", "source": "run"},
+              "validation": {"vocoder": {"segments": 448, "losses": {"f0_rmse_cents": {"value": 86.68,
+                                                                                        "unit": "cents"}}}},
+              "reconstruction": {"metrics": {}}, "copy_synthesis": {"metrics": {}},
+              "zero_shot": {"metrics": {"similarity_to_target": summary}, "pairs": 4},
+              "independent": {"available": True, "judges": {}, "copy_synthesis": {},
+                              "zero_shot": {"wer_out_pooled": {"value": 0.4783, "n": 23, "unit":
+                                            "word error rate over all words (n = words)"}}},
+              "convergence": {"available": False, "reason": "no history"}}
+    console = Console(width=columns, record=True)
+    print_report(report, console)
+    shown = console.export_text()
+    assert "…" not in shown
+    if columns >= 80:
+        assert "vocoder f0_rmse_cents" in shown and "similarity_to_target" in shown, shown
