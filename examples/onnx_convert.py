@@ -246,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the output of `voiceclone export RUN --onnx DIR`")
     parser.add_argument("--reference", type=Path, action="append", default=[], help="target voice (repeatable)")
-    parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--keep-pitch", action="store_true")
-    parser.add_argument("--transpose", type=float, default=0.0)
+    parser.add_argument("--source", type=Path, required=True, help="speech or singing to convert (one file)")
+    parser.add_argument("--out", type=Path, required=True, help="the wav to write")
+    parser.add_argument("--keep-pitch", action="store_true",
+                        help="keep the source's F0 instead of moving it to the reference's register")
+    parser.add_argument("--transpose", type=float, default=0.0, help="shift the pitch by this many semitones")
     parser.add_argument("--timbre", type=float, default=1.0, help="0 = the model's own timbre, 1 = the reference's")
     args = parser.parse_args(argv)
     try:
