@@ -235,6 +235,17 @@ def test_history_only_mode_reads_a_run_still_training(tmp_path):
     assert output.index("acoustic") < output.index("vocoder") and "improving" in output
 
 
+def test_model_without_data_says_it_reports_the_history_only(tmp_path):
+    """`--model RUN` without --data printed only the curves, as if the evaluation had measured nothing."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
+    code, output = invoke("--model", run)
+    assert code == 0 and "without --data" in output and "--data DATASET" in output, output
+    code, output = invoke("--run", run)
+    assert code == 0 and "without --data" not in output, output
+
+
 def one_line_error(code: int, output: str, *needles: str) -> None:
     assert code == 2, output
     assert len(output.strip().splitlines()) == 1, output

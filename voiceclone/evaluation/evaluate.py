@@ -94,6 +94,9 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
                             "status from its history")
         if Path(target).is_file():
             raise UserError(f"{target}: a bundle has no training history; evaluate it with --data DATASET")
+        if run is None:  # --model alone looked like a full evaluation that printed only the curves
+            console.print(f"--model {target} without --data: the training status from its history only; add "
+                          f"--data DATASET to measure the model", style="yellow", highlight=False, markup=False)
         return watch(target, out=out, plot=plot, console=console)
     if model is not None and run is not None and Path(model).resolve() != Path(run).resolve():
         raise UserError(f"--model {model} and --run {run} name different models; give one of them")
