@@ -225,6 +225,19 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(dataset, tmp_path):
     assert "Traceback" not in r.output
 
 
+def test_the_closing_line_names_the_monitored_loss_and_the_best_checkpoint(dataset, tmp_path):
+    """It read 'best epoch 1 (1.6022)': a number with no name, and no word of where the model went."""
+    threads = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(app, ["train", "--data", str(dataset), "--run", str(tmp_path / "r"), "--epochs", "1",
+                                     "--threads", "1", *(a for o in FAST for a in ("--set", o))])
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.output
+    shown = "".join(r.output.split())
+    assert "acoustic:bestepoch1(unseen_loss" in shown and str(tmp_path / "r" / "acoustic" / "best.pt") in shown
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "voiceclone", *args]
 

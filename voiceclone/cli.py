@@ -127,6 +127,7 @@ def train(
     threads: int = ThreadsOpt,
 ) -> None:
     """Train the acoustic model and/or the vocoder, epoch by epoch, with validation after every epoch."""
+    from voiceclone.run import best_path
     from voiceclone.train.command import train as run_train
 
     _threads(ctx, threads)  # at once (the window is the import); then again after every epoch
@@ -137,8 +138,9 @@ def train(
     for name, result in results.items():
         if result["interrupted"]:
             raise typer.Exit(code=130)
-        console.print(f"[bold]{name}[/]: best epoch {result['best_epoch']} ({result['best_value']:.4f}); "
-                      f"{result['assessment'].summary()}", highlight=False)
+        console.print(f"[bold]{name}[/]: best epoch {result['best_epoch']} ({result['assessment'].monitor} "
+                      f"{result['best_value']:.4f}) in {escape(str(best_path(run, name)))}; "
+                      f"{escape(result['assessment'].summary())}", highlight=False)
 
 
 @app.command()
