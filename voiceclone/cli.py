@@ -115,7 +115,7 @@ def train(
     run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder: checkpoints, history and config per stage (under torchrun, spell it --run-dir: torchrun claims --run)."),
     stage: str = typer.Option("acoustic", "--stage", help="acoustic, vocoder, or all (acoustic then vocoder)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: the one the dataset was prepared with)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Train up to this many epochs (default: the recipe's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Train each stage up to this many epochs, the same for both with --stage all (default: the recipe's acoustic.train.epochs / vocoder.train.epochs; set one with --set)."),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run from its last checkpoint."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop", help="Stop when converged or overfitting (default: the recipe's)."),
