@@ -243,7 +243,7 @@ def evaluate(
     ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A run folder or a .safetensors bundle."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
-    run: Optional[Path] = typer.Option(None, "--run", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
+    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", help="A run folder; alone (no --data): its convergence status and curves from the history, also while it trains."),
     split: Optional[str] = typer.Option(None, "--split", help="train, val or unseen (speakers never trained on). Default: unseen; with --baseline, val."),
     pairs: int = typer.Option(DEFAULT_PAIRS, "--pairs", help="Zero-shot conversions, each into a different speaker of the split."),
     max_utterances: int = typer.Option(DEFAULT_MAX_UTTERANCES, "--max-utterances", help="Utterances reconstructed and copy-synthesized, spread over the speakers."),
