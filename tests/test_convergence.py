@@ -78,6 +78,13 @@ def test_flat_before_patience_is_improving_but_slowing():
     a = assess(history(unseen, [u - 0.1 for u in unseen]), CFG)
     assert a.status == "improving" and a.evidence["slowing"] is True
     assert "slowed" in a.recommendation and "lower the learning rate" in a.recommendation
+    # with reduce-on-plateau on, training lowers the rate itself: the advice must not send the user to do it
+    rows = [{**r, "lr_drops": 0} for r in history(unseen, [u - 0.1 for u in unseen])]
+    auto = assess(rows, ConvergenceConfig(window=CFG.window, patience=CFG.patience, max_lr_drops=2))
+    assert auto.status == "improving" and "training lowers the learning rate" in auto.recommendation
+    at_floor = assess([{**r, "lr_drops": 2} for r in rows], ConvergenceConfig(window=CFG.window,
+                                                                              patience=CFG.patience, max_lr_drops=2))
+    assert "if the plateau persists, lower the learning rate" in at_floor.recommendation
 
 
 def test_u_shaped_validation_with_falling_training_loss_is_overfitting():

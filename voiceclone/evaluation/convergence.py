@@ -272,10 +272,13 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
         return verdict("improving", f"keep training, but progress has slowed: {plateau}, yet {trend_text}, "
                                     f"beyond min_delta and the noise; best {best_value:.4g} at epoch {best_epoch}")
     left = patience - since
+    if current_drops is not None and current_drops < cfg.max_lr_drops:  # reduce-on-plateau will act by itself
+        then = f"if the plateau persists, training lowers the learning rate x{cfg.lr_drop_factor:g} itself"
+    else:
+        then = "if the plateau persists, lower the learning rate"
     return verdict("improving", f"keep training, but progress has slowed: {key} {_pct(change)} over the last "
                                 f"{w} epochs, within the noise; {plateau} (plateau declared in {left} more "
-                                f"without one); best {best_value:.4g} at epoch {best_epoch}; if the plateau "
-                                f"persists, lower the learning rate")
+                                f"without one); best {best_value:.4g} at epoch {best_epoch}; {then}")
 
 
 # ---------------------------------------------------------------------------------------------------
