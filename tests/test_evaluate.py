@@ -223,6 +223,17 @@ def test_history_only_mode_reports_every_status(status, tmp_path):
     assert "reconstruction" not in report and "model" not in report
 
 
+def test_curves_leave_out_a_loss_the_run_never_measured(tmp_path):
+    """The demo holds no seen-speaker validation clips: its val_loss column was all dashes, unexplained."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    rows = [{**r, "val_loss": None} for r in rows_for("improving")]
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, output = invoke("--run", run)
+    assert code == 0, output
+    assert "val_loss" not in output and "unseen_loss" in output and "no val split" in output
+
+
 def test_history_only_mode_reads_a_run_still_training(tmp_path):
     """A last row cut short by a writer mid-line is ignored; the vocoder stage is listed after the acoustic."""
     run = tmp_path / "run"

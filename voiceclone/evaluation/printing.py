@@ -84,17 +84,24 @@ def print_convergence(conv: Mapping[str, Any], console: Console) -> None:
         console.print(f"{stage}: {s['summary']}", highlight=False, overflow="fold")
 
 
+SPLIT_OF = {"val_loss": "val split (held-out clips of training speakers)", "unseen_loss": "unseen split"}
+
+
 def print_curves(convergence: Mapping[str, Any], console: Console) -> None:
     """The last CURVE_ROWS epochs of each stage as numbers: the curve a terminal can show."""
     for stage, rows in convergence["histories"].items():
         best = convergence["assessments"][stage].best_epoch
-        table = Table(title=f"{stage}: last {min(CURVE_ROWS, len(rows))} of {len(rows)} epochs", title_justify="left")
-        for col in ("epoch", "train_loss", "val_loss", "unseen_loss", "status"):
+        # a loss the run never measured (no seen-speaker validation clips, say) is a column of dashes: left out
+        losses = [k for k in ("train_loss", "val_loss", "unseen_loss") if any(number(r.get(k)) is not None
+                                                                               for r in rows)]
+        missing = [SPLIT_OF[k] for k in SPLIT_OF if k not in losses]
+        table = Table(title=f"{stage}: last {min(CURVE_ROWS, len(rows))} of {len(rows)} epochs", title_justify="left",
+                      caption=f"not measured: the dataset has no {' and no '.join(missing)}" if missing else None)
+        for col in ("epoch", *losses, "status"):
             table.add_column(col, justify="right" if col != "status" else "left", overflow="fold")
         for row in rows[-CURVE_ROWS:]:
             mark = " *" if row.get("epoch") == best else ""
-            table.add_row(f"{row.get('epoch', '?')}{mark}", *(fmt(number(row.get(k))) for k in
-                                                              ("train_loss", "val_loss", "unseen_loss")),
+            table.add_row(f"{row.get('epoch', '?')}{mark}", *(fmt(number(row.get(k))) for k in losses),
                           str(row.get("status", "")))
         console.print(table)
     console.print("* best epoch", highlight=False)
