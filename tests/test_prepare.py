@@ -430,6 +430,11 @@ def test_manifests(synthetic_corpus, tmp_path):
     assert sorted(ds.speakers) == ["voice0", "voice1", "voice2"] and summary["used"] == 9
     assert summary["skipped"] == {"missing": 1}
     assert any(r["id"].startswith("voice0/audio/spk000/") for r in ds.manifest)
+    # one file under two speakers is a labelling mistake: counted once, and the report says which label won
+    (tmp_path / "clash.tsv").write_text("path\tspeaker\n" + f"{tmp_path / 'audio/spk005/spk005_000.wav'}\tvoice9\n")
+    summary, _ = run([tmp_path / "list.csv", tmp_path / "more.tsv", tmp_path / "clash.tsv"], tmp_path / "ds3")
+    assert summary["used"] == 9 and summary["skipped"] == {"missing": 1, "two speakers": 1}
+    assert "voice9" not in Dataset.open(tmp_path / "ds3").speakers
     (tmp_path / "bad.csv").write_text("file,who\na.wav,x\n")
     with pytest.raises(UserError, match="'path' and 'speaker'"):
         run(tmp_path / "bad.csv", tmp_path / "ds2")

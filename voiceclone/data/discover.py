@@ -65,7 +65,11 @@ def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple
     by_id: dict[tuple[str, str], Source] = {}
     sources = []
     for s in found:
-        if s.path in by_path:  # the same file named twice (two inputs overlap): not an error
+        if s.path in by_path:  # the same file named twice (two inputs overlap): not an error...
+            first = by_path[s.path]
+            if first.speaker != s.speaker:  # ...unless the two name different speakers: say which was kept
+                skipped.append(skip_record(s.path, "two speakers", f"named {s.speaker!r} here and {first.speaker!r} "
+                                           f"before; kept as {first.speaker!r}", s.size, s.mtime_ns))
             continue
         by_path[s.path] = s
         if (s.speaker, s.file_id) in by_id:
