@@ -11,6 +11,8 @@ from rich.table import Table
 from voiceclone.evaluation.report import MCD_ORDER
 
 CURVE_ROWS = 10  # epochs shown per stage by `watch`
+SPLIT_OF = {"val_loss": "val split (held-out clips of training speakers)", "unseen_loss": "unseen split"}
+
 
 def fmt(x: Any, decimals: int | None = None) -> str:
     """A number to 4 significant digits (or to `decimals` places), '-' when there is none."""
@@ -82,9 +84,6 @@ def print_convergence(conv: Mapping[str, Any], console: Console) -> None:
     console.print(table)
     for stage, s in conv["stages"].items():
         console.print(f"{stage}: {s['summary']}", highlight=False, overflow="fold")
-
-
-SPLIT_OF = {"val_loss": "val split (held-out clips of training speakers)", "unseen_loss": "unseen split"}
 
 
 def print_curves(convergence: Mapping[str, Any], console: Console) -> None:

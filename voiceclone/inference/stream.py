@@ -395,9 +395,9 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     from rich.console import Console
 
     from voiceclone.inference.bundle import load_model
-    from voiceclone.errors import UserError, check_output
-    from voiceclone.inference.synthesize import (check_not_an_input, check_sample_rate, check_transpose,
-                                                 check_wav_name, embed_references, write_wav)
+    from voiceclone.errors import UserError
+    from voiceclone.inference.synthesize import (check_out, check_sample_rate, check_transpose, embed_references,
+                                                 write_wav)
 
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
@@ -409,9 +409,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     if not source.exists():
         raise UserError(f"{source}: no such file")
     check_sample_rate(sample_rate)
-    check_output(out)
-    check_wav_name(out)
-    check_not_an_input(out, source, references)
+    check_out(out, source, references)
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
     for w in ref.warnings:

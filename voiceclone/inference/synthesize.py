@@ -58,21 +58,19 @@ def check_transpose(transpose: float) -> None:
         raise UserError(f"--transpose {transpose:g}: expected -{MAX_TRANSPOSE:g} to {MAX_TRANSPOSE:g} semitones")
 
 
-def check_not_an_input(out: Path, source: Path | None, references: Sequence[Path]) -> None:
-    """An --out that is the --source (or a --reference) was written over it: the recording replaced by its
-    conversion, exit 0. Of a folder --source, the same folder as --out is the same mistake."""
+def check_out(out: Path, source: Path | None, references: Sequence[Path], folder: bool = False) -> None:
+    """--out of synthesize and --stream, before any work: writable (a folder for a folder --source), named .wav
+    when it is a file (voice.mp3 got WAV data under that name, exit 0), and none of the inputs (the recording
+    was replaced by its conversion, exit 0; of a folder --source, the same folder is the same mistake)."""
+    check_output(out, folder=folder)
+    if not folder and Path(out).suffix and Path(out).suffix.lower() != ".wav":
+        raise UserError(f"--out {out}: the output is written as WAV; name the file .wav")
     target = Path(out).resolve()
     for option, path in [("--source", source), *(("--reference", r) for r in references)]:
         if path is not None and Path(path).resolve() == target:
             what = ("folder; the outputs would replace its files" if Path(path).is_dir() else
                     "file; the output would replace it")
             raise UserError(f"{out}: is the {option} {what}; choose another --out")
-
-
-def check_wav_name(out: Path) -> None:
-    """The output is always WAV: an --out of voice.mp3 or voice.flac got WAV data under that name, exit 0."""
-    if Path(out).suffix and Path(out).suffix.lower() != ".wav":
-        raise UserError(f"--out {out}: the output is written as WAV; name the file .wav")
 
 
 def check_sample_rate(sample_rate: int | None) -> None:
@@ -442,10 +440,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     if not 2 * CONTEXT_SECONDS <= chunk_seconds <= MAX_CHUNK_SECONDS:
         raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
     check_sample_rate(sample_rate)
-    check_output(out, folder=source is not None and source.is_dir())
-    if source is None or not source.is_dir():
-        check_wav_name(out)
-    check_not_an_input(out, source, references)
+    check_out(out, source, references, folder=source is not None and source.is_dir())
     model = load_model(model_path, need_vocoder=True, device=device or "cpu")
     ref = embed_references(model, references)
     for w in ref.warnings:
