@@ -64,12 +64,15 @@ def file_error(e: OSError, path: Path | str | None = None) -> FileWriteError:
     return FileWriteError(f"{where}: {reason}" if where else reason, e.errno)
 
 
-def check_output(path: Path | str, folder: bool = False) -> None:
+def check_output(path: Path | str, folder: bool = False, suffix: str | None = None) -> None:
     """Refuse, before any work, an output path that cannot be written: a folder where a file is to go (or
-    the reverse), or a path below a file."""
+    the reverse), or a path below a file. suffix (".wav"): the format the file is written in, whatever its
+    name; a name with another extension (voice.mp3) would hold that format under a false name."""
     p = Path(path)
     if not folder and p.is_dir():
         raise UserError(f"{p}: is a folder; name the file to write")
+    if not folder and suffix and p.suffix and p.suffix.lower() != suffix:
+        raise UserError(f"{p}: the file is written as {suffix[1:].upper()}; name it {suffix}")
     if folder and p.exists() and not p.is_dir():
         raise UserError(f"{p}: is a file; name a folder to write into")
     parent = p.parent

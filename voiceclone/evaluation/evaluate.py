@@ -68,14 +68,11 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     and curves from the history alone. split: None = unseen for an evaluation, val for a comparison (which
     needs each speaker's training clips, and unseen speakers have none). Returns the report."""
     console = console or Console(stderr=True)
-    for path in (out, plot):  # before the long part: a path that cannot be written fails now
+    for path, suffix in ((out, None), (plot, ".png")):  # before the long part: a bad output path fails now
         if path is not None:
-            check_output(path)
+            check_output(path, suffix=suffix)
     if out is not None and plot is not None and Path(out).resolve() == Path(plot).resolve():
         raise UserError(f"--out and --plot are both {out}: the report would overwrite the figure")
-    # the figure is always PNG: a curves.svg or curves.pdf would be a PNG under another format's name
-    if plot is not None and Path(plot).suffix and Path(plot).suffix.lower() != ".png":
-        raise UserError(f"--plot {plot}: the curves are written as PNG; name the file .png")
     if baseline is not None:
         if data is None or (model or run) is None:
             raise UserError("--baseline needs --model MODEL and --data DATASET")

@@ -60,11 +60,9 @@ def check_transpose(transpose: float) -> None:
 
 def check_out(out: Path, source: Path | None, references: Sequence[Path], folder: bool = False) -> None:
     """--out of synthesize and --stream, before any work: writable (a folder for a folder --source), named .wav
-    when it is a file (voice.mp3 got WAV data under that name, exit 0), and none of the inputs (the recording
-    was replaced by its conversion, exit 0; of a folder --source, the same folder is the same mistake)."""
-    check_output(out, folder=folder)
-    if not folder and Path(out).suffix and Path(out).suffix.lower() != ".wav":
-        raise UserError(f"--out {out}: the output is written as WAV; name the file .wav")
+    when it is a file, and none of the inputs (the recording was replaced by its conversion, exit 0; of a
+    folder --source, the same folder is the same mistake)."""
+    check_output(out, folder=folder, suffix=".wav")
     target = Path(out).resolve()
     for option, path in [("--source", source), *(("--reference", r) for r in references)]:
         if path is not None and Path(path).resolve() == target:
