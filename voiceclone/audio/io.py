@@ -62,6 +62,23 @@ def quiet_decoder() -> Iterator[None]:
                 os.close(saved)
 
 
+@contextmanager
+def decoding(path: Path, reason: str = "corrupt") -> Iterator[None]:
+    """A libsndfile call on `path`, quiet (`quiet_decoder`), its exception an AudioError with `reason` and the
+    decoder's own words; a "corrupt" file whose format the decoder does not recognise is "not audio". Our own
+    AudioErrors pass."""
+    try:
+        with quiet_decoder():
+            yield
+    except AudioError:
+        raise
+    except Exception as e:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
+        message = _decoder_message(e)
+        if reason == "corrupt" and "not recognised" in message.lower():
+            reason = "not audio"
+        raise AudioError(path, reason, message) from None
+
+
 def _stderr_to_null() -> int | None:
     """Point descriptor 2 at /dev/null; returns a copy of the old one, or None where there is none to swap."""
     try:
@@ -109,17 +126,10 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
         raise AudioError(path, "missing", "no such file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file")
-    try:
-        with quiet_decoder(), sf.SoundFile(str(path)) as f:
-            declared, sr, log = f.frames, f.samplerate, f.extra_info
-            _check_rate(path, sr)
-            y = f.read(dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as e:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
-        message = _decoder_message(e)
-        reason = "not audio" if "not recognised" in message.lower() else "corrupt"
-        raise AudioError(path, reason, message) from None
+    with decoding(path), sf.SoundFile(str(path)) as f:
+        declared, sr, log = f.frames, f.samplerate, f.extra_info
+        _check_rate(path, sr)
+        y = f.read(dtype="float32", always_2d=True)
     if _truncated(log, declared, len(y)):
         raise AudioError(path, "truncated", f"{len(y)} of {declared} frames" if declared > len(y) else "")
     if y.size == 0:
@@ -215,22 +225,16 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
     """Decode block by block, mix to mono, resample with soxr's streaming resampler: [T_i] float32 blocks whose
     concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
     path = Path(path)
-    try:
-        with quiet_decoder():
-            f = sf.SoundFile(str(path))
-    except Exception as e:  # libsndfile's error types vary by format
-        raise AudioError(path, "unreadable", _decoder_message(e)) from None
+    with decoding(path, "unreadable"):
+        f = sf.SoundFile(str(path))
     with f:
         _check_rate(path, f.samplerate)
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
         while True:
-            try:
-                with quiet_decoder():
-                    x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
-            except Exception as e:  # damage past the header shows only here (libsndfile: "internal error")
-                raise AudioError(path, "corrupt", _decoder_message(e)) from None
+            with decoding(path):  # damage past the header shows only here (libsndfile: "internal error")
+                x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")
