@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from voiceclone.errors import UserError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -119,8 +121,6 @@ def free_cores(since: CpuSample | None = None) -> int:
 
 def check_count(n: int, option: str) -> None:
     """--threads or --workers: 0 (chosen here) up to MAX_THREADS."""
-    from voiceclone.errors import UserError
-
     if not 0 <= n <= MAX_THREADS:
         raise UserError(f"{option} {n}: expected 0 (chosen from the free cores) to {MAX_THREADS}")
 

@@ -20,8 +20,9 @@ UNSEEN=$(cat recipes/demo/unseen.txt)
 # (benchmarks/results/zero_shot_quality-amd-epyc-2core.md). The vocoder's epochs are cheap (about 1.4 s with
 # the demo recipe's capped validation) and it was still improving at 120: copy synthesis SECS 0.76 after 40
 # epochs, 0.83 after 120, and copy synthesis lost 16.0 words in a hundred after 180 against 19.8 after 120.
-# So it gets 180, in the minutes 120 took before the cap. The acoustic model gets the recipe's 80 epochs (about 5 min): on the held-out real voices they lost 4-5 fewer
-# points of WER than 40 did, at the same speaker similarity, with two training seeds
+# So it gets 180, in the minutes 120 took before the cap. The acoustic model gets the recipe's 80 epochs
+# (about 5 min): on the held-out real voices they lost 4-5 fewer points of WER than 40 did, at the same
+# speaker similarity, with two training seeds
 # (benchmarks/results/zero_shot_quality-amd-epyc-2core.md). All of these are saved with the dataset's recipe.
 voiceclone prepare data/demo --out "$OUT/dataset" --recipe demo --unseen-speakers "$UNSEEN" \
     --set prepare.max_seconds=6 --set prepare.val_per_speaker=0 --set acoustic.loss.consistency=0.5 \
