@@ -32,13 +32,18 @@ class WeightAverage:
     def update(self, modules: dict[str, nn.Module]) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged: list[Tensor] = []
+        current: list[Tensor] = []
         for name, module in modules.items():
             shadow = self.shadow[name]
             for k, v in module.state_dict().items():
                 if v.is_floating_point():
-                    shadow[k].lerp_(v.detach().to(shadow[k].dtype), 1.0 - d)
+                    averaged.append(shadow[k])
+                    current.append(v.detach().to(shadow[k].dtype))
                 else:
                     shadow[k].copy_(v)
+        if averaged:  # one foreach call, not a lerp per tensor: 2-3% of a tiny vocoder step on 2 CPU cores
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
 
     @contextlib.contextmanager
     def applied(self, modules: dict[str, nn.Module]) -> Iterator[None]:
