@@ -311,3 +311,18 @@ def test_thread_and_worker_counts_out_of_range_are_one_line(tmp_path, count):
                  ["evaluate", "--run", missing, "--threads", count],
                  ["prepare", missing, "--out", missing, "--workers", count]):
         one_line_error(runner.invoke(app, args), f"{args[-2]} {count}", "1024")
+
+
+def test_library_calls_check_thread_and_worker_counts_too(tmp_path):
+    """The range was checked in the CLI only: a script calling prepare(workers=100000) would fork as many
+    processes, and apply_threads(100000) would reach libgomp."""
+    from voiceclone.config import load_recipe
+    from voiceclone.data.prepare import prepare
+    from voiceclone.errors import UserError
+    from voiceclone.threads import apply_threads
+
+    with pytest.raises(UserError, match="workers 100000"):
+        prepare([tmp_path / "missing"], tmp_path / "out", load_recipe("demo"), workers=100000)
+    with pytest.raises(UserError, match="threads -1"):
+        apply_threads(-1)
+    assert not (tmp_path / "out").exists()

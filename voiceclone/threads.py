@@ -183,6 +183,7 @@ def apply_threads(requested: int = 0, since: CpuSample | None = None) -> int:
     """Set torch's intra-op threads by choose_threads; returns the count."""
     import torch
 
+    check_count(requested, "threads")
     n = choose_threads(requested, since)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

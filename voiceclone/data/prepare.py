@@ -46,6 +46,7 @@ from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
+from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
 COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
@@ -61,6 +62,7 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
     these speakers (overrides the recipe's prepare.unseen_speakers and unseen_fraction). strict: stop with a
     UserError at the first bad file instead of skipping it.
     """
+    check_count(workers, "workers")
     started = time.perf_counter()
     console = console or Console(stderr=True)
     out = Path(out)
@@ -293,8 +295,7 @@ def _say_reuse(console: Console, origin: Counter, todo: int, total: int) -> None
 
 
 def _workers(requested: int, jobs: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(requested if requested > 0 else cores, jobs))
+    return max(1, min(requested if requested > 0 else allowed_cores(), jobs))
 
 
 def _run(todo: list[Source], metas: dict[str, FileState], feature_store: FeatureStore, cfg: Recipe, fhash: str,
