@@ -1,4 +1,4 @@
-"""Helpers the reliability tests share (imported as `helpers`: pytest puts tests/ on the path)."""
+"""Helpers the test modules share (imported as `helpers`: pytest puts tests/ on the path)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def small_filesystem(path: Path, size_bytes: int):
 def folder_size(folder: Path) -> int:
     """Bytes of all files below `folder`."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def one_line_error(r, *words: str) -> None:
+    """A CLI result (CliRunner) that is a user error: exit code 2, one line "error: ...", no traceback, naming
+    each of `words`."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.lstrip().startswith("error:"), r.output
+    for w in words:
+        assert w in r.output, (w, r.output)

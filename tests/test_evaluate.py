@@ -25,6 +25,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.report import measure
 from voiceclone.train.command import train
+from helpers import one_line_error
 
 QUIET = Console(quiet=True)
 FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=32", "acoustic.train.warmup_steps=2",
@@ -44,10 +45,16 @@ def trained(tmp_path_factory, make_dataset) -> Path:
     return root
 
 
-def invoke(*args) -> tuple[int, str]:
+def evaluate_cli(*args):
+    """`voiceclone evaluate ARGS` through the CLI runner; an exception other than the exit is raised."""
     result = runner.invoke(app, ["evaluate", *map(str, args)])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
+    return result
+
+
+def invoke(*args) -> tuple[int, str]:
+    result = evaluate_cli(*args)
     return result.exit_code, result.output
 
 
@@ -258,21 +265,13 @@ def test_model_without_data_says_it_reports_the_history_only(tmp_path):
         assert code == 0 and "without --data" not in output and "improving" in output, output
 
 
-def one_line_error(code: int, output: str, *needles: str) -> None:
-    assert code == 2, output
-    assert len(output.strip().splitlines()) == 1, output
-    assert output.startswith("error:"), output
-    for needle in needles:
-        assert needle in output, (needle, output)
-
-
 @pytest.mark.parametrize("name", ["curves.svg", "curves.pdf", "curves.txt"])
 def test_a_plot_named_for_another_format_is_one_line(tmp_path, name):
     """The curves were written as PNG under any name: a curves.svg that no SVG viewer opens, exit 0."""
     run = tmp_path / "run"
     (run / "acoustic").mkdir(parents=True)
     (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
-    one_line_error(*invoke("--run", run, "--plot", tmp_path / name), name, "PNG")
+    one_line_error(evaluate_cli("--run", run, "--plot", tmp_path / name), name, "PNG")
     assert not (tmp_path / name).exists()
     code, output = invoke("--run", run, "--plot", tmp_path / "curves.PNG")
     assert code == 0 and (tmp_path / "curves.PNG").read_bytes().startswith(PNG_SIGNATURE), output
@@ -283,13 +282,13 @@ def test_a_report_and_a_plot_of_one_path_is_one_line(tmp_path):
     run = tmp_path / "run"
     (run / "acoustic").mkdir(parents=True)
     (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
-    one_line_error(*invoke("--run", run, "--out", tmp_path / "x.png", "--plot", tmp_path / "x.png"),
+    one_line_error(evaluate_cli("--run", run, "--out", tmp_path / "x.png", "--plot", tmp_path / "x.png"),
                    "--out and --plot", "x.png")
 
 
 def test_a_plot_with_a_baseline_is_one_line(tmp_path):
     """A comparison draws no curves: --plot was silently not written, exit 0."""
-    one_line_error(*invoke("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",
+    one_line_error(evaluate_cli("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",
                            "--plot", tmp_path / "c.png"), "--plot", "--baseline")
 
 
@@ -298,7 +297,7 @@ def test_an_explicit_unseen_split_with_a_baseline_is_one_line(tmp_path, monkeypa
     import voiceclone.evaluation.evaluate as E
 
     args = ("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d")
-    one_line_error(*invoke(*args, "--split", "unseen"), "--split unseen", "--split val")
+    one_line_error(evaluate_cli(*args, "--split", "unseen"), "--split unseen", "--split val")
     used = []
     monkeypatch.setattr(E, "compare_models", lambda *a, split, **k: used.append(split) or {})
     for extra, split in (((), "val"), (("--split", "val"), "val"), (("--split", "train"), "train")):
@@ -310,30 +309,30 @@ def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     ds, run = trained / "ds", trained / "run"
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    one_line_error(*invoke("--run", empty), "no training history")
-    one_line_error(*invoke("--run", tmp_path / "missing"), "run folder not found")
-    one_line_error(*invoke("--run", trained / "model.safetensors"), "bundle has no training history")
-    one_line_error(*invoke("--pairs", 3), "--data")
+    one_line_error(evaluate_cli("--run", empty), "no training history")
+    one_line_error(evaluate_cli("--run", tmp_path / "missing"), "run folder not found")
+    one_line_error(evaluate_cli("--run", trained / "model.safetensors"), "bundle has no training history")
+    one_line_error(evaluate_cli("--pairs", 3), "--data")
     # a run whose history is gone: the models load, the convergence part cannot be made
     bare = tmp_path / "bare_run"
     for stage in ("acoustic", "vocoder"):
         (bare / stage).mkdir(parents=True)
         shutil.copy(run / stage / "best.pt", bare / stage / "best.pt")
-    one_line_error(*invoke("-m", bare, "-d", ds), "no training history")
-    one_line_error(*invoke("-m", run, "-d", ds, "--split", "test"), "--split")
+    one_line_error(evaluate_cli("-m", bare, "-d", ds), "no training history")
+    one_line_error(evaluate_cli("-m", run, "-d", ds, "--split", "test"), "--split")
 
     # the same voices prepared at another sample rate
     other = tmp_path / "ds22k"
     prepare([trained / "corpus"], other, load_recipe("demo", ["audio.sample_rate=22050"]), workers=2,
             unseen_speakers=UNSEEN, console=QUIET)
-    one_line_error(*invoke("-m", run, "-d", other), "another audio config", "audio.sample_rate: 16000 vs 22050")
+    one_line_error(evaluate_cli("-m", run, "-d", other), "another audio config", "audio.sample_rate: 16000 vs 22050")
 
     # one held-out speaker: no pairs of different speakers can be drawn from it
     few = tmp_path / "corpus3"
     for name in ("spk000", "spk001", "spk002"):
         shutil.copytree(trained / "corpus" / name, few / name)
     prepare([few], tmp_path / "ds1", load_recipe("demo"), workers=2, unseen_speakers=("spk001",), console=QUIET)
-    one_line_error(*invoke("-m", run, "-d", tmp_path / "ds1"), "split 'unseen' has 1 speaker")
+    one_line_error(evaluate_cli("-m", run, "-d", tmp_path / "ds1"), "split 'unseen' has 1 speaker")
 
 
 def test_report_independent_judges(run_report):

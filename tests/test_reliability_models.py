@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from voiceclone.cli import app
-from helpers import small_filesystem
+from helpers import one_line_error, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4"]
@@ -25,13 +25,6 @@ FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "voco
 
 def _sets(overrides) -> list[str]:
     return sum((["--set", o] for o in overrides), [])
-
-
-def one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    for w in words:
-        assert w in r.output, (w, r.output)
 
 
 @pytest.fixture(scope="module")

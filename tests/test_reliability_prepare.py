@@ -19,16 +19,9 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.config import load_recipe
 from voiceclone.errors import UserError
-from helpers import folder_size, small_filesystem
+from helpers import folder_size, one_line_error, small_filesystem
 
 runner = CliRunner()
-
-
-def one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    for w in words:
-        assert w in r.output, (w, r.output)
 
 
 # --- 7 (prepare) and 12: a full disk -----------------------------------------------------------------

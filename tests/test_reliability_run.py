@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.loop import Trainer
-from helpers import folder_size, small_filesystem
+from helpers import folder_size, one_line_error, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
@@ -34,13 +34,6 @@ def _sets(overrides) -> list[str]:
 def train_cli(data: Path, run: Path, *args: str, overrides=FAST):
     return runner.invoke(app, ["train", "--data", str(data), "--run", str(run), "--no-early-stop",
                                *_sets(overrides), *args])
-
-
-def one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    for w in words:
-        assert w in r.output, (w, r.output)
 
 
 def history(run: Path, stage: str = "acoustic") -> list[dict]:
