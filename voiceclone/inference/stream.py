@@ -29,19 +29,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import Tensor
 
 from voiceclone import audio as A
 from voiceclone.audio.pitch import PERIODS_PER_WINDOW
-from voiceclone.inference import timbre
-from voiceclone.inference.bundle import Model
 from voiceclone.config import AcousticModelConfig, VocoderModelConfig
+from voiceclone.errors import UserError
+from voiceclone.inference import timbre
+from voiceclone.inference.bundle import Model, load_model
+from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose,
+                                             embed_references, write_wav)
 from voiceclone.models.acoustic import ContentEncoder
 from voiceclone.models.modules import pitch_features
-from voiceclone.inference.synthesize import Reference
 from voiceclone.threads import torch_threads
 
 EPS = 1e-5  # the instance norm's
@@ -110,16 +114,6 @@ class StreamReport:
     block_seconds: list[float] = field(default_factory=list)  # compute time of each block (wall clock)
     # CPU time of each block: on a shared machine, the compute a block needs without waiting for a core
     block_cpu_seconds: list[float] = field(default_factory=list)
-
-    @property
-    def compute_ms(self) -> float:
-        """Median compute time per block."""
-        return 1000 * float(np.median(self.block_seconds)) if self.block_seconds else 0.0
-
-    @property
-    def real_time_factor(self) -> float:
-        """Median compute time over block duration (< 1: keeps up)."""
-        return self.compute_ms / self.block_ms
 
 
 class StreamConverter:
@@ -226,13 +220,12 @@ class StreamConverter:
             self.report.block_cpu_seconds.append(time.process_time() - cpu_started)
             return np.zeros(last_sample - b0 * hop, np.float32)
         f0 = self._f0(b0, avail, n_end)  # source F0 of [b0, n_end)
-        if n_end > b0:
-            final = n_end if self.ended else min(n_end, (avail - (cfg.n_fft - hop) // 2 - hop) // hop + 1)
-            if final > self.stats_upto:
-                feats = np.concatenate([mel, energy[None]], 0)[:, self.stats_upto - m0 : final - m0]
-                self.mel_stats.add(feats)
-                self.stats_upto = final
-            self._add_pitch(f0[: b1 - b0])
+        final = n_end if self.ended else min(n_end, (avail - (cfg.n_fft - hop) // 2 - hop) // hop + 1)
+        if final > self.stats_upto:
+            feats = np.concatenate([mel, energy[None]], 0)[:, self.stats_upto - m0 : final - m0]
+            self.mel_stats.add(feats)
+            self.stats_upto = final
+        self._add_pitch(f0[: b1 - b0])
         ratio = self._ratio()
         f0_all = np.concatenate([self.f0_cache[a0 - self.cache_start : b0 - self.cache_start], f0]) if b0 > a0 \
             else f0  # source F0 of [a0, n_end)
@@ -390,15 +383,6 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
     The file goes through the offline front end first (trimmed, loudness-normalized), so the output lines up
     sample for sample with the offline conversion of the same file; the blocks are then fed one at a time.
     """
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from voiceclone.inference.bundle import load_model
-    from voiceclone.errors import UserError
-    from voiceclone.inference.synthesize import (check_out, check_sample_rate, check_transpose, embed_references,
-                                                 write_wav)
-
     console = console or Console(stderr=True)
     check_stream_options(block_ms, lookahead_ms)
     timbre.check_strength(strength)
@@ -434,8 +418,6 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
 
 
 def check_stream_options(block_ms: float, lookahead_ms: float) -> None:
-    from voiceclone.errors import UserError
-
     if not 5.0 <= block_ms <= 2000.0:
         raise UserError(f"--block-ms {block_ms:g}: expected 5-2000 ms")
     if not 0.0 <= lookahead_ms <= 2000.0:
