@@ -45,16 +45,14 @@ from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import print_report
-from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, UNITS, by_speaker, check_audio,
-                                          cosine, dataset_reference, header, identity, measure, summaries, write_report)
+from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, UNITS, VALIDATION_UNITS,
+                                          by_speaker, check_audio, cosine, dataset_reference, header, identity, measure,
+                                          summaries, write_report)
 from voiceclone.evaluation.watch import model_convergence, plot_report, watch
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.inference.synthesize import Reference, convert
 from voiceclone.stages.tasks import AcousticTask, VocoderTask
 from voiceclone.stages.validation import validation_losses
-
-VALIDATION_UNITS = {"mel": "log-mel L1", "f0_rmse_cents": "cents"}
-
 
 
 def evaluate(model: Path | str | None = None, data: Path | str | None = None, run: Path | str | None = None,
@@ -262,7 +260,6 @@ class _Evaluator:
         blocks, info = convert(self.model, self._audio(self.split, i), ref, keep_pitch=keep_pitch)
         return np.concatenate(list(blocks)), 2.0 ** (info["pitch_shift_semitones"] / 12.0)
 
-
     # --- sections -----------------------------------------------------------------------------------
 
     def reconstruction(self, limit: int, clock: "_Clock") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -334,26 +331,26 @@ class _Evaluator:
                 items[-1]["independent"] = self.panel.conversion(out, self._audio(s, i), self.cfg.sample_rate,
                                                                  clips, own)
         keys = ("similarity_to_target", "similarity_to_source", *F0_KEYS.values(), "pitch_shift")
-        decided = [r["nearer_target"] for r in items if r["nearer_target"] is not None]
-        nearer = {"share": float(np.mean(decided)) if decided else None, "n": len(decided),
-                  "unit": UNITS["nearer_target"]}
         return {"pairs": len(items), "speakers": len(names), "pipeline": "synthesize.convert, register moved to "
-                "the target's (ratio of median F0s)", "metrics": {"nearer_target": nearer, **summaries(items, keys)},
-                "items": items}
-
+                "the target's (ratio of median F0s)",
+                "metrics": {"nearer_target": nearer_share(items), **summaries(items, keys)}, "items": items}
 
     def independent(self, zero_shot: dict[str, Any], copy: dict[str, Any]) -> dict[str, Any]:
         """The independent judges' summary of the zero-shot outputs and the copy syntheses."""
         if self.panel is None:
             return {"available": False, "reason": f"not used (install with {J.INSTALL}, or drop --no-judges)"}
         rows = [r["independent"] for r in zero_shot["items"]]
-        decided = [r["nearer_target"] for r in rows if r["nearer_target"] is not None]
         keys = ("secs_to_target", "secs_to_source", "wer_out", "cer_out", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
         return {"available": True, "judges": self.panel.names, "pairs": len(rows),
-                "zero_shot": {"nearer_target": {"share": float(np.mean(decided)) if decided else None,
-                                                "n": len(decided), "unit": UNITS["nearer_target"]},
-                              **pooled(rows), **summaries(rows, keys)},
+                "zero_shot": {"nearer_target": nearer_share(rows), **pooled(rows), **summaries(rows, keys)},
                 "copy_synthesis": summaries(copy["items"], ("dnsmos_ovrl",))}
+
+
+def nearer_share(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of pairs whose output is nearer the target than the source, over the pairs it was decided for
+    (a speaker without a profile decides none)."""
+    decided = [r["nearer_target"] for r in rows if r["nearer_target"] is not None]
+    return {"share": float(np.mean(decided)) if decided else None, "n": len(decided), "unit": UNITS["nearer_target"]}
 
 
 def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
