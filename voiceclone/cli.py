@@ -24,22 +24,22 @@ console = Console(stderr=True)
 
 
 def user_errors(fn):
-    """Turn a UserError into one red line on stderr and exit code 2, with no traceback."""
+    """Turn a UserError into one red line on stderr and its exit code (2; 3 for TrainingFailed), with no
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
-            console.print(f"[bold red]error:[/] {escape(_one_line(str(e)))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=e.exit_code) from None
+            error = e
         except OSError as e:  # an output path that cannot be written, a full disk: the file and the reason
             if e.errno not in KNOWN_ERRNOS:
                 raise
-            console.print(f"[bold red]error:[/] {escape(_one_line(str(file_error(e))))}", highlight=False,
-                          soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            error = file_error(e)
+        # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
+        console.print(f"[bold red]error:[/] {escape(_one_line(str(error)))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=error.exit_code)
 
     return wrapper
 
@@ -97,7 +97,6 @@ def prepare(
     """Turn folders of speech recordings into a feature dataset (log-mel, F0, energy, audio)."""
     from voiceclone.config import load_recipe
     from voiceclone.data.prepare import prepare as run_prepare
-
     from voiceclone.threads import check_count, free_cores
 
     check_count(workers, "--workers")
