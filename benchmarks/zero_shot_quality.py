@@ -173,12 +173,6 @@ def pitch_shift_name() -> str:
     return "sox pitch" if shutil.which("sox") else "librosa pitch_shift"
 
 
-def median_f0(y: np.ndarray, cfg) -> float | None:
-    f0 = A.f0(y, cfg)
-    f0 = f0[f0 > 0]
-    return float(np.median(f0)) if f0.size else None
-
-
 def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
@@ -266,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         y = A.clean(A.load_audio(f, rate), prep, f)
         text = asr.transcribe(y, rate)
         ref_text = texts.get(str(f.resolve()), text)
-        sources[f] = {"y": y, "asr": text, "ref_text": ref_text, "f0": median_f0(y, cfg),
+        sources[f] = {"y": y, "asr": text, "ref_text": ref_text, "f0": A.voiced_median(A.f0(y, cfg)),
                       "mos": mos.score(y, rate)["ovrl"]}
     pseudo = sum(1 for f in all_sources if str(f.resolve()) not in texts)
 
