@@ -36,7 +36,8 @@ from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError
-from voiceclone.inference.stream import EPS, content_code
+from voiceclone.inference.stream import content_code
+from voiceclone.models.acoustic import INSTANCE_NORM_EPS
 from voiceclone.models.modules import F0_REF_HZ, pitch_features
 from voiceclone.models.vocoder import F0_SOURCE_MIN_HZ, HARMONIC_AMPLITUDE, MAX_MAGNITUDE, Vocoder
 
@@ -169,7 +170,8 @@ def _config(model: Model) -> dict:
                   "energy": "0.5 * log(max(sum over bins of |STFT|^2, log_floor^2))"},
         "prepare": {"trim_top_db": prep.trim_top_db, "loudness_db": prep.loudness_db},
         "sizes": {"content_dim": ac.content_dim, "speaker_dim": ac.speaker_dim},
-        "normalization": {"eps": EPS, "content_encoder": "instance norm (per channel over time, biased variance) "
+        "normalization": {"eps": INSTANCE_NORM_EPS,
+                          "content_encoder": "instance norm (per channel over time, biased variance) "
                           "of the mel before the graph and of the code after it",
                           "energy": "the decoder takes energy minus its mean over the utterance"},
         "pitch": {"f0_center_hz": F0_REF_HZ, "shift": "f0 * reference median / source median over voiced "

@@ -44,11 +44,10 @@ from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose,
                                              embed_references, write_wav)
-from voiceclone.models.acoustic import ContentEncoder
+from voiceclone.models.acoustic import INSTANCE_NORM_EPS, ContentEncoder
 from voiceclone.models.modules import pitch_features
 from voiceclone.threads import torch_threads
 
-EPS = 1e-5  # the instance norm's
 MEMORY_SECONDS = 30.0  # statistics become an exponential average over about this long
 F0_CONTEXT_SECONDS = 0.25  # audio before the block that the F0 tracker's path finder sees
 HIST_BINS_PER_OCTAVE = 120  # running median of the source F0: 10-cent bins
@@ -308,13 +307,13 @@ class StreamConverter:
         f0 [n] (shifted); the statistics of the frames from `first` on, not yet counted, are counted here."""
         moments_mean, moments_var = self.mel_stats.moments()
         mean, var = moments_mean.astype(np.float32), moments_var.astype(np.float32)
-        x = torch.from_numpy((mel - mean[:-1, None]) / np.sqrt(var[:-1, None] + EPS)).to(self.device)
+        x = torch.from_numpy((mel - mean[:-1, None]) / np.sqrt(var[:-1, None] + INSTANCE_NORM_EPS)).to(self.device)
         e = torch.from_numpy(energy - mean[-1]).to(self.device)
         with torch.inference_mode():
             model = self.model.acoustic
             code = content_code(model.content_encoder, x.unsqueeze(0))[0].cpu().numpy()
             c_mean, c_var = self.code_stats.moments(code[:, first:])
-            content = (code - c_mean[:, None]) / np.sqrt(c_var[:, None] + EPS)
+            content = (code - c_mean[:, None]) / np.sqrt(c_var[:, None] + INSTANCE_NORM_EPS)
             out = model.decoder(torch.from_numpy(content.astype(np.float32)).unsqueeze(0).to(self.device),
                                 pitch_features(torch.from_numpy(f0.astype(np.float32)).unsqueeze(0).to(self.device)),
                                 e.view(1, 1, -1), self.speaker.unsqueeze(0))[0]

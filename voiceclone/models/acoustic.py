@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from voiceclone.config import AcousticModelConfig, AudioConfig
 from voiceclone.models.modules import ConvNeXtBlock, pitch_features
 
+INSTANCE_NORM_EPS = 1e-5  # the content encoder's; a stream (and an ONNX runtime) normalizes with the same
+
+
 def energy_features(energy: Tensor, mask: Tensor | None = None) -> Tensor:
     """energy [B, T] (log frame magnitude) -> [B, 1, T] relative to the segment mean, so loudness cancels."""
     if mask is None:
@@ -142,8 +145,8 @@ class AcousticModel(nn.Module):
         return out[0]
 
 
-def _instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+def _instance_norm(x: Tensor) -> Tensor:
     """Normalize each channel over time: x [B, C, T]."""
     mean = x.mean(-1, keepdim=True)
     var = x.var(-1, keepdim=True, unbiased=False)
-    return (x - mean) * torch.rsqrt(var + eps)
+    return (x - mean) * torch.rsqrt(var + INSTANCE_NORM_EPS)
