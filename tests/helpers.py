@@ -36,3 +36,8 @@ def one_line_error(r, *words: str) -> None:
     assert r.output.lstrip().startswith("error:"), r.output
     for w in words:
         assert w in r.output, (w, r.output)
+
+
+def set_options(overrides) -> list[str]:
+    """Recipe overrides as command-line options: ["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return sum((["--set", o] for o in overrides), [])

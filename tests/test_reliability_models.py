@@ -17,14 +17,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from voiceclone.cli import app
-from helpers import one_line_error, small_filesystem
+from helpers import one_line_error, set_options, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "vocoder.train.batch_size=4"]
-
-
-def _sets(overrides) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def model(prepared_dataset, synthetic_corpus, tmp_path_factory) -> dict[str, Pat
     root = tmp_path_factory.mktemp("rel_models")
     for stage, epochs in (("acoustic", "2"), ("vocoder", "1")):
         r = runner.invoke(app, ["train", "--data", str(prepared_dataset), "--run", str(root / "run"), "--stage",
-                                stage, "--epochs", epochs, "--no-early-stop", *_sets(FAST)])
+                                stage, "--epochs", epochs, "--no-early-stop", *set_options(FAST)])
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["export", str(root / "run"), "--out", str(root / "model.safetensors")])
     assert r.exit_code == 0, r.output
@@ -92,7 +88,7 @@ def test_a_fine_tuned_acoustic_model_uses_its_bases_vocoder(model, tmp_path):
     assert r.exit_code == 0, r.output
     run = tmp_path / "ft"
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "vds"), "--run", str(run), "--init-from",
-                            str(model["run"]), "--finetune", "--epochs", "1", *_sets(FAST)])
+                            str(model["run"]), "--finetune", "--epochs", "1", *set_options(FAST)])
     assert r.exit_code == 0, r.output
     r = synth(model, run, tmp_path / "o.wav")
     assert r.exit_code == 0, r.output

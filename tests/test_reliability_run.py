@@ -20,20 +20,16 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.loop import Trainer
-from helpers import folder_size, one_line_error, small_filesystem
+from helpers import folder_size, one_line_error, set_options, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
         "acoustic.train.lr=3e-3", "vocoder.train.batch_size=4"]
 
 
-def _sets(overrides) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
-
-
 def train_cli(data: Path, run: Path, *args: str, overrides=FAST):
     return runner.invoke(app, ["train", "--data", str(data), "--run", str(run), "--no-early-stop",
-                               *_sets(overrides), *args])
+                               *set_options(overrides), *args])
 
 
 def history(run: Path, stage: str = "acoustic") -> list[dict]:
@@ -82,7 +78,7 @@ def test_resume_without_last_checkpoint_refuses_and_keeps_best(prepared_dataset,
 def test_a_second_train_on_the_same_run_folder_is_refused(prepared_dataset, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "voiceclone", "train", "--data", str(prepared_dataset), "--run", str(run),
-           "--epochs", "500", "--no-early-stop", *_sets(FAST)]
+           "--epochs", "500", "--no-early-stop", *set_options(FAST)]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
