@@ -24,6 +24,7 @@ took 20x longer for the same graphs. The graphs are checked against torch with o
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -128,7 +129,7 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     Returns {"files": [...], "parity": {graph: max |onnxruntime - torch|} (empty without onnxruntime)}.
     """
     try:
-        import onnx  # noqa: F401  (torch's exporter writes the graphs through it)
+        importlib.import_module("onnx")  # torch's exporter writes the graphs through it
     except ImportError:
         raise UserError("export --onnx needs the onnx package: pip install 'voiceclone[onnx]' "
                         "(onnx and onnxruntime)") from None
@@ -189,7 +190,7 @@ def _config(model: Model) -> dict:
 
 def _have_onnxruntime() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        importlib.import_module("onnxruntime")
     except ImportError:
         return False
     return True

@@ -6,6 +6,7 @@ itself reads. The `tensorboard` package is an extra (`pip install 'voiceclone[te
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +19,7 @@ FOLDER = "tensorboard"
 def require() -> None:
     """Fail before training starts, in one line, when the package is missing."""
     try:
-        import tensorboard  # noqa: F401
+        importlib.import_module("tensorboard")
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install 'voiceclone[tensorboard]' "
                         "(or pip install tensorboard)") from None
