@@ -85,11 +85,10 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     (and, with keep_output, the converted audio at the model's rate under "converted")."""
     import soxr
 
-    from voiceclone.inference.bundle import load_model
+    from voiceclone.inference import timbre
     from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line,
                                              print_report)
-    from voiceclone.inference import timbre
-    from voiceclone.inference.synthesize import check_transpose, embed_references
+    from voiceclone.inference.synthesize import check_transpose, load_voice
     from voiceclone.threads import torch_threads
 
     console = console or Console(stderr=True)
@@ -111,10 +110,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     default = getattr(getattr(sd, "default", None), "device", None)
     dev_in, dev_out = pick(found, input_device, "inputs", default), pick(found, output_device, "outputs", default)
 
-    model = load_model(model_path, need_vocoder=True, device=device or "cpu")
-    ref = embed_references(model, references)
-    for w in ref.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    model, ref = load_voice(model_path, references, device, console)
     cfg = model.recipe.audio
     conv = StreamConverter(model, ref, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
                            keep_pitch=keep_pitch, source_f0_median=source_f0, strength=strength)

@@ -41,9 +41,9 @@ from voiceclone.audio.pitch import PERIODS_PER_WINDOW
 from voiceclone.config import AcousticModelConfig, VocoderModelConfig
 from voiceclone.errors import UserError
 from voiceclone.inference import timbre
-from voiceclone.inference.bundle import Model, load_model
-from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose,
-                                             embed_references, write_wav)
+from voiceclone.inference.bundle import Model
+from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose, load_voice,
+                                             write_wav)
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS, ContentEncoder
 from voiceclone.models.modules import pitch_features
 from voiceclone.threads import torch_threads
@@ -393,10 +393,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = 80.
         raise UserError(f"{source}: no such file")
     check_sample_rate(sample_rate)
     check_out(out, source, references)
-    model = load_model(model_path, need_vocoder=True, device=device or "cpu")
-    ref = embed_references(model, references)
-    for w in ref.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    model, ref = load_voice(model_path, references, device, console)
     cfg = model.recipe.audio
     y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
     started = time.perf_counter()

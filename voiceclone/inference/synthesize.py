@@ -131,6 +131,17 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     return Reference(vector, total, median, warnings, env)
 
 
+def load_voice(model_path: Path, references: Sequence[Path], device: str | None,
+               console: Console) -> tuple[Model, Reference]:
+    """Where every conversion command (synthesize, --stream, live) starts: the model with its vocoder on
+    `device` (default: cpu) and the target voice, with what the references warn of printed."""
+    model = load_model(model_path, need_vocoder=True, device=device or "cpu")
+    ref = embed_references(model, references)
+    for w in ref.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    return model, ref
+
+
 def _stored_envelope(values, n_mels: int) -> np.ndarray | None:
     """A fine-tuned voice's envelope from the model's metadata; None if absent or not n_mels finite numbers
     (an older model, or damaged metadata: the model's own timbre is then used)."""
@@ -439,10 +450,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         raise UserError(f"--chunk-seconds {chunk_seconds:g}: expected {2 * CONTEXT_SECONDS:g}-{MAX_CHUNK_SECONDS:g} s")
     check_sample_rate(sample_rate)
     check_out(out, source, references, folder=source is not None and source.is_dir())
-    model = load_model(model_path, need_vocoder=True, device=device or "cpu")
-    ref = embed_references(model, references)
-    for w in ref.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    model, ref = load_voice(model_path, references, device, console)
     kwargs = dict(transpose=transpose, keep_pitch=keep_pitch, sample_rate=sample_rate, chunk_seconds=chunk_seconds,
                   strength=strength, workers=workers)
     results: list[dict] = []
