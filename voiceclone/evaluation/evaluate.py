@@ -36,7 +36,6 @@ import torch
 from rich.console import Console
 
 from voiceclone import audio as A
-from voiceclone import run as R
 from voiceclone.data.dataset import reference_pool
 from voiceclone.data.store import SPLITS, Dataset, Split
 from voiceclone.errors import UserError, check_output, parse_device
@@ -195,12 +194,11 @@ def validation_report(model: Model, dataset: Dataset, split: str, device: torch.
 
 
 def _vocoder_finetuned(model: Model) -> bool | None:
-    """Whether the vocoder was trained on the acoustic model's outputs: its validation input then was those."""
-    source = Path(model.source)
-    if source.is_dir():
-        return bool(R.load_checkpoint(R.best_path(source, "vocoder"))["meta"].get("finetuned_on_acoustic", False))
-    # a bundle keeps the acoustic stage's meta only; the vocoder is then validated on dataset mels
-    return model.meta.get("vocoder", {}).get("finetuned_on_acoustic")
+    """Whether the vocoder was trained on the acoustic model's outputs: its validation input then was those.
+    From the vocoder's metadata, which load_model keeps (a run's best.pt, or a bundle's as export wrote it);
+    None for a bundle whose metadata does not say, whose vocoder is then validated on dataset mels."""
+    said = model.meta.get("vocoder", {}).get("finetuned_on_acoustic")
+    return bool(said) if Path(model.source).is_dir() else said
 
 
 class _Evaluator:
