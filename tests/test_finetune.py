@@ -67,7 +67,7 @@ def test_schedule_and_layer_learning_rates_are_as_configured():
         ft.check(dataclasses.replace(f, freeze=("encoder",)))
 
 
-def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup, tmp_path):
+def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup, tmp_path, monkeypatch):
     run = tmp_path / "ft"
     results = train(setup["voice_ds"], run, stage="all", init_from=setup["base"], finetune=True,
                     overrides=["finetune.epochs=12", "finetune.lr=2e-3"], console=QUIET)
@@ -87,10 +87,23 @@ def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup
     assert max(g["base_lr"] for g in groups) == pytest.approx(f.lr)
     assert min(g["base_lr"] for g in groups) < f.lr * f.layer_lr_decay ** 5
     assert state["meta"]["finetuned_from"] == str(setup["base"])
-    # evaluate compares it with the zero-shot base on the same held-out utterances and says which is better
+    # evaluate compares it with the zero-shot base on the same held-out utterances and says which is better,
+    # each converting as `synthesize` does: the fine-tuned voice timbre-matched to its stored envelope (the
+    # comparison once passed no envelope, so it judged a pipeline no command runs)
+    from voiceclone.evaluation import compare
+
+    envelopes = []
+    real_convert = compare.convert
+
+    def spy(model, y, ref, **kwargs):
+        envelopes.append((model.acoustic.voice is not None, ref.envelope is not None))
+        return real_convert(model, y, ref, **kwargs)
+
+    monkeypatch.setattr(compare, "convert", spy)
     r = CliRunner().invoke(app, ["evaluate", "--model", str(run), "--baseline", str(setup["base"]), "--data",
                                  str(setup["voice_ds"]), "--out", str(tmp_path / "cmp.json")])
     assert r.exit_code == 0, r.output
+    assert (True, True) in envelopes and (True, False) not in envelopes, envelopes
     import json
 
     report = json.loads((tmp_path / "cmp.json").read_text())

@@ -18,7 +18,7 @@ from voiceclone.evaluation.printing import fmt
 from voiceclone.evaluation.report import (DEFINITIONS, PROFILE_CLIPS, UNITS, by_speaker, check_audio, dataset_reference,
                                           header, identity, measure, summaries, write_report)
 from voiceclone.inference.bundle import load_model
-from voiceclone.inference.synthesize import Reference, convert
+from voiceclone.inference.synthesize import Reference, convert, embed_references
 
 COMPARED = {"mcd_db": "lower", "f0_rmse_cents": "lower", "speaker_similarity": "higher"}
 
@@ -59,9 +59,10 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
         if speaker not in voices:
             profile = np.mean([verifier.embed(A.from_int16(train.audio(j)), cfg.sample_rate)
                                for j in own], axis=0)
-            # a fine-tuned model speaks in its learned voice; a zero-shot one from the speaker's training clips
+            # a fine-tuned model speaks in its learned voice, timbre matched to its stored envelope as
+            # `synthesize` without --reference does; a zero-shot one from the speaker's training clips
             voices[speaker] = (profile, {
-                name: Reference(m.acoustic.voice.detach(), 0.0, None, []) if m.acoustic.voice is not None
+                name: embed_references(m, []) if m.acoustic.voice is not None
                 else dataset_reference(m, train, own) for name, m in models.items()})
         profile, refs = voices[speaker]
         y = A.from_int16(split_data.audio(i))
