@@ -418,6 +418,25 @@ def test_broken_and_looping_links_in_a_corpus(tmp_path):
     assert all(r["id"].split("/")[0] == r["speaker"] for r in ds.manifest)
 
 
+def test_file_names_that_are_not_utf8(tmp_path):
+    # names from an old Latin-1 archive: Python sees their stray bytes as lone surrogates, which libsndfile's
+    # path encoding refused ("corrupt") and report.json and manifest.jsonl could not hold (a traceback at the end)
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
+    os.rename(corpus / "spk000" / "spk000_000.wav", os.fsencode(corpus / "spk000") + b"/caf\xe9.wav")
+    os.rename(corpus / "spk001", os.fsencode(corpus) + b"/jos\xe9")
+    with open(os.fsencode(corpus) + b"/jos\xe9/broken\xff.wav", "wb") as f:  # and a bad file so named
+        f.write(b"not audio")
+    summary, _ = run(corpus, tmp_path / "ds")
+    assert summary["used"] == 6 and summary["skipped"] == {"not audio": 1}
+    ds = Dataset.open(tmp_path / "ds")
+    assert os.fsdecode(b"jos\xe9") in ds.speakers
+    assert any(r["id"] == os.fsdecode(b"spk000/caf\xe9.wav") for r in ds.manifest)
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert [Path(r["path"]).name for r in report["skipped"]] == [os.fsdecode(b"broken\xff.wav")]
+    summary, _ = run(corpus, tmp_path / "ds")  # and a second run finds it all done
+    assert summary["used"] == 6
+
+
 def test_manifests(synthetic_corpus, tmp_path):
     files = sorted(synthetic_corpus.rglob("*.wav"))[:8]
     shutil.copytree(synthetic_corpus, tmp_path / "audio")

@@ -99,6 +99,13 @@ def _stderr_to_null() -> int | None:
     return saved
 
 
+def sf_path(path: Path | str) -> str | bytes:
+    """`path` as libsndfile is to open it: the file system's own bytes on POSIX, since soundfile encodes a str
+    as strict UTF-8 and a name from an old Latin-1 archive (its stray bytes lone surrogates in Python) would
+    fail as if the file were damaged; Windows paths are text and go as they are."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
 def is_audio_file(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
 
@@ -126,7 +133,7 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
         raise AudioError(path, "missing", "no such file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file")
-    with decoding(path), sf.SoundFile(str(path)) as f:
+    with decoding(path), sf.SoundFile(sf_path(path)) as f:
         declared, sr, log = f.frames, f.samplerate, f.extra_info
         _check_rate(path, sr)
         y = f.read(dtype="float32", always_2d=True)
@@ -145,7 +152,7 @@ def _decoder_message(e: Exception) -> str:
     one cut the reason off). Of a file that exists, "File does not exist or is not a regular file" is what the
     mp3 decoder says when it finds no stream it can read."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    text = re.sub(r"^Error opening '.*?': ", "", text)
+    text = re.sub(r"^Error opening b?(['\"]).*?\1: ", "", text)  # a bytes name (sf_path) shows as b'...'
     if text.startswith("File does not exist or is not a regular file"):
         text = "no audio stream the decoder can read"
     return text[:120]
@@ -226,7 +233,7 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
     concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
     path = Path(path)
     with decoding(path, "unreadable"):
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(sf_path(path))
     with f:
         _check_rate(path, f.samplerate)
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")

@@ -18,8 +18,9 @@ SPLIT_KEYS = ("split_salt", "val_per_speaker", "unseen_fraction", "unseen_speake
 
 
 def _unit(salt: str, *parts: str) -> float:
-    """A stable hash of the parts, uniform in [0, 1)."""
-    digest = hashlib.sha256("\x1f".join((salt, *parts)).encode()).digest()
+    """A stable hash of the parts, uniform in [0, 1). A name that is not UTF-8 (lone surrogates) is hashed as
+    its own bytes; every other name as before."""
+    digest = hashlib.sha256("\x1f".join((salt, *parts)).encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

@@ -56,7 +56,7 @@ def fingerprint(recipe: dict[str, Any], manifest_text: str) -> str:
     """Short stable hash of the configuration and the manifest: two datasets with the same one are the same."""
     h = hashlib.sha256(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "recipe": recipe},
                                   sort_keys=True).encode())
-    h.update(manifest_text.encode())
+    h.update(_utf8(manifest_text))  # the bytes of manifest.jsonl
     return h.hexdigest()[:12]
 
 
@@ -196,7 +196,7 @@ class Dataset:
                 raise UserError(f"{path}: incomplete dataset (an interrupted prepare); run prepare again to finish it")
             raise UserError(f"{path}: not a dataset (no {CONFIG}); create one with `voiceclone prepare`")
         try:
-            config = json.loads(config_path.read_text())
+            config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{config_path}: unreadable ({e})") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -207,8 +207,8 @@ class Dataset:
         _check_config(config_path, config)
         recipe = recipe_from_dict(config["recipe"], source=str(config_path))
         try:
-            speakers = json.loads((path / SPEAKERS).read_text())
-            lines = (path / MANIFEST).read_text().splitlines()
+            speakers = json.loads((path / SPEAKERS).read_text(encoding="utf-8"))
+            lines = (path / MANIFEST).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: incomplete or damaged dataset ({e})") from None
         manifest = []
@@ -356,7 +356,7 @@ class FeatureStore:
     def open(cls, folder: Path) -> "FeatureStore | None":
         """The store in `folder` with its journaled entries, or None when there is none to use."""
         try:
-            meta = json.loads((folder / STORE_META).read_text())
+            meta = json.loads((folder / STORE_META).read_text(encoding="utf-8"))
             raw = (folder / JOURNAL).read_bytes()
             sizes = {k: (folder / f"{k}.npy").stat().st_size for k in ARRAYS}
             hop, n_mels = int(meta["hop"]), int(meta["n_mels"])
@@ -489,17 +489,23 @@ def write_spans(path: Path, spans: np.ndarray) -> None:
 def read_json(path: Path) -> Any:
     """A JSON file's content, or None when it is missing or unreadable (a report is then rebuilt)."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def _utf8(text: str) -> bytes:
+    """JSON text as UTF-8, as the readers here read it whatever the locale. A file name that is not UTF-8
+    reaches Python with lone surrogates, which UTF-8 cannot hold; "backslashreplace" writes each as JSON's own
+    escape (\\udcXX), which json reads back as the same name, and touches nothing else (all else encodes)."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    with open(tmp, "wb") as f:
+        f.write(_utf8(json.dumps(data, indent=1, ensure_ascii=False) + "\n"))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -508,8 +514,8 @@ def write_json(path: Path, data: Any) -> None:
 def write_lines(path: Path, rows: Iterable[dict]) -> str:
     """Write JSON lines (fsynced); returns the text, which the fingerprint hashes."""
     text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
-    with open(path, "w") as f:
-        f.write(text)
+    with open(path, "wb") as f:
+        f.write(_utf8(text))
         f.flush()
         os.fsync(f.fileno())
     return text
