@@ -317,3 +317,25 @@ def test_a_file_name_with_a_line_break_still_gives_one_line(model, tmp_path):
     bad = tmp_path / "take\n2.wav"
     bad.write_bytes(b"not audio at all" * 100)
     one_line_error(synth(model, model["run"], tmp_path / "o.wav", "--reference", str(bad)), "take\\n2.wav")
+
+
+def test_sources_and_outputs_named_in_another_encoding_are_converted(model, tmp_path):
+    """A source folder from an old Latin-1 archive (caf\\xe9.wav): its output's name, lone surrogates in Python,
+    made soundfile's strict UTF-8 path encoding raise UnicodeEncodeError, a traceback that ended the folder
+    run before its other files."""
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    latin = os.fsdecode(b"caf\xe9.wav")
+    for name in (latin, "ok.wav"):
+        (src / name).write_bytes(Path(model["src"]).read_bytes())
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(src))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([latin, "ok.wav"])
+    for extra in ([], ["--stream"]):
+        out = tmp_path / os.fsdecode(b"r\xe9sultat.wav")
+        r = synth(model, model["bundle"], out, "--source", str(src / latin), *extra)
+        assert r.exit_code == 0, r.output
+        assert sf.info(os.fsencode(out)).frames > 0
+        out.unlink()

@@ -398,7 +398,8 @@ def write_wav(out: Path, blocks: Iterable[np.ndarray], rate: int, subtype: str =
     try:
         with writing(out):  # opened here first: libsndfile reports every failed open as "System error"
             tmp.open("wb").close()
-        with writing(out), _sound_errors(out), sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1,
+        # A.sf_path: an output named after a source in another encoding (caf\xe9.wav) is written as named
+        with writing(out), _sound_errors(out), sf.SoundFile(A.sf_path(tmp), "w", samplerate=rate, channels=1,
                                                             subtype=subtype, format="WAV") as f:
             for block in blocks:
                 f.write(block)
@@ -428,7 +429,7 @@ def _duration(path: Path) -> float:
     """Seconds of audio by the file's header; 0 if unreadable (load_audio then names the problem)."""
     try:
         with A.quiet_decoder():
-            return float(sf.info(str(path)).duration)
+            return float(sf.info(A.sf_path(path)).duration)
     except Exception:  # any header libsndfile cannot parse
         return 0.0
 
