@@ -339,3 +339,20 @@ def test_sources_and_outputs_named_in_another_encoding_are_converted(model, tmp_
         assert r.exit_code == 0, r.output
         assert sf.info(os.fsencode(out)).frames > 0
         out.unlink()
+
+
+def test_a_symbolic_link_that_loops_is_one_line(model, tmp_path):
+    """A link that leads to itself (ln -s x.wav x.wav) as --out, --source or --reference: Path.resolve raised
+    RuntimeError("Symlink loop"), a traceback before any work."""
+    import os
+
+    for name in ("loop.wav", "loop.json"):
+        os.symlink(name, tmp_path / name)
+    one_line_error(synth(model, model["bundle"], tmp_path / "loop.wav"), "loop.wav", "loops")
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--source", str(tmp_path / "loop.wav")),
+                   "loop.wav")
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(tmp_path / "loop.wav")),
+                   "loop.wav")
+    one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--out", str(tmp_path / "loop.json"),
+                                       "--plot", str(tmp_path / "c.png")]), "loop.json", "loops")
+    assert not (tmp_path / "o.wav").exists() and (tmp_path / "loop.wav").is_symlink()

@@ -198,3 +198,10 @@ def test_a_decoder_error_gives_its_reason_not_the_path_again(tmp_path):
     with pytest.raises(AudioError, match="no audio stream the decoder can read") as e:
         load_audio(folder / "noise.mp3", 16000)
     assert "does not exist" not in str(e.value)
+
+
+def test_an_output_folder_that_is_a_looping_link_is_one_line(synthetic_corpus, tmp_path):
+    # Path.resolve of the output (to keep it out of the inputs) raised RuntimeError("Symlink loop")
+    os.symlink("ds", tmp_path / "ds")
+    r = runner.invoke(app, ["prepare", str(synthetic_corpus), "--out", str(tmp_path / "ds"), "--workers", "1"])
+    one_line_error(r, str(tmp_path / "ds"), "loops")

@@ -69,6 +69,8 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
     the reverse), or a path below a file. suffix (".wav"): the format the file is written in, whatever its
     name; a name with another extension (voice.mp3) would hold that format under a false name."""
     p = Path(path)
+    if _loops(p):  # Path.resolve of it raises RuntimeError, and nothing can be written through it
+        raise UserError(f"{p}: a symbolic link on this path loops back on itself; remove it or choose another name")
     if not folder and p.is_dir():
         raise UserError(f"{p}: is a folder; name the file to write")
     if not folder and suffix and p.suffix and p.suffix.lower() != suffix:
@@ -80,6 +82,15 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{p}: cannot be written: {parent} is a file, not a folder")
+
+
+def _loops(path: Path) -> bool:
+    """Whether `path` (or a link on the way to it) is a symbolic link leading back to itself."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def parse_device(name: str):

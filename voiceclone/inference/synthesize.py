@@ -63,9 +63,10 @@ def check_out(out: Path, source: Path | None, references: Sequence[Path], folder
     when it is a file, and none of the inputs (the recording was replaced by its conversion, exit 0; of a
     folder --source, the same folder is the same mistake)."""
     check_output(out, folder=folder, suffix=".wav")
-    target = Path(out).resolve()
+    # realpath, not Path.resolve: an input that is a looping link raises RuntimeError there (load_audio names it)
+    target = os.path.realpath(out)
     for option, path in [("--source", source), *(("--reference", r) for r in references)]:
-        if path is not None and Path(path).resolve() == target:
+        if path is not None and os.path.realpath(path) == target:
             what = ("folder; the outputs would replace its files" if Path(path).is_dir() else
                     "file; the output would replace it")
             raise UserError(f"{out}: is the {option} {what}; choose another --out")
