@@ -356,3 +356,21 @@ def test_a_symbolic_link_that_loops_is_one_line(model, tmp_path):
     one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--out", str(tmp_path / "loop.json"),
                                        "--plot", str(tmp_path / "c.png")]), "loop.json", "loops")
     assert not (tmp_path / "o.wav").exists() and (tmp_path / "loop.wav").is_symlink()
+
+
+def test_a_pipe_as_source_or_reference_is_one_line_and_does_not_hang(model, tmp_path):
+    """A named pipe (mkfifo) with no writer: opening it to read the header blocked forever; a pipe from process
+    substitution (--source <(sox ...)) was read for its header, then called missing ("no such file")."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "pipe.wav")
+    base = [sys.executable, "-m", "voiceclone", "synthesize", "--model", str(model["bundle"]), "--threads", "1",
+            "--out", str(tmp_path / "o.wav")]
+    for args in (["--source", str(tmp_path / "pipe.wav"), "--reference", str(model["ref"])],
+                 ["--source", str(model["src"]), "--reference", str(tmp_path / "pipe.wav")]):
+        r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "pipe.wav" in r.stderr and "not a regular file" in r.stderr, r.stderr
+    assert not (tmp_path / "o.wav").exists()

@@ -127,10 +127,7 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     rate, truncated, no samples, non-finite samples.
     """
     path = Path(path)
-    if path.is_dir():
-        raise AudioError(path, "a folder", "not an audio file")
-    if not path.is_file():
-        raise AudioError(path, "missing", "no such file")
+    check_file(path)
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file")
     with decoding(path), sf.SoundFile(sf_path(path)) as f:
@@ -145,6 +142,18 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     if not np.isfinite(y).all():
         raise AudioError(path, "non-finite samples")
     return resample(y, sr, sample_rate)
+
+
+def check_file(path: Path) -> None:
+    """Refuse, before opening it, what is not a regular file. A named pipe (mkfifo) blocks the open until
+    something writes to it, forever if nothing does, and one from process substitution (<(sox ...)) can be
+    read only once: the header read would take what the decoding needs."""
+    if path.is_dir():
+        raise AudioError(path, "a folder", "not an audio file")
+    if not path.is_file():
+        if path.exists():
+            raise AudioError(path, "not a regular file", "a pipe or a device; give a file")
+        raise AudioError(path, "missing", "no such file")
 
 
 def _decoder_message(e: Exception) -> str:
@@ -232,6 +241,7 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
     """Decode block by block, mix to mono, resample with soxr's streaming resampler: [T_i] float32 blocks whose
     concatenation is the file at `sample_rate`. Memory does not depend on the file's length."""
     path = Path(path)
+    check_file(path)
     with decoding(path, "unreadable"):
         f = sf.SoundFile(sf_path(path))
     with f:

@@ -428,6 +428,8 @@ def _sound_errors(out: Path) -> Iterator[None]:
 
 def _duration(path: Path) -> float:
     """Seconds of audio by the file's header; 0 if unreadable (load_audio then names the problem)."""
+    if not Path(path).is_file():  # a named pipe would block the open (audio.check_file)
+        return 0.0
     try:
         with A.quiet_decoder():
             return float(sf.info(A.sf_path(path)).duration)
