@@ -70,6 +70,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _require(self.min_seconds > 0, "prepare.min_seconds", "must be positive")
         _require(self.max_seconds > 2 * self.min_seconds, "prepare.max_seconds", "must exceed 2 * min_seconds")
+        # an RMS level above 0 dBFS needs a peak above full scale: the peak limit silently wins (23 for -23 made
+        # a peak-normalized dataset), and 10 ** (huge / 20) overflows (every file 'failed')
+        _require(-70 <= self.loudness_db <= 0, "prepare.loudness_db", "must be in [-70, 0] dBFS")
+        _require(self.trim_top_db > 0, "prepare.trim_top_db", "must be positive (dB below the peak)")  # else all trimmed
         _require(0 <= self.unseen_fraction < 1, "prepare.unseen_fraction", "must be in [0, 1)")
         _require(self.val_per_speaker >= 0, "prepare.val_per_speaker", "must be >= 0")
 
