@@ -437,6 +437,15 @@ def test_file_names_that_are_not_utf8(tmp_path):
     assert summary["used"] == 6
 
 
+def test_a_manifest_with_a_long_text_column_is_read(synthetic_corpus, tmp_path):
+    # a transcript column holding a whole chapter passed csv's 131072-character field limit: _csv.Error traceback
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:2]
+    (tmp_path / "list.csv").write_text("path,speaker,text\n" + "".join(f"{f},{f.parent.name},{'word ' * 40000}\n"
+                                                                        for f in files))
+    summary, _ = run(tmp_path / "list.csv", tmp_path / "ds")
+    assert summary["used"] == 2
+
+
 def test_manifests(synthetic_corpus, tmp_path):
     files = sorted(synthetic_corpus.rglob("*.wav"))[:8]
     shutil.copytree(synthetic_corpus, tmp_path / "audio")

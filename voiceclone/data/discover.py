@@ -131,7 +131,15 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read manifest ({e})") from None
-    rows = list(csv.reader(text.splitlines(), delimiter=MANIFEST_DELIMITERS[path.suffix.lower()]))
+    # csv refuses a field longer than its limit (131072 characters), and a transcript column may hold a whole
+    # chapter: no field can be longer than the file, so that is the limit while reading it
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    try:
+        rows = list(csv.reader(text.splitlines(), delimiter=MANIFEST_DELIMITERS[path.suffix.lower()]))
+    except csv.Error as e:  # what the default (lenient) dialect still refuses
+        raise UserError(f"{path}: not a valid manifest ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
     if not rows:
         raise UserError(f"{path}: empty manifest (expected a header with 'path' and 'speaker' columns)")
     header = [h.strip().lower() for h in rows[0]]
