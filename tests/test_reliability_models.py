@@ -374,3 +374,18 @@ def test_a_pipe_as_source_or_reference_is_one_line_and_does_not_hang(model, tmp_
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert "pipe.wav" in r.stderr and "not a regular file" in r.stderr, r.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="needs espeak-ng")
+def test_text_that_starts_with_a_dash_or_has_no_words_is_handled(model, tmp_path):
+    """--text "-5 degrees" reached espeak-ng as an option: it wrote no file and synthesize said a temporary
+    file was 'missing'; text with nothing to say ("...") was 'silent' under that temporary file's name."""
+    args = ["synthesize", "--model", str(model["bundle"]), "--reference", str(model["ref"]),
+            "--out", str(tmp_path / "o.wav")]
+    for text in ("-v hello there", "--help me"):
+        r = runner.invoke(app, [*args, "--text", text])
+        assert r.exit_code == 0, r.output
+        assert sf.info(str(tmp_path / "o.wav")).duration > 0.3
+    r = runner.invoke(app, [*args, "--text", "..."])
+    one_line_error(r, "--text", "no speech")
+    assert "/tmp" not in r.output.replace(str(tmp_path), "")

@@ -345,7 +345,12 @@ def _text_to_wav(text: str, folder: Path) -> Path:
     if not text.strip():
         raise UserError("--text is empty")
     path = folder / "text.wav"
-    subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
+    # the text on stdin, not as an argument: "-5 degrees" or "--help me" would be read as espeak-ng's options
+    r = subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(path), "--stdin"],
+                       input=text.encode(errors="surrogateescape"), capture_output=True)
+    if r.returncode != 0:
+        said = r.stderr.decode(errors="replace").strip().splitlines()
+        raise UserError(f"--text: espeak-ng failed ({said[0] if said else f'exit code {r.returncode}'})")
     return path
 
 
@@ -460,7 +465,11 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
     results: list[dict] = []
     if text is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(synthesize_file(model, ref, _text_to_wav(text, Path(tmp)), out, **kwargs))
+            try:
+                results.append(synthesize_file(model, ref, _text_to_wav(text, Path(tmp)), out, **kwargs))
+            except A.AudioError as e:  # named after the text, not the temporary file the user never saw
+                shown = text if len(text) <= 40 else text[:40] + "..."
+                raise UserError(f"--text {shown!r}: espeak-ng made no speech of it ({e.reason})") from None
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file() and A.is_audio_file(p))
         if not files:
