@@ -159,6 +159,19 @@ def test_resume_refuses_a_dataset_whose_speakers_changed(prepared_dataset, synth
     assert len(history(run)) == 2
 
 
+def test_a_stage_for_other_audio_settings_than_the_runs_other_stage_is_refused(synthetic_corpus, one_epoch, tmp_path):
+    """The dataset prepared again with other audio settings, then `--stage vocoder` on a run whose acoustic
+    model has the old ones: the vocoder trained to the end, and the run could then neither synthesize nor be
+    evaluated ('the vocoder was trained with another audio config than the acoustic model')."""
+    run = copy_run(one_epoch, tmp_path)
+    r = runner.invoke(app, ["prepare", str(synthetic_corpus), "--out", str(tmp_path / "ds40"), "--workers", "1",
+                            "--set", "audio.n_mels=40"])
+    assert r.exit_code == 0, r.output
+    r = train_cli(tmp_path / "ds40", run, "--stage", "vocoder", "--epochs", "1")
+    one_line_error(r, str(run / "acoustic" / "best.pt"), "audio.n_mels")
+    assert not (run / "vocoder").exists() or not any((run / "vocoder").iterdir())
+
+
 # --- 6. train_loss of an epoch resumed mid-way -----------------------------------------------------
 
 

@@ -227,6 +227,22 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
     return None
 
 
+def _check_other_stage(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recipe) -> None:
+    """Refuse to train a stage for other audio settings than the run's other trained stage has: the two
+    speak to each other through the mel, so the run could neither synthesize nor be evaluated, and that
+    showed only after the whole training."""
+    other = "vocoder" if stage == "acoustic" else "acoustic"
+    best = R.best_path(req.run, other)
+    if not best.is_file():
+        return
+    saved = recipe_from_dict(R.load_checkpoint(best, keys=("recipe",))["recipe"], source=str(best))
+    diff = differences(saved.audio, recipe.audio, "audio")
+    if diff:
+        raise UserError(f"{best}: this run's {other} model has other audio settings than {dataset.path} "
+                        f"({'; '.join(diff[:4])}); the two could not work together: train the {stage} in a "
+                        "new --run")
+
+
 def _task_kwargs(req: TrainRequest, stage: str, recipe: Recipe, state: dict[str, Any] | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if req.finetuning:
@@ -244,6 +260,7 @@ def _task_kwargs(req: TrainRequest, stage: str, recipe: Recipe, state: dict[str,
 def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, Any]:
     recipe = _finetune_recipe(req.recipe, stage) if req.finetuning else req.recipe
     check_splits(dataset, stage, need_unseen=not req.finetuning)
+    _check_other_stage(req, dataset, stage, recipe)
     state = _resume_state(req, dataset, stage, recipe)
     if req.dist.main:
         R.write_stage_config(req.run, stage, recipe.to_json())
