@@ -213,7 +213,7 @@ class _Evaluator:
         self.pool = (reference_pool(self.split, splits["train"]) if split == "val" else reference_pool(self.split))
         self.speakers = by_speaker(self.split)
         self.rng = np.random.default_rng(seed)
-        self.device = next(model.acoustic.parameters()).device
+        self.device = model.device
         self._embeddings: dict[tuple[int, int], np.ndarray] = {}
 
     # --- data ---------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def summaries(rows: list[dict[str, Any]], keys) -> dict[str, dict[str, Any]]:
 
 def dataset_reference(model: Model, split: Split, clips: list[int]) -> Reference:
     """The reference a model gets from stored clips of a split: their mean speaker vector, length and register."""
-    device = next(model.acoustic.parameters()).device
+    device = model.device
     stored = [np.asarray(split.mel(j), dtype=np.float32).T for j in clips]  # [n_mels, T_j] each
     mels = [torch.from_numpy(m.copy()).to(device) for m in stored]
     f0 = np.concatenate([np.asarray(split.f0(j)) for j in clips])

@@ -46,6 +46,11 @@ class Model:
     meta: dict[str, Any]
     source: str
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are (both are moved together by `to`)."""
+        return next(self.acoustic.parameters()).device
+
     def to(self, device: torch.device | str) -> "Model":
         self.acoustic.to(device)
         if self.vocoder is not None:

@@ -144,7 +144,7 @@ class StreamConverter:
         self.fade = min(self.fade, self.lookahead * hop)
         self.keep_pitch, self.pitch_factor = keep_pitch, A.semitones_to_ratio(transpose)
         self.source_f0_median = source_f0_median
-        self.device = next(model.acoustic.parameters()).device
+        self.device = model.device
         memory = max(1, int(memory_seconds * cfg.frame_rate))
         self.mel_stats = RunningStats(cfg.n_mels + 1, memory)  # the mel and, last, the energy
         self.code_stats = RunningStats(model.recipe.acoustic.model.content_dim, memory)
@@ -353,7 +353,7 @@ def compare(model: Model, streamed: np.ndarray, offline: np.ndarray) -> dict[str
     """
     cfg = model.recipe.audio
     n = min(len(streamed), len(offline))
-    device = next(model.acoustic.parameters()).device
+    device = model.device
     with torch.inference_mode():
         mels = [A.log_mel(torch.from_numpy(np.ascontiguousarray(y[:n], dtype=np.float32)).to(device), cfg)
                 for y in (streamed, offline)]

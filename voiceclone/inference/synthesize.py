@@ -122,7 +122,7 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     if short:
         mels.append(torch.from_numpy(np.concatenate([f.mel for f in short]).T.copy()))
     f0s = [f.f0 for _, _, f in clips]
-    device = next(model.acoustic.parameters()).device
+    device = model.device
     vector = model.acoustic.embed([m.to(device) for m in mels])
     env = timbre.envelope(np.concatenate([f.mel for _, _, f in clips]).T, np.concatenate(f0s))
     median = A.voiced_median(np.concatenate(f0s))
@@ -245,7 +245,7 @@ def _context(cfg) -> int:
 
 def _cpu_workers(model: Model, workers: int) -> int:
     """Windows converted at once: `workers` on the CPU; one on a GPU, which runs one window at a time anyway."""
-    return workers if next(model.acoustic.parameters()).device.type == "cpu" else 1
+    return workers if model.device.type == "cpu" else 1
 
 
 def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: float,
@@ -256,7 +256,7 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
     (timbre.py)."""
     cfg = model.recipe.audio
     fade = int(FADE_SECONDS * cfg.sample_rate)
-    device = next(model.acoustic.parameters()).device
+    device = model.device
     workers = _cpu_workers(model, workers)
 
     def convert_window(job: tuple[int, Window]) -> tuple[np.ndarray, int, int]:
