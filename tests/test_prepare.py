@@ -468,6 +468,17 @@ def test_manifests(synthetic_corpus, tmp_path):
         run(tmp_path / "bad.csv", tmp_path / "ds2")
 
 
+def test_a_manifest_saved_by_excel_as_unicode_text_is_read(synthetic_corpus, tmp_path):
+    # Excel's "Unicode Text" export is UTF-16 with a byte-order mark: refused as "'utf-8' codec can't decode"
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:3]
+    text = "path\tspeaker\r\n" + "".join(f"{f}\t{f.parent.name}\r\n" for f in files)
+    (tmp_path / "le.tsv").write_text(text, encoding="utf-16")  # Python writes the BOM, as Excel does
+    (tmp_path / "be.tsv").write_bytes(b"\xfe\xff" + text.encode("utf-16-be"))
+    for name in ("le.tsv", "be.tsv"):
+        summary, _ = run(tmp_path / name, tmp_path / f"ds-{name}")
+        assert summary["used"] == 3 and sorted(Dataset.open(tmp_path / f"ds-{name}").speakers) == ["spk000"]
+
+
 def test_long_files_are_split(tmp_path):
     sr = 16000
     speaker = make_speakers(1)[0]

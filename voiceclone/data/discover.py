@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -128,7 +129,11 @@ def _loops(here: Path, name: str) -> bool:
 
 def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
+        # the byte-order mark says the encoding: Excel's "Unicode Text" export is UTF-16 (with one), its
+        # "CSV UTF-8" UTF-8 with one; without one, UTF-8
+        encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+        text = raw.decode(encoding)
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read manifest ({e})") from None
     # csv refuses a field longer than its limit (131072 characters), and a transcript column may hold a whole
