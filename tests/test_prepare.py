@@ -479,6 +479,21 @@ def test_a_manifest_saved_by_excel_as_unicode_text_is_read(synthetic_corpus, tmp
         assert summary["used"] == 3 and sorted(Dataset.open(tmp_path / f"ds-{name}").speakers) == ["spk000"]
 
 
+def test_a_manifest_with_another_separator_than_its_extension_says_is_read(synthetic_corpus, tmp_path):
+    # European Excel saves "CSV" with ';' (the comma is its decimal point), and a tab-separated export is often
+    # named .csv: both were refused with "manifest needs 'path' and 'speaker' columns (found: path;speaker)"
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:3]
+    (tmp_path / "semi.csv").write_text("path;speaker;notes\r\n" + "".join(f"{f};{f.parent.name};1,5 s, clean\r\n"
+                                                                           for f in files))
+    (tmp_path / "tabs.csv").write_text("path\tspeaker\n" + "".join(f"{f}\t{f.parent.name}\n" for f in files))
+    for name in ("semi.csv", "tabs.csv"):
+        summary, _ = run(tmp_path / name, tmp_path / f"ds-{name}")
+        assert summary["used"] == 3 and sorted(Dataset.open(tmp_path / f"ds-{name}").speakers) == ["spk000"]
+    (tmp_path / "pipes.csv").write_text("path|speaker\n" + "".join(f"{f}|{f.parent.name}\n" for f in files))
+    with pytest.raises(UserError, match="'path' and 'speaker' columns"):  # only , ; and tab are guessed
+        run(tmp_path / "pipes.csv", tmp_path / "ds-pipes")
+
+
 def test_long_files_are_split(tmp_path):
     sr = 16000
     speaker = make_speakers(1)[0]

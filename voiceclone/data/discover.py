@@ -140,7 +140,7 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
     # chapter: no field can be longer than the file, so that is the limit while reading it
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
-        rows = list(csv.reader(text.splitlines(), delimiter=MANIFEST_DELIMITERS[path.suffix.lower()]))
+        rows = list(csv.reader(text.splitlines(), delimiter=_delimiter(text, MANIFEST_DELIMITERS[path.suffix.lower()])))
     except csv.Error as e:  # what the default (lenient) dialect still refuses
         raise UserError(f"{path}: not a valid manifest ({e})") from None
     finally:
@@ -171,6 +171,18 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
         found.append(_source(file, speaker, name))
     if n == 0:
         raise UserError(f"{path}: manifest lists no files")
+
+
+def _delimiter(text: str, default: str) -> str:
+    """The separator the header is written with: the extension's, unless only another of , ; and tab splits
+    it into 'path' and 'speaker'. European Excel saves "CSV" with ';' (its decimal point is the comma), and
+    tab-separated exports are often named .csv; the header is the evidence, so no row is guessed from."""
+    first = text.splitlines()[0] if text else ""
+    for d in (default, *(c for c in ",;\t" if c != default)):
+        header = {h.strip().lower() for h in next(csv.reader([first], delimiter=d), [])}
+        if {"path", "speaker"} <= header:
+            return d
+    return default
 
 
 def skip_record(path: str, reason: str, detail: str = "", size: int = -1, mtime_ns: int = -1) -> dict:
