@@ -494,6 +494,16 @@ def test_a_manifest_with_another_separator_than_its_extension_says_is_read(synth
         run(tmp_path / "pipes.csv", tmp_path / "ds-pipes")
 
 
+def test_a_manifest_text_column_with_unicode_line_separators_keeps_its_rows(synthetic_corpus, tmp_path):
+    # str.splitlines also breaks at form feeds, U+2028, U+0085...: a transcript holding one cut its row in two,
+    # and every row of the manifest was skipped as a "bad manifest row"
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:3]
+    (tmp_path / "list.csv").write_text("path,speaker,text\n" + "".join(
+        f"{f},{f.parent.name},one\u2028two\x0cthree\x85four\x1cfive\n" for f in files))
+    summary, _ = run(tmp_path / "list.csv", tmp_path / "ds")
+    assert summary["used"] == 3 and summary["skipped"] == {}
+
+
 def test_long_files_are_split(tmp_path):
     sr = 16000
     speaker = make_speakers(1)[0]

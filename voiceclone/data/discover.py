@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 from collections import Counter
@@ -140,7 +141,10 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
     # chapter: no field can be longer than the file, so that is the limit while reading it
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
-        rows = list(csv.reader(text.splitlines(), delimiter=_delimiter(text, MANIFEST_DELIMITERS[path.suffix.lower()])))
+        # lines end at \n, \r\n or \r only (newline="", as csv asks): str.splitlines also ends them at a form
+        # feed, U+2028 or U+0085, which a transcript column may hold, and cut that row in two
+        delimiter = _delimiter(text, MANIFEST_DELIMITERS[path.suffix.lower()])
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as e:  # what the default (lenient) dialect still refuses
         raise UserError(f"{path}: not a valid manifest ({e})") from None
     finally:
@@ -177,9 +181,8 @@ def _delimiter(text: str, default: str) -> str:
     """The separator the header is written with: the extension's, unless only another of , ; and tab splits
     it into 'path' and 'speaker'. European Excel saves "CSV" with ';' (its decimal point is the comma), and
     tab-separated exports are often named .csv; the header is the evidence, so no row is guessed from."""
-    first = text.splitlines()[0] if text else ""
     for d in (default, *(c for c in ",;\t" if c != default)):
-        header = {h.strip().lower() for h in next(csv.reader([first], delimiter=d), [])}
+        header = {h.strip().lower() for h in next(csv.reader(io.StringIO(text, newline=""), delimiter=d), [])}
         if {"path", "speaker"} <= header:
             return d
     return default
