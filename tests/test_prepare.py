@@ -504,6 +504,20 @@ def test_a_manifest_text_column_with_unicode_line_separators_keeps_its_rows(synt
     assert summary["used"] == 3 and summary["skipped"] == {}
 
 
+def test_a_manifest_speaker_with_a_control_character_is_a_bad_row(synthetic_corpus, tmp_path):
+    # "spk000\0" (a NUL from a C tool's fixed-width field) was accepted as a speaker of its own, printed exactly
+    # like spk000 and splitting its utterances between two "voices"; an escape character reaches the terminal
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:4]
+    speakers = ["spk000\0", "spk000", "\x1b[31mspk000", "spk000"]
+    (tmp_path / "list.csv").write_text("path,speaker\n" + "".join(f"{f},{s}\n" for f, s in zip(files, speakers)))
+    summary, _ = run(tmp_path / "list.csv", tmp_path / "ds")
+    assert summary["used"] == 2 and list(Dataset.open(tmp_path / "ds").speakers) == ["spk000"]
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert [(r["path"], r["reason"]) for r in report["skipped"]] == [(f"{tmp_path / 'list.csv'}:2", "bad manifest row"),
+                                                                    (f"{tmp_path / 'list.csv'}:4", "bad manifest row")]
+    assert "control character" in report["skipped"][0]["detail"] and "\\x00" in report["skipped"][0]["detail"]
+
+
 def test_long_files_are_split(tmp_path):
     sr = 16000
     speaker = make_speakers(1)[0]

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,13 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
         speaker = row[isp].strip() if isp < len(row) else ""
         if not rel or not speaker:
             skipped.append(skip_record(f"{path}:{line}", "bad manifest row", "empty path or speaker"))
+            continue
+        # a NUL or an escape is never part of a name: a NUL makes a second speaker that prints like the first,
+        # an escape sequence reaches the terminal in every table that names the speaker
+        control = next((c for c in speaker if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            skipped.append(skip_record(f"{path}:{line}", "bad manifest row",
+                                       f"speaker {speaker!r} holds a control character ({control!r})"))
             continue
         file = Path(rel) if Path(rel).is_absolute() else base / rel
         if not file.is_file():
