@@ -38,3 +38,9 @@ def test_every_option_help_is_printed_whole():
         for param in command.params:
             if getattr(param, "help", None):
                 assert " ".join(param.help.replace("\\[", "[").split()) in shown, (name, param.name)
+
+
+def test_an_error_line_shows_names_as_written_not_as_emoji(tmp_path):
+    # rich turned ":-1:" or ":smile:" in a printed name into an emoji: "--device cuda:-1" read "cuda👎"
+    done = voiceclone("export", str(tmp_path / "take:-1:smile:"), "--out", str(tmp_path / "m.safetensors"))
+    assert done.returncode == 2 and f"{tmp_path / 'take:-1:smile:'}" in done.stderr, done.stderr

@@ -20,7 +20,9 @@ from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
-console = Console(stderr=True)
+# no emoji codes: rich would show a name holding ":-1:" or ":smile:" (a file, a speaker, --device cuda:-1) as
+# an emoji, and nothing this tool prints means one
+console = Console(stderr=True, emoji=False)
 
 
 def user_errors(fn):
