@@ -100,7 +100,9 @@ def test_no_audio_device_is_one_line_and_exit_2(monkeypatch, model_args):
 
 @pytest.mark.parametrize("option, message", [(["--transpose", "nan"], "--transpose nan: expected"),
                                              (["--source-f0", "0"], "--source-f0 0: expected 20-2000 Hz"),
-                                             (["--seconds", "-1"], "--seconds -1: expected more than 0")])
+                                             (["--seconds", "-1"], "--seconds -1: expected more than 0"),
+                                             # inf passed, and int(inf * rate) raised OverflowError once live
+                                             (["--seconds", "inf"], "--seconds inf: expected more than 0, finite")])
 def test_nonsense_options_are_one_line_before_any_device_or_model(monkeypatch, tmp_path, option, message):
     monkeypatch.setitem(sys.modules, "sounddevice", None)
     one_line_error(invoke("--model", str(tmp_path / "none"), *option), message)

@@ -11,6 +11,7 @@ the device's own input and output buffers (PortAudio reports these; printed at t
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from pathlib import Path
@@ -97,8 +98,8 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     check_transpose(transpose)
     if source_f0 is not None and not 20.0 <= source_f0 <= 2000.0:  # a divisor of the pitch shift
         raise UserError(f"--source-f0 {source_f0:g}: expected 20-2000 Hz")
-    if seconds is not None and not seconds > 0:
-        raise UserError(f"--seconds {seconds:g}: expected more than 0")
+    if seconds is not None and not 0 < seconds < math.inf:  # the number of samples to take: int(inf) overflows
+        raise UserError(f"--seconds {seconds:g}: expected more than 0, finite (leave it out to run until Ctrl-C)")
     sd = import_sounddevice()
     found = devices(sd)
     if list_devices:
