@@ -51,6 +51,21 @@ def test_an_explicit_count_wins(machine, monkeypatch):
     assert T.choose_threads(2, since) == 2
 
 
+def test_an_absurd_omp_num_threads_is_one_line_not_a_segfault(machine, monkeypatch):
+    # OMP_NUM_THREADS=99999 went to torch.set_num_threads as it was: train and synthesize died in libgomp
+    # (exit 139, no message), the crash --threads is capped against
+    from voiceclone.errors import UserError
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "99999")
+    for choose in (T.choose_threads, T.render_workers):
+        with pytest.raises(UserError, match=f"OMP_NUM_THREADS=99999: expected 1 to {T.MAX_THREADS}"):
+            choose(0)
+    assert T.choose_threads(2) == 2 and T.render_workers(1) == 1  # --threads wins over the environment
+    for ignored in ("abc", "0", "-1", ""):  # not a count: unset, as OpenMP itself reads it
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert T.render_workers(0) == 2
+
+
 def test_the_real_machine_gives_a_sane_count():
     since = T.CpuSample.now()
     n = T.free_cores(since)  # a window shorter than MIN_WINDOW is topped up by sleeping
