@@ -25,7 +25,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.report import measure
 from voiceclone.train.command import train
-from helpers import one_line_error
+from helpers import one_line_error, small_filesystem
 
 QUIET = Console(quiet=True)
 FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=32", "acoustic.train.warmup_steps=2",
@@ -275,6 +275,30 @@ def test_a_plot_named_for_another_format_is_one_line(tmp_path, name):
     assert not (tmp_path / name).exists()
     code, output = invoke("--run", run, "--plot", tmp_path / "curves.PNG")
     assert code == 0 and (tmp_path / "curves.PNG").read_bytes().startswith(PNG_SIGNATURE), output
+
+
+def fill(fs: Path) -> None:
+    """Fill the file system at `fs` up to its last block."""
+    import contextlib
+
+    with open(fs / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def test_a_report_that_does_not_fit_keeps_the_previous_one(tmp_path):
+    """report.json was rewritten in place: on a full disk the last report was lost, and a truncated one took its
+    name."""
+    from voiceclone.errors import UserError
+    from voiceclone.evaluation.report import write_report
+
+    with small_filesystem(tmp_path / "fs", 64 * 1024) as fs:
+        (fs / "report.json").write_text('{"previous": true}\n')
+        fill(fs)
+        with pytest.raises(UserError, match="no space left .* writing .*report.json"):
+            write_report({"figures": ["x" * 100] * 100}, fs / "report.json")
+        assert (fs / "report.json").read_text() == '{"previous": true}\n'
+        assert sorted(p.name for p in fs.iterdir()) == ["filler", "report.json"]
 
 
 def test_a_report_and_a_plot_of_one_path_is_one_line(tmp_path):

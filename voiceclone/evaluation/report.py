@@ -5,9 +5,11 @@ and the history-only watch (watch.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,11 +70,22 @@ F0_KEYS = {"rmse_cents": "f0_rmse_cents", "rmse_hz": "f0_rmse_hz", "vuv_error": 
 
 
 def write_report(report: Mapping[str, Any], path: Path | str) -> Path:
-    """report.json, strict JSON: a non-finite number (a NaN loss) is written as null."""
+    """report.json, strict JSON: a non-finite number (a NaN loss) is written as null. Written beside and renamed
+    over the path, so a full disk or a kill leaves the previous report whole, never half of the new one."""
     path = Path(path)
+    data = (json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
+                tmp.unlink(missing_ok=True)
     return path
 
 
