@@ -93,3 +93,21 @@ def test_plot_curves_handles_an_empty_stage_and_no_assessment(tmp_path):
     assert out.read_bytes().startswith(PNG_SIGNATURE)
     with pytest.raises(ValueError):
         plot_curves({}, {}, tmp_path / "none.png")
+
+
+def test_a_plot_that_does_not_fit_keeps_the_previous_one(tmp_path):
+    """savefig wrote over the path: on a full disk the last curves.png was lost and a truncated PNG took its
+    name."""
+    import contextlib
+
+    from helpers import small_filesystem
+
+    with small_filesystem(tmp_path / "fs", 64 * 1024) as fs:
+        (fs / "curves.png").write_bytes(PNG_SIGNATURE + b"previous")
+        with open(fs / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(UserError, match="no space left .* writing .*curves.png"):
+            plot_curves({"acoustic": rows(12), "vocoder": rows(12)}, {}, fs / "curves.png")
+        assert (fs / "curves.png").read_bytes() == PNG_SIGNATURE + b"previous"
+        assert sorted(p.name for p in fs.iterdir()) == ["curves.png", "filler"]

@@ -4,7 +4,10 @@ can draw a run without loading the training stack.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -65,9 +68,22 @@ def plot_curves(histories: Mapping[str, list[dict[str, Any]]], assessments: Mapp
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper right")
     path = Path(path)
+    # drawn in memory, then written beside and renamed over the path: a full disk or a kill leaves the
+    # previous figure whole, never a truncated PNG under its name
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
+                tmp.unlink(missing_ok=True)
     return path
 
 
