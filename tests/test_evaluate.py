@@ -433,3 +433,13 @@ def test_report_table_keeps_metric_names_whole_at_80_columns(columns):
     assert "…" not in shown
     if columns >= 80:
         assert "vocoder f0_rmse_cents" in shown and "similarity_to_target" in shown, shown
+
+
+def test_more_pairs_than_the_split_can_make_are_capped(trained, tmp_path):
+    """--pairs 99999999999 cycled over the split's utterances with random targets and never ended."""
+    code, output = invoke("--model", trained / "run", "--data", trained / "ds", "--pairs", 10**11,
+                          "--max-utterances", 1, "--no-judges", "--out", tmp_path / "r.json")
+    assert code == 0, output
+    n = len(Dataset.open(trained / "ds").split("unseen"))  # 2 unseen speakers: each utterance into the other one
+    assert json.loads((tmp_path / "r.json").read_text())["zero_shot"]["pairs"] == n
+    assert f"capped at {n}" in " ".join(output.split())

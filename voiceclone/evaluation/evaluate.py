@@ -123,6 +123,13 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
     if len(speakers) < 2:
         raise UserError(f"{data}: split '{split}' has {len(speakers)} speaker(s); evaluation needs at least 2 "
                         f"(zero-shot pairs are of different speakers); choose another --split")
+    # each pair converts one of the split's utterances into one of the other speakers: beyond that many, pairs
+    # only repeat, and --pairs 99999999999 ran without end
+    most = len(splits[split]) * (len(speakers) - 1)
+    if pairs > most:
+        console.print(f"note: --pairs {pairs}: capped at {most}, the split's {len(splits[split])} utterances "
+                      f"each into its {len(speakers) - 1} other speakers", highlight=False)
+        pairs = most
     convergence = model_convergence(model_path)  # before the long part: a run without history fails now
     model_identity = identity(model_path, model)
     verifier = (Verifier.from_path(speaker_encoder, dev) if speaker_encoder is not None
