@@ -114,6 +114,17 @@ def test_a_torn_history_line_is_repaired_on_resume(prepared_dataset, one_epoch, 
     assert r.exit_code == 0, r.output
 
 
+def test_resuming_with_fewer_epochs_than_trained_says_there_is_nothing_to_train(prepared_dataset, one_epoch,
+                                                                              tmp_path):
+    """`--resume --epochs 1` on a run at epoch 2 showed `epoch 2/1` and trained nothing, without a word."""
+    run = copy_run(one_epoch, tmp_path)
+    r = train_cli(prepared_dataset, run, "--epochs", "1", "--resume")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "2 epochs are trained already, and --epochs 1 asks for 1: nothing to train" in text, text
+    assert [row["epoch"] for row in history(run)] == [1, 2]
+
+
 def test_rows_of_redone_epochs_do_not_pile_up(prepared_dataset, one_epoch, tmp_path):
     run = copy_run(one_epoch, tmp_path)
     path = run / "acoustic/history.jsonl"

@@ -284,6 +284,10 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
                             f"({first[:200]})") from None
         if req.dist.main:
             console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
+            if trainer.progress.epoch >= trainer.epochs and not trainer.progress.batch_in_epoch:
+                asked = f"--epochs {req.epochs}" if req.epochs else f"the recipe's {stage}.train.epochs"
+                console.print(f"{stage}: {trainer.progress.epoch} epochs are trained already, and {asked} asks for "
+                              f"{trainer.epochs}: nothing to train; give a larger --epochs to go on.", highlight=False)
     baseline = None
     if req.finetuning and state is None and trainer.val_data["val"] is not None:
         task.on_epoch_start(1)
