@@ -650,3 +650,19 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     small_corpus(tmp_path / "c", speakers=1, utterances=2)
     write_bad_files(tmp_path / "c" / "zz")
     assert_one_line_error(cli(str(tmp_path / "c"), "--out", str(tmp_path / "ds"), "--strict"), "zz")
+
+
+def test_an_unclosed_quote_in_a_manifest_is_named_not_a_silent_loss(synthetic_corpus, tmp_path):
+    # csv reads from an unclosed quote to the end of the file as one field: the report showed one bad row and
+    # every file listed after it was dropped without a word
+    files = sorted(synthetic_corpus.rglob("*.wav"))[:4]
+    rows = [f"{f},{f.parent.name}\n" for f in files]
+    rows[1] = f'"{files[1]},{files[1].parent.name}\n'
+    (tmp_path / "list.csv").write_text("path,speaker\n" + "".join(rows))
+    with pytest.raises(UserError, match=r"list.csv: row 3: a quote opened there is never closed, so the 2 line"):
+        run(tmp_path / "list.csv", tmp_path / "ds")
+    # a quoted transcript may hold line breaks: only path and speaker are held to one line
+    (tmp_path / "ok.csv").write_text("path,speaker,text\n" + "".join(f'{f},{f.parent.name},"one\ntwo"\n'
+                                                                     for f in files))
+    summary, _ = run(tmp_path / "ok.csv", tmp_path / "ds-ok")
+    assert summary["used"] == 4

@@ -164,6 +164,12 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
         n += 1
         rel = row[ip].strip() if ip < len(row) else ""
         speaker = row[isp].strip() if isp < len(row) else ""
+        # a path or a speaker never holds a line break: a quote opened in this row and never closed has read
+        # the lines after it into one field, and skipping that row would lose all of them without a word
+        swallowed = max(rel.count("\n"), speaker.count("\n"), rel.count("\r"), speaker.count("\r"))
+        if swallowed:
+            raise UserError(f"{path}: row {line}: a quote opened there is never closed, so the {swallowed} "
+                            "line(s) after it read as one field; close or remove that quote")
         if not rel or not speaker:
             skipped.append(skip_record(f"{path}:{line}", "bad manifest row", "empty path or speaker"))
             continue
