@@ -21,17 +21,16 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from voiceclone.config import ConvergenceConfig, read_recipe_json
 from voiceclone.errors import UserError, writing
+from voiceclone.files import TMP_SUFFIX, fsync_dir, write_atomic
 
 STAGES = ("acoustic", "vocoder")  # in pipeline order; other stage folders (none today) sort after them
 CONFIG_FILE, LAST_FILE, BEST_FILE, HISTORY_FILE = "config.json", "last.pt", "best.pt", "history.jsonl"
 LOCK_FILE = ".train-lock"
-TMP_SUFFIX = ".tmp"  # of a checkpoint being written: .<name>.<random>.tmp beside it
 
 
 def stage_dir(run: Path | str, stage: str) -> Path:
@@ -163,21 +162,8 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+        write_atomic(path, buffer.getbuffer())
+    fsync_dir(path.parent)  # make the rename itself durable
 
 
 def all_finite(module) -> bool:
@@ -219,16 +205,9 @@ def write_history(path: Path | str, rows: list[Mapping[str, Any]]) -> None:
     """Replace a history with `rows` atomically (temp file, fsync, rename): how resume repairs one (a torn
     last line, rows of epochs redone after a kill)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     with writing(path):
-        try:
-            with open(tmp, "w") as f:
-                f.write("".join(_history_line(r) for r in rows))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, "".join(_history_line(r) for r in rows).encode(),
+                     tmp=path.with_name(f".{path.name}{TMP_SUFFIX}"))
 
 
 def read_history(path: Path | str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
+from voiceclone.files import fsync_dir
 from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
@@ -479,7 +480,7 @@ def _commit(tmp: Path, out: Path, feature_store: FeatureStore) -> None:
     config.json goes first and comes back last, so at every instant `out` is either complete or recognisably
     incomplete (the next run resumes from the store's journal)."""
     (out / store.CONFIG).unlink(missing_ok=True)
-    store.fsync_dir(out)
+    fsync_dir(out)
     feature_store.seal()
     if feature_store.folder != out / FEATURES:
         if (out / FEATURES).exists():
@@ -495,5 +496,5 @@ def _commit(tmp: Path, out: Path, feature_store: FeatureStore) -> None:
         else:
             os.replace(src, dst)
     os.replace(tmp / store.CONFIG, out / store.CONFIG)
-    store.fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,7 @@ import numpy as np
 
 from voiceclone.config import AudioConfig, Recipe, recipe_from_dict
 from voiceclone.errors import UserError, writing
+from voiceclone.files import TMP_SUFFIX, write_atomic, write_synced
 
 FORMAT = "voiceclone-dataset"
 FORMAT_VERSION = 2
@@ -503,27 +504,12 @@ def _utf8(text: str) -> bytes:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_utf8(json.dumps(data, indent=1, ensure_ascii=False) + "\n"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    write_atomic(path, _utf8(text), tmp=path.with_name(path.name + TMP_SUFFIX))
 
 
 def write_lines(path: Path, rows: Iterable[dict]) -> str:
     """Write JSON lines (fsynced); returns the text, which the fingerprint hashes."""
     text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
-    with open(path, "wb") as f:
-        f.write(_utf8(text))
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(path, _utf8(text))
     return text
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,7 +12,6 @@ the type the network expects and finite values.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from voiceclone import __version__
 from voiceclone.config import Recipe, recipe_from_dict
 from voiceclone.errors import UserError, check_output, parse_device, writing
+from voiceclone.files import TMP_SUFFIX, write_atomic
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.run import best_path, load_checkpoint
@@ -211,15 +211,7 @@ def export(run: Path | str, out: Path | str) -> Path:
               "recipe": model.recipe.to_json(), "meta": json.dumps(model.meta),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source_run": str(run)}
     data = save(tensors, metadata=header)  # in memory: a full disk then fails our write, with its errno
-    tmp = out.with_name(f".{out.name}.tmp")
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(out, data, tmp=out.with_name(f".{out.name}{TMP_SUFFIX}"))
     return out

@@ -1,0 +1,44 @@
+"""Files written whole or not at all, and durably: the one way checkpoints, histories, bundles and the
+dataset's JSON files are written. No torch, so every layer may use it (`errors.writing` turns what it
+raises into a line naming the file)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"  # of a file being written: .<name>.<random>.tmp (or a name the caller gives) beside it
+
+
+def write_synced(path: Path | str, data: bytes | memoryview) -> None:
+    """Write `data` to `path` and fsync it."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, data: bytes | memoryview, tmp: Path | None = None) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`: a crash leaves
+    the old file or the new, never part of one; a failure removes the temporary file. tmp: its name (the
+    next write reuses it); None: a fresh one, `.NAME.<random>.tmp`, readable by its owner only (mkstemp)."""
+    if tmp is None:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        write_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make the renames and new names in folder `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
