@@ -1,12 +1,17 @@
 """Files written whole or not at all, and durably: the one way checkpoints, histories, bundles and the
-dataset's JSON files are written. No torch, so every layer may use it (`errors.writing` turns what it
-raises into a line naming the file)."""
+dataset's JSON files are written; and the flock that keeps a second writer out of a run or dataset folder.
+No torch, so every layer may use it (`errors.writing` turns what it raises into a line naming the file)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
+
+from voiceclone.errors import UserError
 
 TMP_SUFFIX = ".tmp"  # of a file being written: .<name>.<random>.tmp (or a name the caller gives) beside it
 
@@ -42,3 +47,17 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def flocked(lock: IO, busy: str) -> Iterator[None]:
+    """Hold an exclusive flock on the open file `lock` for the block; UserError(busy) at once when another
+    process holds it. An flock ends with its process, so a killed one never leaves the folder locked."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(busy) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)

@@ -15,7 +15,6 @@ read or written, so reading histories (evaluate's watch mode, the CLI) does not 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import math
@@ -26,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from voiceclone.config import ConvergenceConfig, read_recipe_json
 from voiceclone.errors import UserError, writing
-from voiceclone.files import TMP_SUFFIX, fsync_dir, write_atomic
+from voiceclone.files import TMP_SUFFIX, flocked, fsync_dir, write_atomic
 
 STAGES = ("acoustic", "vocoder")  # in pipeline order; other stage folders (none today) sort after them
 CONFIG_FILE, LAST_FILE, BEST_FILE, HISTORY_FILE = "config.json", "last.pt", "best.pt", "history.jsonl"
@@ -63,21 +62,14 @@ def write_stage_config(run: Path | str, stage: str, recipe_json: str) -> None:
 @contextlib.contextmanager
 def locked(run: Path | str) -> Iterator[None]:
     """One `train` at a time per run folder: two would interleave their histories and write `last` and
-    `best` in turn. An flock, so a killed process never leaves the run locked."""
+    `best` in turn."""
     run = Path(run)
     with writing(run):
         run.mkdir(parents=True, exist_ok=True)
         f = open(run / LOCK_FILE, "a")
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{run}: another `voiceclone train` is using this run folder; wait for it to end "
-                            "or choose another --run") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with f, flocked(f, f"{run}: another `voiceclone train` is using this run folder; wait for it to end "
+                       "or choose another --run"):
+        yield
 
 
 def remove_stale_temporaries(run: Path | str, stage: str) -> None:

@@ -12,7 +12,6 @@ processes new or changed files. Splits are an index into the store, drawn from s
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -46,7 +45,7 @@ from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
-from voiceclone.files import fsync_dir
+from voiceclone.files import flocked, fsync_dir
 from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
@@ -137,7 +136,7 @@ class _Job:
 def _prepare_locked(job: _Job) -> dict[str, Any]:
     out, cfg, sources, pre_skipped, fhash = job.out, job.cfg, job.sources, job.pre_skipped, job.fhash
     console, started = job.console, job.started
-    with _locked(out):
+    with open(out / LOCK_FILE, "a") as lock, flocked(lock, f"{out}: another prepare is writing this dataset"):
         for stale in out.glob(TMP_PREFIX + "*"):  # left by a run that was killed while assembling
             shutil.rmtree(stale, ignore_errors=True)
         existing, reusable = _open_previous(out, fhash, cfg, console)
@@ -209,20 +208,6 @@ def _check_out(out: Path) -> None:
                 ours = False
         if not ours:
             raise UserError(f"{out}: exists and is not a voiceclone dataset; choose a new or empty folder for --out")
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One prepare at a time per dataset folder."""
-    with open(out / LOCK_FILE, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another prepare is writing this dataset") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _open_previous(out: Path, fhash: str, cfg: Recipe, console: Console) -> tuple[Dataset | None, bool]:
