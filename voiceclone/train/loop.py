@@ -295,36 +295,7 @@ class Trainer:
                     self._barrier()
                     result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
-                n_batches = max(1, p.batch_in_epoch)
-                with self._validation_weights():
-                    row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
-                p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen = epoch, 0, {}, 0
-                assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
-                row["status"] = assessment.status
-                self.history.append(row)
-                dropped = convergence.reduces_lr(assessment)  # reduce-on-plateau: next epochs at a lower rate
-                p.lr_drops += int(dropped)  # before _save_last, so a resumed run continues at the lowered rate
-                value = row.get(assessment.monitor)
-                value = value if value is not None else math.nan
-                improved = math.isfinite(value) and value < p.best_value
-                if improved:
-                    p.best_value, p.best_epoch = value, epoch
-                    self._save_best(epoch, value)
-                if self.dist.main:
-                    R.append_history(self.dir / R.HISTORY_FILE, row)
-                    if self.scalars is not None:
-                        self.scalars.write(row)
-                self.good_state = self._snapshot()
-                self._save_last()
-                self._barrier()
-                if self.threads is not None:  # a neighbour may have started or stopped during the epoch
-                    self.threads.update()
-                display.epoch_done(row, p)
-                if dropped and self.dist.main:
-                    self.console.print(f"{task.stage}: plateau at epoch {epoch}; learning rate x"
-                                       f"{self.recipe.convergence.lr_drop_factor:g} (drop {p.lr_drops} of "
-                                       f"{self.recipe.convergence.max_lr_drops}): {assessment.summary()}",
-                                       highlight=False, soft_wrap=True)
+                assessment = self._end_epoch(epoch, sums, seen, started, lr, monitor_key, display)
                 if stop.requested:
                     result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
                     break
@@ -341,6 +312,44 @@ class Trainer:
         result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
         result["epochs"] = p.epoch
         return result
+
+    def _end_epoch(self, epoch: int, sums: dict[str, float], seen: int, started: float, lr: float,
+                   monitor_key: str, display: Display) -> convergence.Assessment:
+        """Close a finished epoch: validate, assess convergence, lower the learning rate on a plateau, record
+        the history row, save `best` when the monitored loss improved, then `last`; returns the assessment
+        (fit decides on an early stop from it)."""
+        p = self.progress
+        n_batches = max(1, p.batch_in_epoch)
+        with self._validation_weights():
+            row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
+        p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen = epoch, 0, {}, 0
+        assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
+        row["status"] = assessment.status
+        self.history.append(row)
+        dropped = convergence.reduces_lr(assessment)  # reduce-on-plateau: next epochs at a lower rate
+        p.lr_drops += int(dropped)  # before _save_last, so a resumed run continues at the lowered rate
+        value = row.get(assessment.monitor)
+        value = value if value is not None else math.nan
+        improved = math.isfinite(value) and value < p.best_value
+        if improved:
+            p.best_value, p.best_epoch = value, epoch
+            self._save_best(epoch, value)
+        if self.dist.main:
+            R.append_history(self.dir / R.HISTORY_FILE, row)
+            if self.scalars is not None:
+                self.scalars.write(row)
+        self.good_state = self._snapshot()
+        self._save_last()
+        self._barrier()
+        if self.threads is not None:  # a neighbour may have started or stopped during the epoch
+            self.threads.update()
+        display.epoch_done(row, p)
+        if dropped and self.dist.main:
+            self.console.print(f"{self.task.stage}: plateau at epoch {epoch}; learning rate x"
+                               f"{self.recipe.convergence.lr_drop_factor:g} (drop {p.lr_drops} of "
+                               f"{self.recipe.convergence.max_lr_drops}): {assessment.summary()}",
+                               highlight=False, soft_wrap=True)
+        return assessment
 
     def _announce_stop(self, display: Display, when: str) -> bool:
         if self.dist.main:
