@@ -404,7 +404,6 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
         feature_store = _compacted(feature_store, usable, tmp / FEATURES, job)
     spans: dict[str, list[tuple[int, int]]] = {name: [] for name in SPLITS}
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    speakers: dict[str, dict[str, Any]] = {}
     for (s, m), ids in zip(usable, utt_ids):
         at = m.at
         for piece, uid in zip(m.pieces, ids):
@@ -413,25 +412,10 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
             at += piece["frames"]
             rows[split].append({"id": uid, "speaker": s.speaker, "split": split, "source": s.path,
                                 "source_size": s.size, "source_mtime_ns": s.mtime_ns, **piece})
-            sp = speakers.setdefault(s.speaker, {"split": "unseen" if split == "unseen" else "train",
-                                                 "utterances": 0, "seconds": 0.0, "voiced_frames": 0,
-                                                 "_sum": 0.0, "_sumsq": 0.0})
-            sp["utterances"] += 1
-            sp["seconds"] += piece["seconds"]
-            n = piece["voiced_frames"]
-            sp["voiced_frames"] += n
-            sp["_sum"] += n * piece["logf0_mean"]
-            sp["_sumsq"] += n * (piece["logf0_std"] ** 2 + piece["logf0_mean"] ** 2)
     for name in SPLITS:
         store.write_spans(tmp / name, np.array(spans[name], dtype=np.int64).reshape(-1, 2))
-    for sp in speakers.values():
-        n, s1, s2 = sp["voiced_frames"], sp.pop("_sum"), sp.pop("_sumsq")
-        mean = s1 / n if n else 0.0
-        sp["logf0_mean"] = round(mean, 5)
-        sp["logf0_std"] = round(math.sqrt(max(s2 / n - mean**2, 0.0)), 5) if n else 0.0
-        sp["seconds"] = round(sp["seconds"], 3)
     manifest_text = store.write_lines(tmp / store.MANIFEST, [r for name in SPLITS for r in rows[name]])
-    store.write_json(tmp / store.SPEAKERS, dict(sorted(speakers.items())))
+    store.write_json(tmp / store.SPEAKERS, _speaker_stats(usable, utt_ids, split_of))
     store.write_json(tmp / store.REPORT, report)
     recipe = cfg.to_dict()
     fingerprint = store.fingerprint(recipe, manifest_text)
@@ -444,6 +428,33 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
     store.write_json(tmp / store.CONFIG, config)
     _commit(tmp, out, feature_store)
     return fingerprint
+
+
+def _speaker_stats(usable: list[tuple[Source, FileState]], utt_ids: list[list[str]],
+                   split_of: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """speakers.json, by name: each speaker's split, utterances, seconds, voiced frames, and the mean and
+    standard deviation of log-F0 over all its voiced frames, pooled from each utterance's own."""
+    speakers: dict[str, dict[str, Any]] = {}
+    sums: dict[str, list[float]] = {}  # the sum of voiced log-F0 and of its square
+    for (s, m), ids in zip(usable, utt_ids):
+        for piece, uid in zip(m.pieces, ids):
+            split = split_of[uid]
+            sp = speakers.setdefault(s.speaker, {"split": "unseen" if split == "unseen" else "train",
+                                                 "utterances": 0, "seconds": 0.0, "voiced_frames": 0})
+            sp["utterances"] += 1
+            sp["seconds"] += piece["seconds"]
+            n = piece["voiced_frames"]
+            sp["voiced_frames"] += n
+            total = sums.setdefault(s.speaker, [0.0, 0.0])
+            total[0] += n * piece["logf0_mean"]
+            total[1] += n * (piece["logf0_std"] ** 2 + piece["logf0_mean"] ** 2)
+    for name, sp in speakers.items():
+        n, (s1, s2) = sp["voiced_frames"], sums[name]
+        mean = s1 / n if n else 0.0
+        sp["logf0_mean"] = round(mean, 5)
+        sp["logf0_std"] = round(math.sqrt(max(s2 / n - mean**2, 0.0)), 5) if n else 0.0
+        sp["seconds"] = round(sp["seconds"], 3)
+    return dict(sorted(speakers.items()))
 
 
 def _compacted(old: FeatureStore, usable: list[tuple[Source, FileState]], folder: Path, job: _Job) -> FeatureStore:
