@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,11 @@ def small_filesystem(path: Path, size_bytes: int):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def history(run: Path, stage: str = "acoustic") -> list[dict]:
+    """The rows of a run stage's history.jsonl, as written (non-finite values stay strings)."""
+    return [json.loads(line) for line in (run / stage / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
 def folder_size(folder: Path) -> int:

@@ -25,7 +25,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.report import measure
 from voiceclone.train.command import train
-from helpers import one_line_error, small_filesystem
+from helpers import history, one_line_error, small_filesystem
 
 QUIET = Console(quiet=True)
 FAST = ["acoustic.train.batch_size=8", "acoustic.train.segment_frames=32", "acoustic.train.warmup_steps=2",
@@ -62,10 +62,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def history(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def check_summary(m: dict, unit: str) -> None:
     assert set(m) == {"mean", "std", "median", "n", "unit"} and m["unit"] == unit, m
     assert m["n"] >= 1 and math.isfinite(m["mean"]), m
@@ -97,7 +93,7 @@ def test_report_names_what_was_evaluated(run_report, trained):
 
 def test_report_validation_is_the_number_training_wrote(run_report):
     report, run = run_report["report"], run_report["run"]
-    acoustic_rows, vocoder_rows = history(run / "acoustic/history.jsonl"), history(run / "vocoder/history.jsonl")
+    acoustic_rows, vocoder_rows = history(run, "acoustic"), history(run, "vocoder")
     best_acoustic = acoustic_rows[report["model"]["acoustic_epoch"] - 1]
     best_vocoder = vocoder_rows[report["model"]["vocoder_epoch"] - 1]
     val = report["validation"]

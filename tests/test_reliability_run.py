@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.loop import Trainer
-from helpers import folder_size, one_line_error, set_options, small_filesystem
+from helpers import folder_size, history, one_line_error, set_options, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
@@ -30,10 +30,6 @@ FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acou
 def train_cli(data: Path, run: Path, *args: str, overrides=FAST):
     return runner.invoke(app, ["train", "--data", str(data), "--run", str(run), "--no-early-stop",
                                *set_options(overrides), *args])
-
-
-def history(run: Path, stage: str = "acoustic") -> list[dict]:
-    return [json.loads(line) for line in (run / stage / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
 def load(path: Path) -> dict:

@@ -25,6 +25,7 @@ from voiceclone.run import load_checkpoint
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.command import train
 from voiceclone.train.loop import lr_factor
+from helpers import history
 
 QUIET = Console(quiet=True)
 TRAIN_THREADS = 2  # fixed, so the shared trained model is the same on every machine
@@ -52,10 +53,6 @@ def trained(dataset, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return run
-
-
-def history(run: Path, stage: str = "acoustic") -> list[dict]:
-    return [json.loads(line) for line in (run / stage / "history.jsonl").read_text().splitlines()]
 
 
 def test_lr_schedule_is_a_pure_function_of_the_step():

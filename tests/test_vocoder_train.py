@@ -3,9 +3,7 @@ the acoustic model's outputs."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +17,10 @@ from voiceclone.evaluation.metrics import f0_metrics
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.stages.tasks import VocoderTask
 from voiceclone.train.command import train
+from helpers import history
 
 VOC = ["vocoder.train.batch_size=4", "vocoder.train.lr=2e-3", "vocoder.train.warmup_steps=5"]
 GAN = VOC + ["vocoder.gan.mel_only_steps=3"]  # the discriminators join after 3 steps
-
-
-def history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "vocoder/history.jsonl").read_text().splitlines()]
 
 
 def f0_error(generator: Vocoder, ds: Dataset) -> float:
@@ -52,7 +47,7 @@ def test_the_output_follows_the_given_pitch_after_a_short_training(prepared_data
     trained.load_state_dict(load_checkpoint(run / "vocoder/best.pt")["modules"]["generator"])
     before, after = f0_error(untrained, ds), f0_error(trained, ds)
     assert after < 50 and after < before / 5, (before, after)
-    rows = history(run)
+    rows = history(run, "vocoder")
     assert "val_f0_rmse_cents" in rows[-1] and rows[-1]["val_f0_rmse_cents"] < rows[0]["val_f0_rmse_cents"]
 
 
@@ -64,7 +59,7 @@ def test_vocoder_resume_equals_an_uninterrupted_run_with_both_networks(prepared_
     assert r["vocoder"]["interrupted"] and r["vocoder"]["epochs"] == 1
     train(prepared_dataset, tmp_path / "b", stage="vocoder", overrides=GAN, epochs=3, resume=True, early_stop=False,
           console=quiet)
-    a, b = history(tmp_path / "a"), history(tmp_path / "b")
+    a, b = history(tmp_path / "a", "vocoder"), history(tmp_path / "b", "vocoder")
     assert [r["epoch"] for r in b] == [1, 2, 3]
     assert "train_discriminator" in a[-1] and "train_feature" in a[-1] and "train_adversarial" in a[-1]
     for ra, rb in zip(a, b):
@@ -89,7 +84,7 @@ def test_a_non_finite_loss_in_either_network_is_skipped(prepared_dataset, tmp_pa
     monkeypatch.setattr(VocoderTask, "losses", poisoned)
     train(prepared_dataset, tmp_path / "run", stage="vocoder", overrides=GAN, epochs=2, early_stop=False,
           console=quiet)
-    rows = history(tmp_path / "run")
+    rows = history(tmp_path / "run", "vocoder")
     assert poisoned_steps == [5, 6] and rows[-1]["nonfinite_skipped"] == 2
     state = load_checkpoint(tmp_path / "run/vocoder/last.pt")
     for module in ("generator", "discriminators"):
