@@ -1,4 +1,5 @@
-"""What the timing scripts share: a model bundle of a given size, speech files, the machine's name, medians.
+"""What the timing scripts share: a model bundle (or model) of a given size, speech files, the machine's
+name, medians.
 
 Speed does not depend on the weights, so bundles hold freshly initialized networks of the recipe's size,
 written exactly as `voiceclone export` writes them, so a timed `voiceclone synthesize` process loads them
@@ -46,6 +47,19 @@ def make_bundle(path: Path, size: str = "base", recipe_name: str = "vctk") -> Pa
     save_file(tensors, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
                                             "recipe": recipe.to_json(), "meta": json.dumps(meta)})
     return path
+
+
+def random_model(size: str):
+    """A voiceclone Model of freshly initialized networks of `size` (tiny or base) at the vctk recipe, in
+    eval mode, in memory (no bundle file)."""
+    from voiceclone.config import load_recipe
+    from voiceclone.inference.bundle import Model
+    from voiceclone.models.acoustic import AcousticModel
+    from voiceclone.models.vocoder import Vocoder
+
+    recipe = load_recipe("vctk", [f"acoustic.model.size={size}", f"vocoder.model.size={size}"])
+    return Model(recipe, AcousticModel(recipe.acoustic.model, recipe.audio, 100).eval(),
+                 Vocoder(recipe.vocoder.model, recipe.audio).eval(), {}, source=f"random {size}")
 
 
 def make_speech(folder: Path, seconds: float = 30.0) -> tuple[Path, Path]:

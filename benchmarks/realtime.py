@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,13 @@ import torch
 
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.config import load_recipe
 from voiceclone.inference.stream import compare, stream_file
-from voiceclone.models.acoustic import AcousticModel
-from voiceclone.models.vocoder import Vocoder
 from voiceclone.inference.synthesize import Reference, convert, embed_references
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import random_model  # noqa: E402
+
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
-
-
-def random_model(size: str) -> Model:
-    recipe = load_recipe("vctk", [f"acoustic.model.size={size}", f"vocoder.model.size={size}"])
-    return Model(recipe, AcousticModel(recipe.acoustic.model, recipe.audio, 100).eval(),
-                 Vocoder(recipe.vocoder.model, recipe.audio).eval(), {}, source=f"random {size}")
 
 
 def source_audio(model: Model, paths: list[Path]) -> np.ndarray:

@@ -24,29 +24,13 @@ import soundfile as sf
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import save_file
 
-from voiceclone import __version__
-from voiceclone.config import load_recipe
-from voiceclone.models.acoustic import AcousticModel
-from voiceclone.models.vocoder import Vocoder
 from voiceclone.synthetic import make_speakers, synth_utterance
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import make_bundle  # noqa: E402
+
 RATE = 22050
-
-
-def write_bundle(size: str, path: Path) -> None:
-    """A bundle as `export` writes it, of freshly initialized networks."""
-    recipe = load_recipe("vctk", [f"acoustic.model.size={size}", f"vocoder.model.size={size}"])
-    speakers = [f"s{i}" for i in range(8)]
-    acoustic = AcousticModel(recipe.acoustic.model, recipe.audio, len(speakers))
-    vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-    tensors = {f"acoustic.{k}": v.contiguous() for k, v in acoustic.state_dict().items()}
-    tensors.update({f"vocoder.{k}": v.contiguous() for k, v in vocoder.state_dict().items()})
-    meta = {"acoustic": {"speakers": speakers}, "acoustic_epoch": 0, "vocoder_epoch": 0}
-    save_file(tensors, str(path), metadata={"format": "voiceclone-bundle", "format_version": "1",
-                                            "voiceclone_version": __version__, "recipe": recipe.to_json(),
-                                            "meta": json.dumps(meta)})
 
 
 def write_source(path: Path, minutes: float, unit: np.ndarray) -> None:
@@ -101,7 +85,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_bundle(args.size, tmp / "model.safetensors")
+        make_bundle(tmp / "model.safetensors", args.size)
         unit = speech_unit()
         sf.write(tmp / "ref.wav", unit[: 6 * RATE], RATE)
         for minutes in args.minutes:

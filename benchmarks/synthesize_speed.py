@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,23 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from voiceclone import audio as A
-from voiceclone.inference.bundle import Model
-from voiceclone.config import load_recipe
-from voiceclone.models.acoustic import AcousticModel
-from voiceclone.models.vocoder import Vocoder
 from voiceclone.inference.synthesize import embed_references, synthesize_file
 from voiceclone.synthetic import make_speakers, synth_utterance
 
-
-def build(size: str, device: str) -> Model:
-    recipe = load_recipe("vctk", [f"acoustic.model.size={size}", f"vocoder.model.size={size}"])
-    acoustic = AcousticModel(recipe.acoustic.model, recipe.audio, 100)
-    vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-    return Model(recipe, acoustic.eval(), vocoder.eval(), {}, source=f"random {size}").to(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import random_model  # noqa: E402
 
 
 def measure(size: str, device: str, source: Path, reference: Path, seconds: float, tmp: Path) -> dict:
-    model = build(size, device)
+    model = random_model(size).to(device)
     cfg = model.recipe.audio
     ref = embed_references(model, [reference])
     synthesize_file(model, ref, source, tmp / "warm.wav")  # warm-up: allocator, kernels

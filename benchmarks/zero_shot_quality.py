@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -51,6 +50,9 @@ from voiceclone.inference.synthesize import convert, embed_references
 
 from voiceclone.evaluation import judges as J
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["variant", "SECS to target", "SECS to source", "nearer-target share", "WER out", "WER source",
            "DNSMOS OVRL", "CPU minutes"]
@@ -58,15 +60,7 @@ REF_MIN_S, REF_MAX_S = 4.0, 10.0
 
 
 def cpu_slug() -> str:
-    name = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    name = re.sub(r"\(r\)|\(tm\)|processor|cpu|@", " ", name.lower())
+    name = re.sub(r"\(r\)|\(tm\)|processor|cpu|@", " ", cpu_name().lower())
     words = [w for w in re.split(r"[^a-z0-9.]+", name) if w and w not in {"intel", "core"}]
     return "-".join(words[:3] + [f"{os.cpu_count()}core"])
 
