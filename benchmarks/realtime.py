@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from voiceclone import audio as A
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.inference.stream import compare, stream_file
 from voiceclone.inference.synthesize import Reference, convert, embed_references
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, action="append", help="default: two clips of data/demo's 'anika'")
     parser.add_argument("--source", type=Path, action="append", help="default: four clips of data/demo's 'alex'")
     parser.add_argument("--block-ms", type=float, action="append", help="default: 80")
-    parser.add_argument("--lookahead-ms", type=float, default=60.0)
+    parser.add_argument("--lookahead-ms", type=float, default=LOOKAHEAD_MS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
@@ -103,7 +104,7 @@ def main() -> None:
         ref = embed_references(model, references)
         y = source_audio(model, sources)
         label = size if run else f"{size} (random weights, {model.recipe.audio.sample_rate} Hz)"
-        for block in args.block_ms or [80.0]:
+        for block in args.block_ms or [BLOCK_MS]:
             row = measure(label, model, ref, y, block, args.lookahead_ms, args.repeats, trained=run is not None,
                           judge=judge)
             rows.append(row)

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
@@ -186,8 +187,8 @@ def synthesize(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),
     timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's: 0 = the model's own, 1 = the reference's (default), up to 2."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
-    block_ms: float = typer.Option(80.0, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
-    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
+    block_ms: float = typer.Option(BLOCK_MS, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(LOOKAHEAD_MS, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
     threads: int = typer.Option(0, "--threads", help="Pieces of the source converted at once, one thread each (0 = one per core)."),
 ) -> None:
     """Clone a voice never seen in training from a few seconds of reference audio."""
@@ -218,8 +219,8 @@ def live(
     input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone: index or part of the name (default: the system's)."),
     output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers: index or part of the name (default: the system's)."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
-    block_ms: float = typer.Option(80.0, "--block-ms", help="Block size (ms, rounded to whole frames)."),
-    lookahead_ms: float = typer.Option(60.0, "--lookahead-ms", help="Audio after each block the models see (ms, rounded to whole frames)."),
+    block_ms: float = typer.Option(BLOCK_MS, "--block-ms", help="Block size (ms, rounded to whole frames)."),
+    lookahead_ms: float = typer.Option(LOOKAHEAD_MS, "--lookahead-ms", help="Audio after each block the models see (ms, rounded to whole frames)."),
     transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
     keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep your own register instead of moving to the reference's."),
     timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's (0-2; 1 = the reference's)."),

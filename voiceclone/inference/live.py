@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voiceclone.errors import UserError
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
 
 INSTALL_PORTAUDIO = "apt-get install libportaudio2 (Debian/Ubuntu), brew install portaudio (macOS)"
 
@@ -78,8 +79,8 @@ def print_devices(console: Console, found: list[dict]) -> None:
 
 
 def live(model_path: Path, references: Sequence[Path], input_device: str | None = None,
-         output_device: str | None = None, list_devices: bool = False, block_ms: float = 80.0,
-         lookahead_ms: float = 60.0, transpose: float = 0.0, keep_pitch: bool = False,
+         output_device: str | None = None, list_devices: bool = False, block_ms: float = BLOCK_MS,
+         lookahead_ms: float = LOOKAHEAD_MS, transpose: float = 0.0, keep_pitch: bool = False,
          source_f0: float | None = None, seconds: float | None = None, device: str | None = None,
          console: Console | None = None, keep_output: bool = False, strength: float = 1.0) -> dict:
     """The `voiceclone live` command. Runs until Ctrl-C, or for `seconds` of input. Returns what it measured

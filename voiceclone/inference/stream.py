@@ -40,7 +40,7 @@ from voiceclone import audio as A
 from voiceclone.audio.pitch import PERIODS_PER_WINDOW
 from voiceclone.config import AcousticModelConfig, VocoderModelConfig
 from voiceclone.errors import UserError
-from voiceclone.inference import timbre
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, timbre
 from voiceclone.inference.bundle import Model
 from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose, load_voice,
                                              write_wav)
@@ -124,7 +124,7 @@ class StreamConverter:
     which settles within the first seconds of speech (offline conversion uses the whole file's).
     """
 
-    def __init__(self, model: Model, ref: Reference, block_ms: float = 80.0, lookahead_ms: float = 60.0,
+    def __init__(self, model: Model, ref: Reference, block_ms: float = BLOCK_MS, lookahead_ms: float = LOOKAHEAD_MS,
                  transpose: float = 0.0, keep_pitch: bool = False, source_f0_median: float | None = None,
                  memory_seconds: float = MEMORY_SECONDS, fade_ms: float | None = None,
                  strength: float = timbre.DEFAULT_STRENGTH) -> None:
@@ -373,9 +373,10 @@ def stream_file(model: Model, ref: Reference, y: np.ndarray, chunk: int | None =
     return np.concatenate(out), conv.report
 
 
-def synthesize_stream(model_path, references, source, out, block_ms: float = 80.0, lookahead_ms: float = 60.0,
-                      transpose: float = 0.0, keep_pitch: bool = False, sample_rate: int | None = None,
-                      device: str | None = None, console=None, strength: float = timbre.DEFAULT_STRENGTH) -> dict:
+def synthesize_stream(model_path, references, source, out, block_ms: float = BLOCK_MS,
+                      lookahead_ms: float = LOOKAHEAD_MS, transpose: float = 0.0, keep_pitch: bool = False,
+                      sample_rate: int | None = None, device: str | None = None, console=None,
+                      strength: float = timbre.DEFAULT_STRENGTH) -> dict:
     """`voiceclone synthesize --stream`: convert one file block by block, as `voiceclone live` converts a
     microphone, and print the latency and the speed.
 
