@@ -226,8 +226,6 @@ def f0(y: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     return f0_ac(y, cfg)
 
 
-
-
 def voiced_median(f0: np.ndarray) -> float | None:
     """Median F0 in Hz over the voiced frames (f0 > 0) of a contour [T] (or several concatenated); None when
     no frame is voiced. A voice's register: synthesis moves sources to it, the dataset stores it per utterance."""

@@ -18,7 +18,6 @@ from voiceclone.inference.bundle import load_model
 from voiceclone.models.acoustic import AcousticModel
 
 
-
 @dataclasses.dataclass
 class Verifier:
     """The speaker-embedding function similarity is judged with: a model's speaker encoder behind that model's

@@ -45,8 +45,6 @@ MIN_PARALLEL_SECONDS = 4.0  # shorter pieces spend more on their context than pa
 SPLIT_SLACK_SECONDS = 1.5  # how far a cut may move from its place to find a pause
 STREAM_SECONDS = 30.0  # longer sources are read block by block (two passes) instead of whole
 REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound: 3-10 s of speech suffice
-
-
 MAX_TRANSPOSE = 48.0  # semitones: four octaves, more than any voice spans
 MAX_CHUNK_SECONDS = 3600.0
 OUTPUT_RATES = (8000, 192000)  # --sample-rate: the range of the recipes' own audio.sample_rate

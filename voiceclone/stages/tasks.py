@@ -32,14 +32,14 @@ from voiceclone.stages import finetune as ft
 from voiceclone.stages.losses import (aam_softmax_loss, discriminator_loss, feature_matching_loss,
                                      generator_adversarial_loss)
 
+GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
+
 
 def _log_median(f0: Tensor) -> Tensor:
     """f0 [B, T] (0 = unvoiced) -> log of each row's median voiced F0 [B] (log 150 Hz for an unvoiced row)."""
     logs = torch.where(f0 > 0, torch.log(f0.clamp(min=1.0)), torch.full_like(f0, float("nan")))
     med = torch.nanmedian(logs, dim=1).values
     return torch.nan_to_num(med, nan=float(np.log(150.0)))
-
-GENERATED = "generated"  # the batch key under which VocoderTask keeps the generator's output for both groups
 
 
 def _frozen_call(module: nn.Module, *args: Tensor) -> Tensor:

@@ -271,7 +271,6 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     trainer = Trainer(task, R.stage_dir(req.run, stage), req.epochs or getattr(recipe, stage).train.epochs,
                       early_stop, req.dist, req.console, req.resume_command(stage),
                       threads=ThreadGovernor(req.threads) if req.threads is not None else None)
-    console = req.console
     if req.tensorboard and req.dist.main:
         trainer.scalars = tboard.Scalars(R.stage_dir(req.run, stage), stage)
     if state is not None:
@@ -283,11 +282,12 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
             raise UserError(f"{R.last_path(req.run, stage)}: not a voiceclone resume checkpoint for this run "
                             f"({first[:200]})") from None
         if req.dist.main:
-            console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
+            req.console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
             if trainer.progress.epoch >= trainer.epochs and not trainer.progress.batch_in_epoch:
                 asked = f"--epochs {req.epochs}" if req.epochs else f"the recipe's {stage}.train.epochs"
-                console.print(f"{stage}: {trainer.progress.epoch} epochs are trained already, and {asked} asks for "
-                              f"{trainer.epochs}: nothing to train; give a larger --epochs to go on.", highlight=False)
+                req.console.print(f"{stage}: {trainer.progress.epoch} epochs are trained already, and {asked} asks "
+                                  f"for {trainer.epochs}: nothing to train; give a larger --epochs to go on.",
+                                  highlight=False)
     baseline = None
     if req.finetuning and state is None and trainer.val_data["val"] is not None:
         task.on_epoch_start(1)
@@ -296,6 +296,6 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     if baseline is not None:
         result["baseline_val_loss"] = baseline[task.monitor]
         if req.dist.main:
-            console.print(f"{stage}: held-out loss of the base model {baseline[task.monitor]:.4f} -> fine-tuned "
-                          f"{result['best_value']:.4f} (epoch {result['best_epoch']})", highlight=False)
+            req.console.print(f"{stage}: held-out loss of the base model {baseline[task.monitor]:.4f} -> "
+                              f"fine-tuned {result['best_value']:.4f} (epoch {result['best_epoch']})", highlight=False)
     return result
