@@ -4,6 +4,7 @@ No torch, so every layer may use it (`errors.writing` turns what it raises into 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import tempfile
@@ -36,7 +37,8 @@ def write_atomic(path: Path, data: bytes | memoryview, tmp: Path | None = None) 
         write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -4,15 +4,14 @@ can draw a run without loading the training stack.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from voiceclone.errors import writing
 from voiceclone.evaluation.convergence import Assessment
+from voiceclone.files import write_atomic
 
 CURVES = (("train_loss", "train", "tab:blue"), ("val_loss", "val (seen speakers)", "tab:orange"),
           ("unseen_loss", "unseen speakers", "tab:green"))
@@ -72,18 +71,9 @@ def plot_curves(histories: Mapping[str, list[dict[str, Any]]], assessments: Mapp
     # previous figure whole, never a truncated PNG under its name
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
-                tmp.unlink(missing_ok=True)
+        write_atomic(path, buffer.getbuffer(), path.with_name(f".{path.name}.tmp"))
     return path
 
 

@@ -5,11 +5,9 @@ and the history-only watch (watch.py).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ from voiceclone import audio as A
 from voiceclone.config import AudioConfig, differences
 from voiceclone.data.store import Split
 from voiceclone.errors import UserError, writing
+from voiceclone.files import write_atomic
 from voiceclone.evaluation import metrics
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model
@@ -74,18 +73,9 @@ def write_report(report: Mapping[str, Any], path: Path | str) -> Path:
     over the path, so a full disk or a kill leaves the previous report whole, never half of the new one."""
     path = Path(path)
     data = (json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):  # on a read-only disk this fails too, and would hide the real error
-                tmp.unlink(missing_ok=True)
+        write_atomic(path, data, path.with_name(f".{path.name}.tmp"))
     return path
 
 
