@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +59,22 @@ def speech_unit(seconds: float = 30.0) -> np.ndarray:
 
 
 def peak_of(bundle: Path, reference: Path, source: Path, out: Path, threads: int) -> dict:
-    """One synthesize in a fresh process: (peak resident MiB, seconds)."""
+    """One `python -m voiceclone synthesize` in a fresh process: its peak resident MiB and wall seconds. The
+    peak is the child's own ru_maxrss, read by the parent through wait4: the command ends with os._exit (its
+    fast exit), so nothing after it inside the child would run."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    code = ("import resource, sys, time; from voiceclone.cli import main; t = time.time(); sys.argv = sys.argv[1:]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print('RESULT', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time() - t, code)")
-    cmd = [sys.executable, "-c", code, "voiceclone", "synthesize", "--model", str(bundle), "--reference",
+    cmd = [sys.executable, "-m", "voiceclone", "synthesize", "--model", str(bundle), "--reference",
            str(reference), "--source", str(source), "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT")), None)
-    if line is None or line.split()[3] not in ("0", "None"):
-        raise SystemExit(f"synthesize failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    _, kib, secs, _ = line.split()
-    return {"peak_mib": int(kib) / 1024, "seconds": float(secs)}
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"synthesize failed (exit {child.returncode}):\n{log.read()[-3000:]}")
+    return {"peak_mib": usage.ru_maxrss / 1024, "seconds": seconds}
 
 
 def main() -> None:
