@@ -123,14 +123,14 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
     if len(speakers) < 2:
         raise UserError(f"{data}: split '{split}' has {len(speakers)} speaker(s); evaluation needs at least 2 "
                         f"(zero-shot pairs are of different speakers); choose another --split")
+    convergence = model_convergence(model_path)  # before the long part: a run without history fails now
     # each pair converts one of the split's utterances into one of the other speakers: beyond that many, pairs
     # only repeat, and --pairs 99999999999 ran without end
     most = len(splits[split]) * (len(speakers) - 1)
     if pairs > most:
-        console.print(f"note: --pairs {pairs}: capped at {most}, the split's {len(splits[split])} utterances "
-                      f"each into its {len(speakers) - 1} other speakers", highlight=False)
+        console.print(f"note: {most} zero-shot pairs, not {pairs}: capped at the split's {len(splits[split])} "
+                      f"utterances each into its {len(speakers) - 1} other speaker(s)", highlight=False)
         pairs = most
-    convergence = model_convergence(model_path)  # before the long part: a run without history fails now
     model_identity = identity(model_path, model)
     verifier = (Verifier.from_path(speaker_encoder, dev) if speaker_encoder is not None
                 else Verifier(model.acoustic, model.recipe.audio, {"which": "own", **model_identity}))
