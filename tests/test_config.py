@@ -147,6 +147,22 @@ def test_missing_recipe_names_the_known_ones():
         load_recipe("nope")
 
 
+def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """`--recipe demo` in a directory holding a folder `demo` (a corpus, runs/demo's parent) said "demo:
+    recipe file not found"; a folder given as the recipe said the same of a folder that exists."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_recipe("demo").audio.sample_rate == 16000
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(UserError, match=r"^mine: is a folder, not a recipe file \(recipes: a TOML file, or one of"):
+        load_recipe("mine")
+    (tmp_path / "x.toml").mkdir()
+    with pytest.raises(UserError, match=r"^x.toml: is a folder, not a recipe file$"):
+        load_recipe("x.toml")
+    with pytest.raises(UserError, match=r"^y.toml: recipe file not found$"):
+        load_recipe("y.toml")
+
+
 def test_differences_lists_each_changed_setting():
     a, b = AudioConfig(sample_rate=16000, fmax=8000.0), AudioConfig(sample_rate=22050, fmax=7000.0)
     assert differences(a, b, "audio") == ["audio.fmax: 8000.0 vs 7000.0", "audio.sample_rate: 16000 vs 22050"]

@@ -436,15 +436,19 @@ def recipe_path(name_or_path: str | Path) -> Path:
     """A recipe is a path to a TOML file, or the name of one in ./recipes/ or in the recipes shipped with
     voiceclone (voiceclone/recipes/)."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise UserError(f"{p}: recipe file not found")
+    if p.is_file():
         return p
+    if p.suffix == ".toml":
+        raise UserError(f"{p}: recipe file not found" if not p.exists() else f"{p}: is a folder, not a recipe file")
+    # a name: a folder of that name in the working directory (runs/, a corpus) does not hide the recipe
     for folder in (Path.cwd() / "recipes", RECIPES_DIR):
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():
             return candidate
     known = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, not a recipe file (recipes: a TOML file, or one of "
+                        f"{', '.join(known) or 'none'})")
     raise UserError(f"recipe '{name_or_path}' not found (known: {', '.join(known) or 'none'})")
 
 
