@@ -222,6 +222,30 @@ def test_folder_mode_converts_every_file_and_skips_a_corrupt_one(trained, tmp_pa
     assert "broken.wav" in r.output
 
 
+def test_folder_mode_interrupted_says_how_many_files_are_done(trained, tmp_path, monkeypatch):
+    """Ctrl-C over a folder exited 130 without a word on what was converted."""
+    from voiceclone.inference import synthesize as S
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(3):
+        shutil.copy(wav(trained["corpus"], 3, k % 2), src / f"{k}.wav")
+    real, calls = S.synthesize_file, []
+
+    def interrupted_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "synthesize_file", interrupted_at_the_second)
+    console = Console(record=True, width=200)
+    with pytest.raises(KeyboardInterrupt):
+        S.synthesize(trained["run"], [wav(trained["corpus"], 0, 0)], tmp_path / "out", source=src, console=console)
+    assert f"interrupted: 1 of 3 files converted into {tmp_path / 'out'}" in console.export_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.wav"]
+
+
 def test_folder_mode_keeps_every_output_when_two_sources_share_a_stem(trained, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -484,13 +484,19 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as bar:
             task = bar.add_task("convert", total=len(files))
-            for f in files:
-                try:
-                    results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
-                except A.AudioError as e:
-                    failed.append(str(e))
-                    console.print(f"[yellow]skipped[/] {e}", highlight=False)
-                bar.advance(task)
+            try:
+                for f in files:
+                    try:
+                        results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
+                    except A.AudioError as e:
+                        failed.append(str(e))
+                        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+                    bar.advance(task)
+            except KeyboardInterrupt:  # Ctrl-C: say what is done (each output is whole: write_wav renames)
+                bar.stop()
+                console.print(f"interrupted: {len(results)} of {len(files)} files converted into {out}",
+                              highlight=False)
+                raise
         if not results:
             raise UserError(f"{source}: no file could be converted ({failed[0]})")
     else:
