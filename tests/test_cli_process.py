@@ -44,3 +44,13 @@ def test_an_error_line_shows_names_as_written_not_as_emoji(tmp_path):
     # rich turned ":-1:" or ":smile:" in a printed name into an emoji: "--device cuda:-1" read "cuda👎"
     done = voiceclone("export", str(tmp_path / "take:-1:smile:"), "--out", str(tmp_path / "m.safetensors"))
     assert done.returncode == 2 and f"{tmp_path / 'take:-1:smile:'}" in done.stderr, done.stderr
+
+
+def test_the_console_every_function_defaults_to_prints_names_as_written():
+    # prepare, train, synthesize, evaluate called from Python without a console made their own, emoji codes on
+    from voiceclone.errors import stderr_console
+
+    console = stderr_console()
+    with console.capture() as captured:
+        console.print("take:-1:smile:")
+    assert captured.get().strip() == "take:-1:smile:"

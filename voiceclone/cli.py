@@ -12,18 +12,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error
+from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
-# no emoji codes: rich would show a name holding ":-1:" or ":smile:" (a file, a speaker, --device cuda:-1) as
-# an emoji, and nothing this tool prints means one
-console = Console(stderr=True, emoji=False)
+console = stderr_console()
 
 
 def user_errors(fn):

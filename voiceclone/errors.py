@@ -7,7 +7,10 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class UserError(Exception):
@@ -122,3 +125,12 @@ def writing(path: Path | str) -> Iterator[None]:
         if e.errno in KNOWN_ERRNOS:
             raise file_error(e, path) from None
         raise
+
+
+def stderr_console() -> "Console":
+    """Where the commands and the library functions print: stderr, without emoji codes. rich would show a
+    name holding ":-1:" or ":smile:" (a file, a speaker, --device cuda:-1) as an emoji, and nothing this
+    tool prints means one."""
+    from rich.console import Console
+
+    return Console(stderr=True, emoji=False)

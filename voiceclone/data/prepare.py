@@ -44,7 +44,8 @@ from voiceclone.data.discover import Source, discover, skip_record
 from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
-from voiceclone.errors import DISK_FULL, FileWriteError, UserError, check_output, file_error, writing
+from voiceclone.errors import (DISK_FULL, FileWriteError, UserError, check_output, file_error, stderr_console,
+                               writing)
 from voiceclone.files import flocked, fsync_dir
 from voiceclone.threads import allowed_cores, check_count
 
@@ -64,7 +65,7 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
     """
     check_count(workers, "workers")
     started = time.perf_counter()
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     out = Path(out)
     named = tuple(unseen_speakers) if unseen_speakers else tuple(cfg.prepare.unseen_speakers)
     cfg = dataclasses.replace(cfg, prepare=dataclasses.replace(cfg.prepare, unseen_speakers=named))

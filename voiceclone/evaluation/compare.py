@@ -11,7 +11,7 @@ from rich.table import Table
 
 from voiceclone import audio as A
 from voiceclone.data.store import Dataset
-from voiceclone.errors import UserError, parse_device
+from voiceclone.errors import UserError, parse_device, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, metrics
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.evaluation.printing import fmt
@@ -34,7 +34,7 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
     speaker's training clips, zero-shot. Lower MCD and F0 error and higher similarity to the speaker's
     training clips (judged by the base's speaker encoder unless --speaker-encoder names another) win.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     dev = parse_device(device or "cpu")
     dataset = Dataset.open(data)
     split_data = dataset.split(split)

@@ -38,7 +38,7 @@ from rich.console import Console
 from voiceclone import audio as A
 from voiceclone.data.dataset import reference_pool
 from voiceclone.data.store import SPLITS, Dataset, Split
-from voiceclone.errors import UserError, check_output, parse_device
+from voiceclone.errors import UserError, check_output, parse_device, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
 from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
@@ -64,7 +64,7 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     `baseline` its comparison against that model; without `data`: `watch(run)`, the convergence status
     and curves from the history alone. split: None = unseen for an evaluation, val for a comparison (which
     needs each speaker's training clips, and unseen speakers have none). Returns the report."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     for path, suffix in ((out, None), (plot, ".png")):  # before the long part: a bad output path fails now
         if path is not None:
             check_output(path, suffix=suffix)
@@ -106,7 +106,7 @@ def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unsee
                    asr_model: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Every section of the report for one model on one split of a dataset (see the module docstring).
     `judges`: True requires the independent judges, False skips them, None uses them when installed."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     if pairs < 1 or max_utterances < 1:

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from voiceclone import run as R
+from voiceclone.errors import stderr_console
 from voiceclone.evaluation.convergence import Assessment, assess, should_stop
 from voiceclone.evaluation.curves import plot_curves
 from voiceclone.evaluation.printing import epoch_of, print_convergence, print_curves
@@ -21,7 +22,7 @@ def watch(run: Path | str, out: Path | str | None = None, plot: Path | str | Non
           console: Console | None = None) -> dict[str, Any]:
     """Convergence status and curves of a run from its histories alone (no dataset, no model loaded), so a
     run still training can be followed."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     run = Path(run)
     convergence = run_convergence(run)
     report: dict[str, Any] = {**header(), "run": str(run), "convergence": convergence["report"]}

@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, stderr_console
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
 
 INSTALL_PORTAUDIO = "apt-get install libportaudio2 (Debian/Ubuntu), brew install portaudio (macOS)"
@@ -93,7 +93,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     from voiceclone.inference.synthesize import check_transpose, load_voice
     from voiceclone.threads import torch_threads
 
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     check_stream_options(block_ms, lookahead_ms)
     timbre.check_strength(strength)
     check_transpose(transpose)

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from torch import Tensor
 
 from voiceclone import audio as A
 from voiceclone.audio.pitch import PERIODS_PER_WINDOW
 from voiceclone.config import AcousticModelConfig, VocoderModelConfig
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, stderr_console
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, timbre
 from voiceclone.inference.bundle import Model
 from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose, load_voice,
@@ -383,7 +382,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = BLO
     The file goes through the offline front end first (trimmed, loudness-normalized), so the output lines up
     sample for sample with the offline conversion of the same file; the blocks are then fed one at a time.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     check_stream_options(block_ms, lookahead_ms)
     timbre.check_strength(strength)
     check_transpose(transpose)

@@ -34,7 +34,7 @@ from rich.table import Table
 from voiceclone import audio as A
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError, check_output, writing
+from voiceclone.errors import UserError, check_output, stderr_console, writing
 from voiceclone.threads import ordered_map, torch_threads
 
 MIN_REFERENCE_SECONDS = 1.0
@@ -447,7 +447,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                ) -> list[dict]:
     """The `voiceclone synthesize` command: one file, a folder of files, or text; workers: windows converted
     at once on the CPU (threads.render_workers)."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if (source is None) == (text is None):
         raise UserError("give exactly one of --source or --text")
     timbre.check_strength(strength)

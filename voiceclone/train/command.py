@@ -16,7 +16,7 @@ from rich.console import Console
 from voiceclone import run as R
 from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data.store import Dataset
-from voiceclone.errors import TrainingFailed, UserError, check_output
+from voiceclone.errors import TrainingFailed, UserError, check_output, stderr_console
 from voiceclone.inference.bundle import Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
@@ -106,7 +106,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     intra-op threads, 0 = chosen again after every epoch from the cores other processes leave free, None =
     left as they are.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if stage not in (*R.STAGES, "all"):
         raise UserError(f"--stage {stage!r}: expected acoustic, vocoder or all")
     if finetune and init_from is None:
