@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
-from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, TIMBRE_STRENGTH
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
@@ -182,7 +182,7 @@ def synthesize(
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Resample the output to this rate in Hz (default: the model's rate)."),
     chunk_seconds: float = typer.Option(20.0, "--chunk-seconds", help="Longest piece converted at once; longer sources are cut at quiet points."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),
-    timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's: 0 = the model's own, 1 = the reference's (default), up to 2."),
+    timbre: float = typer.Option(TIMBRE_STRENGTH, "--timbre", help="How far to move the output's long-term spectrum onto the reference's: 0 = the model's own, 1 = the reference's (default), up to 2."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Convert block by block as `voiceclone live` does; print the latency and the compute per block."),
     block_ms: float = typer.Option(BLOCK_MS, "--block-ms", help="With --stream: block size (ms, rounded to whole frames)."),
     lookahead_ms: float = typer.Option(LOOKAHEAD_MS, "--lookahead-ms", help="With --stream: audio after each block the models see (ms, rounded to whole frames)."),
@@ -220,7 +220,7 @@ def live(
     lookahead_ms: float = typer.Option(LOOKAHEAD_MS, "--lookahead-ms", help="Audio after each block the models see (ms, rounded to whole frames)."),
     transpose: float = typer.Option(0.0, "--transpose", help="Shift the pitch by this many semitones."),
     keep_pitch: bool = typer.Option(False, "--keep-pitch/--no-keep-pitch", help="Keep your own register instead of moving to the reference's."),
-    timbre: float = typer.Option(1.0, "--timbre", help="How far to move the output's long-term spectrum onto the reference's (0-2; 1 = the reference's)."),
+    timbre: float = typer.Option(TIMBRE_STRENGTH, "--timbre", help="How far to move the output's long-term spectrum onto the reference's (0-2; 1 = the reference's)."),
     source_f0: Optional[float] = typer.Option(None, "--source-f0", help="Your median F0 in Hz, if known (else measured as you speak)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds (default: at Ctrl-C)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cpu)."),

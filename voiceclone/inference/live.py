@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voiceclone.errors import UserError, stderr_console
-from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS
+from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, TIMBRE_STRENGTH
 
 INSTALL_PORTAUDIO = "apt-get install libportaudio2 (Debian/Ubuntu), brew install portaudio (macOS)"
 
@@ -82,7 +82,8 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
          output_device: str | None = None, list_devices: bool = False, block_ms: float = BLOCK_MS,
          lookahead_ms: float = LOOKAHEAD_MS, transpose: float = 0.0, keep_pitch: bool = False,
          source_f0: float | None = None, seconds: float | None = None, device: str | None = None,
-         console: Console | None = None, keep_output: bool = False, strength: float = 1.0) -> dict:
+         console: Console | None = None, keep_output: bool = False,
+         strength: float = TIMBRE_STRENGTH) -> dict:
     """The `voiceclone live` command. Runs until Ctrl-C, or for `seconds` of input. Returns what it measured
     (and, with keep_output, the converted audio at the model's rate under "converted")."""
     import soxr

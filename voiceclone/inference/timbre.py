@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from voiceclone.errors import UserError
+from voiceclone.inference import TIMBRE_STRENGTH
 
-DEFAULT_STRENGTH = 1.0  # full matching; 0 = the model's own envelope
+DEFAULT_STRENGTH = TIMBRE_STRENGTH  # full matching; 0 = the model's own envelope
 MAX_STRENGTH = 2.0
 MIN_VOICED_FRAMES = 25  # about 0.3-0.6 s: fewer make the envelope a property of the words, not the voice
 
