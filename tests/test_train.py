@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -275,3 +276,52 @@ def test_two_process_ddp_run_with_gloo(dataset, tmp_path):
     assert rows[0]["step"] == (len(single.split("train")) // 2) // 8  # each rank takes half of every epoch
     assert rows[0]["step"] < steps_single
     assert all(math.isfinite(row["unseen_loss"]) for row in rows)
+
+
+def test_stage_all_on_a_cpu_trains_the_vocoder_beside_the_acoustic_model_and_the_same_vocoder(dataset, tmp_path):
+    """Two threads: the vocoder trains in a second process on one of them (train/beside.py). It is the very
+    vocoder that training it alone on one thread gives, and its epochs show on the command's console."""
+    out = io.StringIO()
+    voc = ["vocoder.train.batch_size=4", "vocoder.train.segment_frames=16", "vocoder.train.warmup_steps=2"]
+    threads = torch.get_num_threads()
+    try:
+        both = train(dataset, tmp_path / "both", stage="all", overrides=FAST + voc, epochs=2, early_stop=False,
+                     console=Console(file=out, width=200), threads=2)
+        torch.set_num_threads(1)
+        train(dataset, tmp_path / "alone", stage="vocoder", overrides=FAST + voc, epochs=2, early_stop=False,
+              console=QUIET, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    text = out.getvalue()
+    assert "vocoder: training beside the acoustic model in a second process (1 of 2 threads)" in text
+    assert "vocoder epoch   2/2" in text and "acoustic epoch   2/2" in text
+    assert set(both) == {"acoustic", "vocoder"} and both["vocoder"]["epochs"] == 2
+    beside = load_checkpoint(tmp_path / "both/vocoder/best.pt")["modules"]["generator"]
+    alone = load_checkpoint(tmp_path / "alone/vocoder/best.pt")["modules"]["generator"]
+    assert beside.keys() == alone.keys()
+    assert all(torch.equal(beside[k], alone[k]) for k in beside)
+    assert (tmp_path / "both/acoustic/best.pt").is_file()
+
+
+def _raises_user_error(console):
+    from voiceclone.errors import UserError
+
+    console.print("about to fail")
+    raise UserError("data/x.wav: not audio")
+
+
+def _crashes(console):
+    raise ZeroDivisionError("a bug")
+
+
+def test_a_worker_process_error_comes_back_with_its_class_and_output(capsys):
+    from voiceclone.errors import UserError
+    from voiceclone.train.beside import Beside
+
+    out = io.StringIO()
+    worker = Beside("vocoder", _raises_user_error, (), 1, Console(file=out, width=100))
+    with pytest.raises(UserError, match=r"^data/x.wav: not audio$"):
+        worker.result()
+    assert "about to fail" in out.getvalue()
+    with pytest.raises(RuntimeError, match="ZeroDivisionError: a bug"):
+        Beside("vocoder", _crashes, (), 1, QUIET).result()

@@ -112,7 +112,7 @@ def train(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", "-d", help="A dataset folder made by `voiceclone prepare`."),
     run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder: checkpoints, history and config per stage (under torchrun, spell it --run-dir: torchrun claims --run)."),
-    stage: str = typer.Option("acoustic", "--stage", help="acoustic, vocoder, or all (acoustic then vocoder)."),
+    stage: str = typer.Option("acoustic", "--stage", help="acoustic, vocoder, or all (both: side by side on a CPU, otherwise acoustic then vocoder)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: the one the dataset was prepared with)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Train each stage up to this many epochs, the same for both with --stage all (default: the recipe's acoustic.train.epochs / vocoder.train.epochs; set one with --set)."),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run from its last checkpoint."),

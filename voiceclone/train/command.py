@@ -20,8 +20,9 @@ from voiceclone.errors import TrainingFailed, UserError, check_output, stderr_co
 from voiceclone.inference.bundle import Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
-from voiceclone.threads import ThreadGovernor
+from voiceclone.threads import ThreadGovernor, apply_threads
 from voiceclone.train import tboard
+from voiceclone.train.beside import Beside
 from voiceclone.train.distributed import Distributed, setup_distributed
 from voiceclone.train.loop import Trainer
 
@@ -72,6 +73,7 @@ class TrainRequest:
     init_from: Path | None = None
     tensorboard: bool = False  # also write TensorBoard scalars beside each stage's history
     threads: int | None = None  # 0: voiceclone.threads chooses, again after every epoch; None: left alone
+    stage: str | None = None  # as given (acoustic, vocoder or all), for the resume command
 
     @property
     def finetuning(self) -> bool:
@@ -79,12 +81,13 @@ class TrainRequest:
 
     def resume_command(self, stage: str) -> str:
         """The command line that continues `stage` where it stopped."""
-        argv = ["voiceclone", "train", "--data", str(self.data), "--run", str(self.run), "--stage", stage, "--resume"]
+        argv = ["voiceclone", "train", "--data", str(self.data), "--run", str(self.run), "--stage", self.stage or stage,
+                "--resume"]
         if self.recipe_arg:
             argv += ["--recipe", self.recipe_arg]
         if self.finetuning:
             argv += ["--init-from", str(self.init_from), "--finetune"]
-        if self.finetune_on_acoustic and stage == "vocoder":
+        if self.finetune_on_acoustic and (self.stage or stage) != "acoustic":
             argv.append("--finetune-on-acoustic")
         for o in self.overrides:
             argv += ["--set", o]
@@ -99,7 +102,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           init_from: Path | None = None, finetune: bool = False,
           console: Console | None = None, tensorboard: bool = False,
           threads: int | None = None) -> dict[str, dict[str, Any]]:
-    """Train one stage or both ('all': acoustic, then vocoder). Returns each stage's result.
+    """Train one stage or both ('all': on a CPU side by side, see _vocoder_beside; else acoustic, then vocoder).
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
     recipe's [finetune] settings; its architecture and audio settings are the base model's. threads: torch's
@@ -135,21 +138,60 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if finetune and dist_info.world > 1:
         raise UserError("fine-tuning runs on one device; start it without torchrun")
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
-                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads)
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads, stage)
     results = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
-        for s in R.STAGES if stage == "all" else (stage,):
-            results[s] = _train_stage(request, dataset, s)
-            r = results[s]
-            if r["interrupted"]:
-                break
-            if r["epochs"] > 0 and not math.isfinite(r["best_value"]):
-                raise TrainingFailed(f"{s} diverged: no epoch of {r['epochs']} had a finite validation loss, so "
-                                     f"there is no best model; lower the learning rate (--set {s}.train.lr=...) "
-                                     "and start a new --run")
+        beside = _vocoder_beside(request, dataset) if stage == "all" else None
+        if beside is not None and request.threads:  # an explicit count is shared, not used twice
+            request = dataclasses.replace(request, threads=max(1, request.threads - beside.threads))
+        try:
+            for s in R.STAGES if stage == "all" else (stage,):
+                results[s] = beside.result() if beside is not None and s == "vocoder" else \
+                    _train_stage(request, dataset, s)
+                r = results[s]
+                if r["interrupted"]:
+                    if beside is not None and s == "acoustic":
+                        beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
+                        results["vocoder"] = beside.result()
+                    break
+                if r["epochs"] > 0 and not math.isfinite(r["best_value"]):
+                    raise TrainingFailed(f"{s} diverged: no epoch of {r['epochs']} had a finite validation loss, "
+                                         f"so there is no best model; lower the learning rate (--set "
+                                         f"{s}.train.lr=...) and start a new --run")
+        finally:
+            if beside is not None:
+                beside.close()
         if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
             _adopt_base_vocoder(Path(run), base, init_from)
     return results
+
+
+def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
+    """On a CPU with two or more threads to use, the vocoder of `--stage all` trains in a process of its own
+    beside the acoustic model (train/beside.py says why), each with half the threads; this process's thread
+    governor then counts the vocoder as a neighbour, and takes its cores back when it ends. Its settings are
+    checked here first, so a bad one stops the command before any training. None: train one after the
+    other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic model's outputs, one thread)."""
+    if (req.device.type != "cpu" or req.dist.world > 1 or req.finetuning or req.finetune_on_acoustic
+            or req.threads is None):
+        return None
+    threads = req.threads or apply_threads(0)
+    if threads < 2:
+        return None
+    check_splits(dataset, "vocoder", need_unseen=True)
+    _check_other_stage(req, dataset, "vocoder", req.recipe)
+    _resume_state(req, dataset, "vocoder", req.recipe)
+    worker = threads // 2
+    torch.set_num_threads(threads - worker)
+    req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
+                      "threads)", highlight=False)
+    return Beside("vocoder", _train_vocoder_worker,
+                  (dataclasses.replace(req, console=None, threads=worker),), worker, req.console)
+
+
+def _train_vocoder_worker(req: TrainRequest, console: Console) -> dict[str, Any]:
+    """The vocoder stage in the worker process that `_vocoder_beside` starts."""
+    return _train_stage(dataclasses.replace(req, console=console), Dataset.open(req.data), "vocoder")
 
 
 def _from_base(best: Path) -> bool:

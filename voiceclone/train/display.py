@@ -13,14 +13,16 @@ if TYPE_CHECKING:
 
 class Display:
     """The live line (epoch i/N, iteration j/M, running loss, last validation, best epoch, ETA) and
-    one printed row per epoch."""
+    one printed row per epoch. Where nothing can be redrawn (a pipe, a log file, the vocoder's worker process
+    of train/beside.py) the rows say it all: the live line is left out, not printed once, cut short, at the end."""
 
     def __init__(self, console: Console, stage: str, epochs: int, steps: int, enabled: bool) -> None:
         self.console, self.stage, self.epochs, self.steps, self.enabled = console, stage, epochs, steps, enabled
         self.bar = Progress(TextColumn("[bold]{task.fields[stage]}[/] epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                             TextColumn("iter {task.fields[iter]}/{task.fields[steps]}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                            console=console, transient=False, disable=not enabled)
+                            console=console, transient=False,
+                            disable=not enabled or not console.is_interactive)
         self.task_id = self.bar.add_task("train", total=epochs * steps, stage=stage, epoch=0, epochs=epochs,
                                          iter=0, steps=steps, info="")
         self.stopped = False

@@ -1,0 +1,173 @@
+"""A function run in a second process beside this one: how `train --stage all` trains the vocoder while the
+acoustic model trains, on a CPU.
+
+The two models do not depend on each other (the vocoder learns from the dataset's mels), and on a small CPU
+one process per core beats one process with a thread per core: the vocoder's small operations gain about 1.1x
+from a second intra-op thread, the acoustic model's about 1.5x. Measured on 2 cores with the demo recipe
+(benchmarks/results/cpu-amd-epyc-2core.md), 6 acoustic and 20 vocoder epochs took 92-98 s one after the other
+with 2 threads each, and 65-69 s side by side with one thread each.
+
+The process is spawned (never forked: a forked OpenMP runtime can hang) in its own process group, so a Ctrl-C
+at the terminal reaches this process alone; `stop` passes it on once, as SIGTERM, which the worker's trainer
+takes as its own Ctrl-C (finish the step, save, stop). What the worker prints comes back here as text and is
+printed on this process's console, above its live progress line; its result or its error comes back too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import threading
+import traceback
+from typing import Any, Callable
+
+from rich.console import Console
+
+from voiceclone.errors import TrainingFailed, UserError
+
+STOP_WAIT = 120.0  # seconds a stopped worker may take to finish its step and save before it is killed
+
+
+class _ToQueue:
+    """A text file whose writes go to a queue (what a rich Console needs of its `file`)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def write(self, text: str) -> int:
+        if text:
+            self.queue.put(("text", text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: a SIGTERM (a graceful stop) when the parent dies, so a killed `train` leaves no orphan."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, queue: Any) -> None:
+    """The spawned process: `target(*args, console)` with its printing sent to `queue`, then its result."""
+    try:
+        os.setpgrp()
+        _die_with_parent()
+        import torch
+
+        torch.set_num_threads(threads)
+        console = Console(file=_ToQueue(queue), width=width, force_terminal=False, no_color=True, emoji=False,
+                          highlight=False)
+        queue.put(("result", target(*args, console)))
+    except UserError as e:
+        queue.put(("training failed" if isinstance(e, TrainingFailed) else "user error", str(e)))
+    except KeyboardInterrupt:  # a signal before the trainer took over its handling: nothing started yet
+        queue.put(("user error", "stopped before it began"))
+    except BaseException:  # noqa: BLE001 - anything else is a bug: its traceback goes back to the parent
+        queue.put(("crash", traceback.format_exc()))
+    finally:
+        queue.put(None)
+
+
+class Beside:
+    """`target(*args, console)` running in a spawned process with `threads` intra-op threads.
+
+    Its printing appears on `console` as it happens; `result()` waits for it and returns its value or raises
+    its error here (a UserError or TrainingFailed keeps its class, so its exit code; anything else becomes a
+    RuntimeError holding the worker's traceback).
+    """
+
+    def __init__(self, name: str, target: Callable[..., Any], args: tuple, threads: int, console: Console) -> None:
+        self.name, self.console, self.threads = name, console, threads
+        context = multiprocessing.get_context("spawn")
+        self.queue = context.Queue()
+        self.outcome: tuple[str, Any] | None = None
+        self.process = context.Process(target=_worker, args=(target, args, threads, console.width, self.queue),
+                                       name=f"voiceclone-{name}")
+        self.process.start()
+        self.stop_sent = False
+        self.relay = threading.Thread(target=self._relay, name=f"voiceclone-{name}-output", daemon=True)
+        self.relay.start()
+
+    def _relay(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=1.0)
+            except queue_module.Empty:
+                if self.process.is_alive():
+                    continue
+                item = None  # died without a word: killed from outside
+            if item is None:
+                return
+            kind, value = item
+            if kind == "text":
+                self.console.print(value, end="", markup=False, highlight=False, soft_wrap=True, emoji=False)
+            else:
+                self.outcome = (kind, value)
+
+    def stop(self) -> None:
+        """Ask the worker to finish its step, save and stop (once); it is waited for by `result`."""
+        if not self.stop_sent and self.process.is_alive():
+            self.stop_sent = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+
+    def result(self) -> Any:
+        """Wait for the worker; a Ctrl-C meanwhile is passed on to it, a second one kills it."""
+        try:
+            self._wait()
+        except KeyboardInterrupt:
+            self.kill()
+            raise
+        self.relay.join()
+        if self.outcome is None:
+            raise TrainingFailed(f"{self.name}: its worker process ended without a result (exit code "
+                                 f"{self.process.exitcode}; killed from outside?)")
+        kind, value = self.outcome
+        if kind == "result":
+            return value
+        if kind == "crash":  # a bug, not bad input: shown as one, with the worker's traceback
+            raise RuntimeError(f"{self.name}: its worker process failed:\n{value}")
+        raise (TrainingFailed if kind == "training failed" else UserError)(value)
+
+    def _wait(self) -> None:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def forward(signum, frame):
+            if self.stop_sent:
+                raise KeyboardInterrupt
+            self.stop()
+
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for sig in previous:
+                signal.signal(sig, forward)
+        try:
+            while self.process.is_alive():
+                self.process.join(0.2)
+        finally:
+            with contextlib.suppress(ValueError):
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+
+    def close(self, wait: float = STOP_WAIT) -> None:
+        """Stop the worker if it still runs (this side ended early or failed) and wait for it to save."""
+        if self.process.is_alive():
+            self.stop()
+            self.process.join(wait)
+            if self.process.is_alive():
+                self.kill()
+        self.relay.join(5.0)
