@@ -478,6 +478,11 @@ def test_a_manifest_saved_by_excel_as_unicode_text_is_read(synthetic_corpus, tmp
         summary, _ = run(tmp_path / name, tmp_path / f"ds-{name}")
         assert summary["used"] == 3 and sorted(Dataset.open(tmp_path / f"ds-{name}").speakers) == ["spk000"]
 
+    # a plain "CSV" export is in the system's 8-bit code page: refused, saying how to save it instead
+    (tmp_path / "cp1252.csv").write_bytes("path,speaker,notes\r\na.wav,x,café\r\n".encode("cp1252"))
+    with pytest.raises(UserError, match=r"cp1252.csv: not UTF-8 text \(byte 31: b'\\xe9'\); save it as UTF-8"):
+        run(tmp_path / "cp1252.csv", tmp_path / "ds-cp1252")
+
 
 def test_a_manifest_with_another_separator_than_its_extension_says_is_read(synthetic_corpus, tmp_path):
     # European Excel saves "CSV" with ';' (the comma is its decimal point), and a tab-separated export is often

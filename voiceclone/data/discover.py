@@ -136,7 +136,11 @@ def _read_manifest(path: Path, found: list[Source], skipped: list[dict]) -> None
         # "CSV UTF-8" UTF-8 with one; without one, UTF-8
         encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
         text = raw.decode(encoding)
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        # most often a spreadsheet's plain "CSV" export, in the system's 8-bit code page
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); save it as UTF-8 "
+                        "(a spreadsheet's \"CSV UTF-8\" export)") from None
+    except OSError as e:
         raise UserError(f"{path}: cannot read manifest ({e})") from None
     # csv refuses a field longer than its limit (131072 characters), and a transcript column may hold a whole
     # chapter: no field can be longer than the file, so that is the limit while reading it
