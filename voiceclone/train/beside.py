@@ -3,9 +3,10 @@ acoustic model trains, on a CPU.
 
 The two models do not depend on each other (the vocoder learns from the dataset's mels), and on a small CPU
 one process per core beats one process with a thread per core: the vocoder's small operations gain about 1.1x
-from a second intra-op thread, the acoustic model's about 1.5x. Measured on 2 cores with the demo recipe
-(benchmarks/results/cpu-amd-epyc-2core.md), 6 acoustic and 20 vocoder epochs took 92-98 s one after the other
-with 2 threads each, and 65-69 s side by side with one thread each.
+from a second intra-op thread, the acoustic model's about 1.5x. On 2 cores with the demo dataset
+(benchmarks/train_both.py; benchmarks/results/cpu-amd-epyc-2core.md), 6 acoustic and 20 vocoder epochs took
+71.6 s one after the other with 2 threads each and 59.4 s side by side (medians of 2 rounds), the vocoder
+on one thread and the acoustic model on one until the vocoder ends, then on both.
 
 The process is spawned (never forked: a forked OpenMP runtime can hang) in its own process group, so a Ctrl-C
 at the terminal reaches this process alone; `stop` passes it on once, as SIGTERM, which the worker's trainer
