@@ -325,3 +325,17 @@ def test_a_worker_process_error_comes_back_with_its_class_and_output(capsys):
     assert "about to fail" in out.getvalue()
     with pytest.raises(RuntimeError, match="ZeroDivisionError: a bug"):
         Beside("vocoder", _crashes, (), 1, QUIET).result()
+
+
+def _sleeps(console):
+    time.sleep(60)
+    return "finished"
+
+
+def test_a_worker_stopped_before_its_work_began_reports_nothing():
+    from voiceclone.train.beside import Beside
+
+    worker = Beside("vocoder", _sleeps, (), 1, QUIET)
+    worker.stop()
+    started = time.time()
+    assert worker.result() is None and time.time() - started < 30

@@ -61,7 +61,10 @@ def _die_with_parent() -> None:
 def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, queue: Any) -> None:
     """The spawned process: `target(*args, console)` with its printing sent to `queue`, then its result."""
     try:
-        os.setpgrp()
+        if hasattr(os, "setpgrp"):  # POSIX; elsewhere a console Ctrl-C reaches both, and both stop
+            os.setpgrp()
+        # until the trainer takes the signal over (finish the step, save), a stop has nothing to save
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         _die_with_parent()
         import torch
 
@@ -71,8 +74,8 @@ def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, q
         queue.put(("result", target(*args, console)))
     except UserError as e:
         queue.put(("training failed" if isinstance(e, TrainingFailed) else "user error", str(e)))
-    except KeyboardInterrupt:  # a signal before the trainer took over its handling: nothing started yet
-        queue.put(("user error", "stopped before it began"))
+    except KeyboardInterrupt:  # stopped before the trainer took the signal over: nothing trained yet
+        queue.put(("stopped", None))
     except BaseException:  # noqa: BLE001 - anything else is a bug: its traceback goes back to the parent
         queue.put(("crash", traceback.format_exc()))
     finally:
@@ -123,18 +126,21 @@ class Beside:
                 os.kill(self.process.pid, signal.SIGTERM)
 
     def result(self) -> Any:
-        """Wait for the worker; a Ctrl-C meanwhile is passed on to it, a second one kills it."""
+        """Wait for the worker; a Ctrl-C meanwhile is passed on to it, a second one kills it. None: it was
+        stopped before its target began its work."""
         try:
             self._wait()
         except KeyboardInterrupt:
             self.kill()
             raise
         self.relay.join()
+        if self.outcome is None and self.stop_sent:  # our stop came while its interpreter was starting
+            return None
         if self.outcome is None:
             raise TrainingFailed(f"{self.name}: its worker process ended without a result (exit code "
                                  f"{self.process.exitcode}; killed from outside?)")
         kind, value = self.outcome
-        if kind == "result":
+        if kind in ("result", "stopped"):
             return value
         if kind == "crash":  # a bug, not bad input: shown as one, with the worker's traceback
             raise RuntimeError(f"{self.name}: its worker process failed:\n{value}")
@@ -142,6 +148,7 @@ class Beside:
 
     def _wait(self) -> None:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: handler for sig, handler in previous.items() if handler is not None}  # None: not Python's
 
         def forward(signum, frame):
             if self.stop_sent:

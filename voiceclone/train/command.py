@@ -146,13 +146,13 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
             request = dataclasses.replace(request, threads=max(1, request.threads - beside.threads))
         try:
             for s in R.STAGES if stage == "all" else (stage,):
-                results[s] = beside.result() if beside is not None and s == "vocoder" else \
+                results[s] = _result_beside(beside) if beside is not None and s == "vocoder" else \
                     _train_stage(request, dataset, s)
                 r = results[s]
                 if r["interrupted"]:
                     if beside is not None and s == "acoustic":
                         beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
-                        results["vocoder"] = beside.result()
+                        results["vocoder"] = _result_beside(beside)
                     break
                 if r["epochs"] > 0 and not math.isfinite(r["best_value"]):
                     raise TrainingFailed(f"{s} diverged: no epoch of {r['epochs']} had a finite validation loss, "
@@ -164,6 +164,11 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
         if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
             _adopt_base_vocoder(Path(run), base, init_from)
     return results
+
+
+def _result_beside(beside: Beside) -> dict[str, Any]:
+    """The vocoder worker's result; stopped before it began, an interrupted stage with no epoch."""
+    return beside.result() or {"stage": "vocoder", "interrupted": True, "early_stopped": False, "epochs": 0}
 
 
 def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
