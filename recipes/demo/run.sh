@@ -24,6 +24,8 @@ UNSEEN=$(cat recipes/demo/unseen.txt)
 # (about 5 min): on the held-out real voices they lost 4-5 fewer points of WER than 40 did, at the same
 # speaker similarity, with two training seeds
 # (benchmarks/results/zero_shot_quality-amd-epyc-2core.md). All of these are saved with the dataset's recipe.
+# On a CPU, --stage all trains the two models side by side, the vocoder in a second process on one core
+# (voiceclone/train/beside.py): the vocoder ends first, then the acoustic model takes both cores.
 voiceclone prepare data/demo --out "$OUT/dataset" --recipe demo --unseen-speakers "$UNSEEN" \
     --set prepare.max_seconds=6 --set prepare.val_per_speaker=0 --set acoustic.loss.consistency=0.5 \
     --set acoustic.loss.cycle=0.5 --set vocoder.train.epochs=180
