@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the bundled demo corpus: prepare it, train both models, clone a voice that was held out
-# of training onto a sentence of another speaker, and evaluate. About 12 minutes on 2 idle CPU cores.
+# of training onto a sentence of another speaker, and evaluate. About 13 minutes on 2 shared CPU cores,
+# less when they are idle.
 # Everything lands in runs/demo/ (or $OUT); run it again and finished steps are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
