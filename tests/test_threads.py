@@ -86,6 +86,22 @@ def test_the_governor_follows_a_neighbour_between_epochs(machine, monkeypatch):
         torch.set_num_threads(before)
 
 
+
+def test_an_explicit_count_lends_threads_to_a_worker_and_takes_them_back(machine, monkeypatch):
+    # train --stage all: --threads 2 (or OMP_NUM_THREADS=2) is shared with the vocoder's process while it runs
+    import torch
+
+    before, loan = torch.get_num_threads(), [1]
+    try:
+        explicit = T.ThreadGovernor(2, lent=lambda: loan[0])
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        from_env = T.ThreadGovernor(0, lent=lambda: loan[0])
+        assert explicit.update() == 1 and from_env.update() == 1
+        loan[0] = 0  # the worker ended
+        assert explicit.update() == 2 and from_env.update() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
 def test_conversion_workers_are_one_per_allowed_core_unless_told(machine, monkeypatch):
     after(machine, 1.0, others=1.0, ours=0.0)  # a busy neighbour does not reduce them: workers cannot stall
     assert T.render_workers() == 2

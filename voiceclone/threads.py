@@ -197,12 +197,18 @@ class ThreadGovernor:
     """Chooses the threads again at the natural breaks of a long job (after every epoch), from what other
     processes used since the last choice, so a neighbour that starts or stops mid-run is followed. Loader
     worker processes count as neighbours, rightly: they compete for the same cores. An explicit count
-    (`requested` > 0, or OMP_NUM_THREADS) stays as it is."""
+    (`requested` > 0, or OMP_NUM_THREADS) stays as it is, less what `lent()` says is lent to a worker of
+    this job for now (`train --stage all`'s vocoder process): measured free cores count that worker already."""
 
-    def __init__(self, requested: int = 0) -> None:
-        self.requested, self.since = requested, CpuSample.now()
+    def __init__(self, requested: int = 0, lent: Callable[[], int] | None = None) -> None:
+        self.requested, self.since, self.lent = requested, CpuSample.now(), lent
 
     def update(self) -> int:
-        n = apply_threads(self.requested, self.since)
+        import torch
+
+        explicit = _explicit(self.requested)
+        n = max(1, explicit - (self.lent() if self.lent else 0)) if explicit else free_cores(self.since)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
         self.since = CpuSample.now()
         return n

@@ -3,15 +3,14 @@ acoustic model trains, on a CPU.
 
 The two models do not depend on each other (the vocoder learns from the dataset's mels), and on a small CPU
 one process per core beats one process with a thread per core: the vocoder's small operations gain about 1.1x
-from a second intra-op thread, the acoustic model's about 1.5x. On 2 cores with the demo dataset
-(benchmarks/train_both.py; benchmarks/results/cpu-amd-epyc-2core.md), 6 acoustic and 20 vocoder epochs took
-71.6 s one after the other with 2 threads each and 59.4 s side by side (medians of 2 rounds), the vocoder
-on one thread and the acoustic model on one until the vocoder ends, then on both.
+from a second intra-op thread, the acoustic model's about 1.5x (benchmarks/train_both.py;
+benchmarks/results/cpu-amd-epyc-2core.md).
 
-The process is spawned (never forked: a forked OpenMP runtime can hang) in its own process group, so a Ctrl-C
-at the terminal reaches this process alone; `stop` passes it on once, as SIGTERM, which the worker's trainer
-takes as its own Ctrl-C (finish the step, save, stop). What the worker prints comes back here as text and is
-printed on this process's console, above its live progress line; its result or its error comes back too.
+The process is spawned (never forked: a forked OpenMP runtime can hang) into its own process group, with
+Ctrl-C blocked until it is there, so a Ctrl-C at the terminal reaches this process alone; `stop` passes it
+on once, as SIGTERM, which the worker's trainer takes as its own Ctrl-C (finish the step, save, stop). What
+the worker prints comes back here as text and is printed on this process's console, above its live progress
+line; its result or its error comes back too. POSIX only, as the package is (fcntl locks, /proc/stat).
 """
 
 from __future__ import annotations
@@ -21,19 +20,20 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
+import sys
 import threading
 import traceback
 from typing import Any, Callable
 
 from rich.console import Console
 
-from voiceclone.errors import TrainingFailed, UserError
+from voiceclone.errors import KNOWN_ERRNOS, TrainingFailed, UserError, file_error
 
 STOP_WAIT = 120.0  # seconds a stopped worker may take to finish its step and save before it is killed
 
 
 class _ToQueue:
-    """A text file whose writes go to a queue (what a rich Console needs of its `file`)."""
+    """A text file whose writes go to a queue (what a rich Console, or sys.stderr, needs of a file)."""
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
@@ -61,11 +61,13 @@ def _die_with_parent() -> None:
 def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, queue: Any) -> None:
     """The spawned process: `target(*args, console)` with its printing sent to `queue`, then its result."""
     try:
-        if hasattr(os, "setpgrp"):  # POSIX; elsewhere a console Ctrl-C reaches both, and both stop
-            os.setpgrp()
+        os.setpgrp()  # out of the terminal's group: its Ctrl-C reaches the parent alone, which passes it on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one pressed while this process started, blocked till now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         # until the trainer takes the signal over (finish the step, save), a stop has nothing to save
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         _die_with_parent()
+        sys.stdout = sys.stderr = _ToQueue(queue)  # warnings too, or they would cut the parent's progress line
         import torch
 
         torch.set_num_threads(threads)
@@ -74,6 +76,11 @@ def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, q
         queue.put(("result", target(*args, console)))
     except UserError as e:
         queue.put(("training failed" if isinstance(e, TrainingFailed) else "user error", str(e)))
+    except OSError as e:
+        if e.errno not in KNOWN_ERRNOS:
+            queue.put(("crash", traceback.format_exc()))
+        else:  # a full disk, a read-only folder: the one line the command would print in one process
+            queue.put(("user error", str(file_error(e))))
     except KeyboardInterrupt:  # stopped before the trainer took the signal over: nothing trained yet
         queue.put(("stopped", None))
     except BaseException:  # noqa: BLE001 - anything else is a bug: its traceback goes back to the parent
@@ -83,7 +90,8 @@ def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, q
 
 
 class Beside:
-    """`target(*args, console)` running in a spawned process with `threads` intra-op threads.
+    """`target(*args, console)` running in a spawned process with `threads` intra-op threads; as a context
+    manager, a worker still running at the end of the block is stopped and waited for.
 
     Its printing appears on `console` as it happens; `result()` waits for it and returns its value or raises
     its error here (a UserError or TrainingFailed keeps its class, so its exit code; anything else becomes a
@@ -97,10 +105,24 @@ class Beside:
         self.outcome: tuple[str, Any] | None = None
         self.process = context.Process(target=_worker, args=(target, args, threads, console.width, self.queue),
                                        name=f"voiceclone-{name}")
-        self.process.start()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the new process
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.stop_sent = False
         self.relay = threading.Thread(target=self._relay, name=f"voiceclone-{name}-output", daemon=True)
         self.relay.start()
+
+    def __enter__(self) -> "Beside":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process.is_alive()
 
     def _relay(self) -> None:
         while True:
@@ -109,14 +131,23 @@ class Beside:
             except queue_module.Empty:
                 if self.process.is_alive():
                     continue
-                item = None  # died without a word: killed from outside
+                try:  # anything put just before it ended
+                    item = self.queue.get_nowait()
+                except queue_module.Empty:
+                    return  # died without a word: killed from outside
             if item is None:
                 return
             kind, value = item
             if kind == "text":
-                self.console.print(value, end="", markup=False, highlight=False, soft_wrap=True, emoji=False)
-            else:
-                self.outcome = (kind, value)
+                with contextlib.suppress(Exception):  # a console that cannot print must not stall the worker
+                    self.console.print(value, end="", markup=False, highlight=False, soft_wrap=True, emoji=False)
+                continue
+            self.outcome = (kind, value)
+            if kind in ("user error", "training failed", "crash"):  # said now, not when this side ends
+                first = str(value).strip().splitlines()[-1] if kind == "crash" else value
+                with contextlib.suppress(Exception):
+                    self.console.print(f"{self.name} stopped with an error; the training beside it goes on: {first}",
+                                       markup=False, highlight=False)
 
     def stop(self) -> None:
         """Ask the worker to finish its step, save and stop (once); it is waited for by `result`."""
@@ -134,8 +165,8 @@ class Beside:
             self.kill()
             raise
         self.relay.join()
-        if self.outcome is None and self.stop_sent:  # our stop came while its interpreter was starting
-            return None
+        if self.outcome is None and (self.stop_sent or self.process.exitcode in (-signal.SIGINT, -signal.SIGTERM)):
+            return None  # ended by a signal while its interpreter was starting
         if self.outcome is None:
             raise TrainingFailed(f"{self.name}: its worker process ended without a result (exit code "
                                  f"{self.process.exitcode}; killed from outside?)")
@@ -172,10 +203,12 @@ class Beside:
         self.process.join()
 
     def close(self, wait: float = STOP_WAIT) -> None:
-        """Stop the worker if it still runs (this side ended early or failed) and wait for it to save."""
-        if self.process.is_alive():
-            self.stop()
-            self.process.join(wait)
+        """Stop the worker if it still runs (this side ended early or failed) and wait for it to save; it is
+        killed if that takes too long or is interrupted, so it never outlives the run folder's lock."""
+        try:
             if self.process.is_alive():
-                self.kill()
-        self.relay.join(5.0)
+                self.stop()
+                self.process.join(wait)
+        finally:
+            self.kill()
+            self.relay.join(5.0)

@@ -8,7 +8,7 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
@@ -20,7 +20,7 @@ from voiceclone.errors import TrainingFailed, UserError, check_output, stderr_co
 from voiceclone.inference.bundle import Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
-from voiceclone.threads import ThreadGovernor, apply_threads
+from voiceclone.threads import ThreadGovernor, choose_threads
 from voiceclone.train import tboard
 from voiceclone.train.beside import Beside
 from voiceclone.train.distributed import Distributed, setup_distributed
@@ -73,7 +73,7 @@ class TrainRequest:
     init_from: Path | None = None
     tensorboard: bool = False  # also write TensorBoard scalars beside each stage's history
     threads: int | None = None  # 0: voiceclone.threads chooses, again after every epoch; None: left alone
-    stage: str | None = None  # as given (acoustic, vocoder or all), for the resume command
+    lent: Callable[[], int] | None = None  # threads lent to the vocoder's worker process now (`--stage all`)
 
     @property
     def finetuning(self) -> bool:
@@ -81,13 +81,12 @@ class TrainRequest:
 
     def resume_command(self, stage: str) -> str:
         """The command line that continues `stage` where it stopped."""
-        argv = ["voiceclone", "train", "--data", str(self.data), "--run", str(self.run), "--stage", self.stage or stage,
-                "--resume"]
+        argv = ["voiceclone", "train", "--data", str(self.data), "--run", str(self.run), "--stage", stage, "--resume"]
         if self.recipe_arg:
             argv += ["--recipe", self.recipe_arg]
         if self.finetuning:
             argv += ["--init-from", str(self.init_from), "--finetune"]
-        if self.finetune_on_acoustic and (self.stage or stage) != "acoustic":
+        if self.finetune_on_acoustic and stage != "acoustic":
             argv.append("--finetune-on-acoustic")
         for o in self.overrides:
             argv += ["--set", o]
@@ -102,7 +101,9 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           init_from: Path | None = None, finetune: bool = False,
           console: Console | None = None, tensorboard: bool = False,
           threads: int | None = None) -> dict[str, dict[str, Any]]:
-    """Train one stage or both ('all': on a CPU side by side, see _vocoder_beside; else acoustic, then vocoder).
+    """Train one stage or both ('all': acoustic, then vocoder; on a CPU, with `threads` not None and two or more
+    to use, side by side, the vocoder in a spawned process (_vocoder_beside): a script that calls this needs
+    the `if __name__ == "__main__":` guard that multiprocessing's spawn asks for). Returns each stage's result.
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
     recipe's [finetune] settings; its architecture and audio settings are the base model's. threads: torch's
@@ -138,49 +139,52 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if finetune and dist_info.world > 1:
         raise UserError("fine-tuning runs on one device; start it without torchrun")
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
-                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads, stage)
-    results = {}
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads)
+    results: dict[str, dict[str, Any]] = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
         beside = _vocoder_beside(request, dataset) if stage == "all" else None
-        if beside is not None and request.threads:  # an explicit count is shared, not used twice
-            request = dataclasses.replace(request, threads=max(1, request.threads - beside.threads))
-        try:
+        if beside is not None:
+            with beside:  # a worker still running on the way out is stopped, and waited for while it saves
+                acoustic = dataclasses.replace(request, lent=lambda: beside.threads if beside.running else 0)
+                results["acoustic"] = _train_stage(acoustic, dataset, "acoustic")
+                if results["acoustic"]["interrupted"]:
+                    beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
+                else:
+                    _check_finite(results["acoustic"])
+                results["vocoder"] = beside.result() or {"stage": "vocoder", "interrupted": True, "epochs": 0}
+            if results["acoustic"]["interrupted"] and results["vocoder"]["interrupted"]:
+                console.print(f"Both stopped; resume both with:\n  {request.resume_command('all')}", highlight=False,
+                              soft_wrap=True)
+            elif not results["vocoder"]["interrupted"]:
+                _check_finite(results["vocoder"])
+        else:
             for s in R.STAGES if stage == "all" else (stage,):
-                results[s] = _result_beside(beside) if beside is not None and s == "vocoder" else \
-                    _train_stage(request, dataset, s)
-                r = results[s]
-                if r["interrupted"]:
-                    if beside is not None and s == "acoustic":
-                        beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
-                        results["vocoder"] = _result_beside(beside)
+                results[s] = _train_stage(request, dataset, s)
+                if results[s]["interrupted"]:
                     break
-                if r["epochs"] > 0 and not math.isfinite(r["best_value"]):
-                    raise TrainingFailed(f"{s} diverged: no epoch of {r['epochs']} had a finite validation loss, "
-                                         f"so there is no best model; lower the learning rate (--set "
-                                         f"{s}.train.lr=...) and start a new --run")
-        finally:
-            if beside is not None:
-                beside.close()
+                _check_finite(results[s])
         if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
             _adopt_base_vocoder(Path(run), base, init_from)
     return results
 
 
-def _result_beside(beside: Beside) -> dict[str, Any]:
-    """The vocoder worker's result; stopped before it began, an interrupted stage with no epoch."""
-    return beside.result() or {"stage": "vocoder", "interrupted": True, "early_stopped": False, "epochs": 0}
+def _check_finite(result: dict[str, Any]) -> None:
+    s, epochs = result["stage"], result["epochs"]
+    if epochs > 0 and not math.isfinite(result["best_value"]):
+        raise TrainingFailed(f"{s} diverged: no epoch of {epochs} had a finite validation loss, so there is no "
+                             f"best model; lower the learning rate (--set {s}.train.lr=...) and start a new --run")
 
 
 def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
     """On a CPU with two or more threads to use, the vocoder of `--stage all` trains in a process of its own
     beside the acoustic model (train/beside.py says why), each with half the threads; this process's thread
-    governor then counts the vocoder as a neighbour, and takes its cores back when it ends. Its settings are
+    governor takes the vocoder's back when it ends (TrainRequest.lent). Its settings are
     checked here first, so a bad one stops the command before any training. None: train one after the
     other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic model's outputs, one thread)."""
     if (req.device.type != "cpu" or req.dist.world > 1 or req.finetuning or req.finetune_on_acoustic
             or req.threads is None):
         return None
-    threads = req.threads or apply_threads(0)
+    threads = choose_threads(req.threads)
     if threads < 2:
         return None
     check_splits(dataset, "vocoder", need_unseen=True)
@@ -191,7 +195,7 @@ def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
     req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
                       "threads)", highlight=False)
     return Beside("vocoder", _train_vocoder_worker,
-                  (dataclasses.replace(req, console=None, threads=worker),), worker, req.console)
+                  (dataclasses.replace(req, console=None, threads=worker, lent=None),), worker, req.console)
 
 
 def _train_vocoder_worker(req: TrainRequest, console: Console) -> dict[str, Any]:
@@ -317,7 +321,7 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, A
     early_stop = recipe.convergence.early_stop if req.early_stop is None else req.early_stop
     trainer = Trainer(task, R.stage_dir(req.run, stage), req.epochs or getattr(recipe, stage).train.epochs,
                       early_stop, req.dist, req.console, req.resume_command(stage),
-                      threads=ThreadGovernor(req.threads) if req.threads is not None else None)
+                      threads=ThreadGovernor(req.threads, req.lent) if req.threads is not None else None)
     if req.tensorboard and req.dist.main:
         trainer.scalars = tboard.Scalars(R.stage_dir(req.run, stage), stage)
     if state is not None:
