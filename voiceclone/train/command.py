@@ -189,7 +189,8 @@ def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
         return None
     check_splits(dataset, "vocoder", need_unseen=True)
     _check_other_stage(req, dataset, "vocoder", req.recipe)
-    _resume_state(req, dataset, "vocoder", req.recipe)
+    quiet = dataclasses.replace(req, console=Console(quiet=True))  # the worker prints what this finds again
+    _resume_state(quiet, dataset, "vocoder", req.recipe)
     worker = threads // 2
     torch.set_num_threads(threads - worker)
     req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
