@@ -49,6 +49,7 @@ from voiceclone.inference.bundle import load_model
 from voiceclone.inference.synthesize import convert, embed_references
 
 from voiceclone.evaluation import judges as J
+from voiceclone.evaluation.metrics import cosine_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures import cpu_name  # noqa: E402
@@ -266,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         """One output of a row: SECS both ways, its transcript against the source's text, DNSMOS."""
         r = rows[name]
         e = spk_judge.embed(y, rate)
-        r["tgt"].append(J.cosine(e, profile[pair["target_speaker"]]))
-        r["src"].append(J.cosine(e, profile_without(pair["source_speaker"], pair["source"])))
+        r["tgt"].append(cosine_similarity(e, profile[pair["target_speaker"]]))
+        r["src"].append(cosine_similarity(e, profile_without(pair["source_speaker"], pair["source"])))
         s = sources[pair["source"]]
         errors = J.word_errors(s["ref_text"], asr.transcribe(y, rate) if text is None else text)
         r["wer_pairs"].append((errors.edits, errors.length))  # pooled over the pairs, and resampled by pair
@@ -293,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             ceil = A.clean(A.load_audio(roles[tgt]["ceiling"], rate), prep)
             r = rows["target's other utterance (ceiling)"]
             e = spk_judge.embed(ceil, rate)
-            r["tgt"].append(J.cosine(e, profile[tgt]))
-            r["src"].append(J.cosine(e, profile_without(pair["source_speaker"], pair["source"])))
+            r["tgt"].append(cosine_similarity(e, profile[tgt]))
+            r["src"].append(cosine_similarity(e, profile_without(pair["source_speaker"], pair["source"])))
             r["mos"].append(mos.score(ceil, rate)["ovrl"])
             if model.vocoder is not None and not any(p["source"] == pair["source"] for p in pairs[:i]):
                 c = time.process_time()

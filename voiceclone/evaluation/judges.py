@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from voiceclone.errors import UserError
+from voiceclone.evaluation.metrics import cosine_similarity as cosine
 
 INSTALL = 'pip install "voiceclone[eval]"'
 JUDGE_RATE = 16000  # all three judges take 16 kHz mono
@@ -62,10 +63,6 @@ def to_judge_rate(y: np.ndarray, sr: int) -> np.ndarray:
     if sr != JUDGE_RATE:
         y = soxr.resample(y, sr, JUDGE_RATE, quality="HQ").astype(np.float32)
     return np.clip(y, -1.0, 1.0)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
 class SpeakerJudge:
