@@ -103,6 +103,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def key(self, i: int) -> str:
+        """How reports name utterance i: split/id."""
+        return f"{self.name}/{self.rows[i].get('id', i)}"
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_maps"] = None

@@ -71,7 +71,7 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
             blocks, _ = convert(m, y, refs[name], keep_pitch=True)
             wav = np.concatenate(list(blocks))
             sim = metrics.cosine_similarity(verifier.embed(wav, cfg.sample_rate), profile)
-            rows[name].append({"utterance": f"{split}/{split_data.rows[i].get('id', i)}", "speaker": speaker,
+            rows[name].append({"utterance": split_data.key(i), "speaker": speaker,
                                **measure(wav, f0, cfg, mel), "speaker_similarity": sim})
     if not rows["base"]:
         raise UserError(f"{data}: no held-out utterance has a speaker with training clips to compare against")

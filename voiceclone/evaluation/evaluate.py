@@ -229,10 +229,6 @@ class _Evaluator:
     def _audio(split: Split, i: int) -> np.ndarray:
         return A.from_int16(split.audio(i))
 
-    @staticmethod
-    def _key(split: Split, i: int) -> str:
-        return f"{split.name}/{split.rows[i].get('id', i)}"
-
     def _embedding(self, split: Split, i: int) -> np.ndarray:
         key = (id(split), i)
         if key not in self._embeddings:
@@ -278,11 +274,11 @@ class _Evaluator:
             s, speaker = self.split, self.split.speaker(i)
             ref_clip = self._other_clip(speaker, (s, i))
             if ref_clip is None:
-                skipped.append(self._key(s, i))
+                skipped.append(s.key(i))
                 continue
             mel, f0 = np.array(s.mel(i), dtype=np.float32), np.array(s.f0(i), dtype=np.float32)  # own copies
             profile = self._profile(speaker, [(s, i), ref_clip])
-            item = {"utterance": self._key(s, i), "speaker": speaker, "reference": self._key(*ref_clip),
+            item = {"utterance": s.key(i), "speaker": speaker, "reference": _key(ref_clip),
                     "seconds": s.n_frames(i) / self.cfg.frame_rate}
             out, _ = self._convert(i, self._reference(*ref_clip), keep_pitch=True)
             sim = cosine(self.verifier.embed(out, self.cfg.sample_rate), profile)
@@ -326,8 +322,8 @@ class _Evaluator:
             to_target, to_source = cosine(emb, target_profile), cosine(emb, source_profile)
             nearer = (None if target_profile is None or source_profile is None
                       else metrics.nearer_target(emb, target_profile, source_profile))
-            items.append({"source": self._key(s, i), "source_speaker": source_speaker, "target_speaker": target,
-                          "reference": self._key(*ref_clip), "pitch_shift": float(12 * np.log2(ratio)),
+            items.append({"source": s.key(i), "source_speaker": source_speaker, "target_speaker": target,
+                          "reference": _key(ref_clip), "pitch_shift": float(12 * np.log2(ratio)),
                           "similarity_to_target": to_target, "similarity_to_source": to_source,
                           "nearer_target": nearer} | measure(out, requested, self.cfg))
             if self.panel is not None:
@@ -349,6 +345,11 @@ class _Evaluator:
         return {"available": True, "judges": self.panel.names, "pairs": len(rows),
                 "zero_shot": {"nearer_target": nearer_share(rows), **pooled(rows), **summaries(rows, keys)},
                 "copy_synthesis": summaries(copy["items"], ("dnsmos_ovrl",))}
+
+
+def _key(clip: tuple[Split, int]) -> str:
+    split, i = clip
+    return split.key(i)
 
 
 def nearer_share(rows: list[dict[str, Any]]) -> dict[str, Any]:
