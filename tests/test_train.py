@@ -339,3 +339,31 @@ def test_a_worker_stopped_before_its_work_began_reports_nothing():
     worker.stop()
     started = time.time()
     assert worker.result() is None and time.time() - started < 30
+
+
+def test_a_worker_killed_from_outside_is_said_at_once_and_named_with_its_resume_command():
+    from voiceclone.errors import TrainingFailed
+    from voiceclone.train.beside import Beside
+
+    out = io.StringIO()
+    worker = Beside("vocoder", _sleeps, (), 1, Console(file=out, width=200), resume="voiceclone train --resume")
+    time.sleep(1.0)
+    os.kill(worker.process.pid, signal.SIGKILL)
+    deadline = time.time() + 20
+    while "its process ended" not in out.getvalue() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "vocoder: its process ended (exit code -9); the training beside it goes on" in out.getvalue()
+    with pytest.raises(TrainingFailed, match=r"exit code -9.*resume it with: voiceclone train --resume$"):
+        worker.result()
+
+
+def test_a_script_without_the_main_guard_is_told_to_add_it(dataset, tmp_path):
+    # the spawned vocoder process re-imports the calling script, which called train() again: that call used
+    # to meet the run lock, and the parent said only, at the end, that the worker ended without a result
+    script = tmp_path / "train_both.py"
+    script.write_text("from voiceclone.train.command import train\n"
+                      f"train({str(dataset)!r}, {str(tmp_path / 'run')!r}, stage='all', epochs=1, threads=2, "
+                      f"overrides={FAST + ['vocoder.train.batch_size=4', 'vocoder.train.segment_frames=16']!r})\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "put that call under `if __name__ == \"__main__\":`" in r.stderr

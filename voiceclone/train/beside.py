@@ -58,7 +58,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, queue: Any) -> None:
+def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, queue: Any, parent: int) -> None:
     """The spawned process: `target(*args, console)` with its printing sent to `queue`, then its result."""
     try:
         os.setpgrp()  # out of the terminal's group: its Ctrl-C reaches the parent alone, which passes it on
@@ -67,6 +67,8 @@ def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, q
         # until the trainer takes the signal over (finish the step, save), a stop has nothing to save
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         _die_with_parent()
+        if os.getppid() != parent:  # it died while this process started, before the line above could tell
+            return
         sys.stdout = sys.stderr = _ToQueue(queue)  # warnings too, or they would cut the parent's progress line
         import torch
 
@@ -95,24 +97,53 @@ class Beside:
 
     Its printing appears on `console` as it happens; `result()` waits for it and returns its value or raises
     its error here (a UserError or TrainingFailed keeps its class, so its exit code; anything else becomes a
-    RuntimeError holding the worker's traceback).
+    RuntimeError holding the worker's traceback). `resume`: the command that continues its work, named when
+    the worker is killed from outside.
     """
 
-    def __init__(self, name: str, target: Callable[..., Any], args: tuple, threads: int, console: Console) -> None:
-        self.name, self.console, self.threads = name, console, threads
+    def __init__(self, name: str, target: Callable[..., Any], args: tuple, threads: int, console: Console,
+                 resume: str = "") -> None:
+        self.name, self.console, self.threads, self.resume = name, console, threads, resume
         context = multiprocessing.get_context("spawn")
         self.queue = context.Queue()
         self.outcome: tuple[str, Any] | None = None
-        self.process = context.Process(target=_worker, args=(target, args, threads, console.width, self.queue),
-                                       name=f"voiceclone-{name}")
+        self.process = context.Process(target=_worker, name=f"voiceclone-{name}",
+                                       args=(target, args, threads, console.width, self.queue, os.getpid()))
+        self.stop_sent = False
+        self.relay = threading.Thread(target=self._relay, name=f"voiceclone-{name}-output", daemon=True)
+        self._previous: dict[int, Any] = {}
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the new process
         try:
             self.process.start()
+            self.relay.start()
+            self._follow_job_control()
+        except BaseException:
+            self.kill()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.stop_sent = False
-        self.relay = threading.Thread(target=self._relay, name=f"voiceclone-{name}-output", daemon=True)
-        self.relay.start()
+
+    def _follow_job_control(self) -> None:
+        """Ctrl-Z (SIGTSTP) stops the terminal's group, which the worker left: pause it too, and let it go on
+        when this process does (fg, bg: SIGCONT). Only the main thread can set handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in ((signal.SIGTSTP, self._pause), (signal.SIGCONT, self._go_on)):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def _pause(self, signum, frame) -> None:
+        self._send(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stop here too, as the default action would have
+
+    def _go_on(self, signum, frame) -> None:
+        signal.signal(signal.SIGTSTP, self._pause)
+        self._send(signal.SIGCONT)
+
+    def _send(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.process.is_alive():
+                os.kill(self.process.pid, sig)
 
     def __enter__(self) -> "Beside":
         return self
@@ -133,8 +164,12 @@ class Beside:
                     continue
                 try:  # anything put just before it ended
                     item = self.queue.get_nowait()
-                except queue_module.Empty:
-                    return  # died without a word: killed from outside
+                except queue_module.Empty:  # died without a word: killed from outside, said now
+                    if not self.stop_sent:
+                        with contextlib.suppress(Exception):
+                            self.console.print(f"{self.name}: its process ended (exit code {self.process.exitcode})"
+                                               "; the training beside it goes on", markup=False, highlight=False)
+                    return
             if item is None:
                 return
             kind, value = item
@@ -153,8 +188,8 @@ class Beside:
         """Ask the worker to finish its step, save and stop (once); it is waited for by `result`."""
         if not self.stop_sent and self.process.is_alive():
             self.stop_sent = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
+            self._send(signal.SIGCONT)  # a paused worker could not finish its step
+            self._send(signal.SIGTERM)
 
     def result(self) -> Any:
         """Wait for the worker; a Ctrl-C meanwhile is passed on to it, a second one kills it. None: it was
@@ -169,7 +204,8 @@ class Beside:
             return None  # ended by a signal while its interpreter was starting
         if self.outcome is None:
             raise TrainingFailed(f"{self.name}: its worker process ended without a result (exit code "
-                                 f"{self.process.exitcode}; killed from outside?)")
+                                 f"{self.process.exitcode}; killed from outside?)"
+                                 + (f"; resume it with: {self.resume}" if self.resume else ""))
         kind, value = self.outcome
         if kind in ("result", "stopped"):
             return value
@@ -198,6 +234,8 @@ class Beside:
                     signal.signal(sig, handler)
 
     def kill(self) -> None:
+        if self.process.pid is None:  # never started
+            return
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
@@ -211,4 +249,9 @@ class Beside:
                 self.process.join(wait)
         finally:
             self.kill()
-            self.relay.join(5.0)
+            if self.relay.is_alive():
+                self.relay.join(5.0)
+            for sig, handler in self._previous.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)
+            self._previous = {}

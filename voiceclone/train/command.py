@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import multiprocessing
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,10 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     left as they are.
     """
     console = console or stderr_console()
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own test
+        raise UserError("voiceclone's train() was called while a spawned process re-imported the script that "
+                        "calls it: put that call under `if __name__ == \"__main__\":` (train --stage all on a "
+                        "CPU trains the vocoder in a spawned process)")
     if stage not in (*R.STAGES, "all"):
         raise UserError(f"--stage {stage!r}: expected acoustic, vocoder or all")
     if finetune and init_from is None:
@@ -161,6 +166,9 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
             for s in R.STAGES if stage == "all" else (stage,):
                 results[s] = _train_stage(request, dataset, s)
                 if results[s]["interrupted"]:
+                    if stage == "all" and s == "acoustic":
+                        console.print(f"The vocoder has not started; resume both with:\n  "
+                                      f"{request.resume_command('all')}", highlight=False, soft_wrap=True)
                     break
                 _check_finite(results[s])
         if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
@@ -187,16 +195,18 @@ def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
     threads = choose_threads(req.threads)
     if threads < 2:
         return None
-    check_splits(dataset, "vocoder", need_unseen=True)
-    _check_other_stage(req, dataset, "vocoder", req.recipe)
-    quiet = dataclasses.replace(req, console=Console(quiet=True))  # the worker prints what this finds again
-    _resume_state(quiet, dataset, "vocoder", req.recipe)
+    quiet = dataclasses.replace(req, console=Console(quiet=True))  # each stage prints what this finds again
+    for stage in R.STAGES:  # a refusal of either comes before any work
+        check_splits(dataset, stage, need_unseen=True)
+        _check_other_stage(req, dataset, stage, req.recipe)
+        _resume_state(quiet, dataset, stage, req.recipe)
     worker = threads // 2
     torch.set_num_threads(threads - worker)
     req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
                       "threads)", highlight=False)
-    return Beside("vocoder", _train_vocoder_worker,
-                  (dataclasses.replace(req, console=None, threads=worker, lent=None),), worker, req.console)
+    worker_req = dataclasses.replace(req, console=None, threads=worker, lent=None)
+    return Beside("vocoder", _train_vocoder_worker, (worker_req,), worker, req.console,
+                  resume=req.resume_command("vocoder"))
 
 
 def _train_vocoder_worker(req: TrainRequest, console: Console) -> dict[str, Any]:

@@ -241,8 +241,8 @@ class Trainer:
             return consecutive
         self._restore(self.good_state)
         self.progress.lr_scale *= self.cfg.lr_backoff
-        self.console.print(f"[yellow]{consecutive} non-finite losses in a row: reloaded the last good state, "
-                           f"learning rate x{self.progress.lr_scale:g}[/]")
+        self.console.print(f"[yellow]{self.task.stage}: {consecutive} non-finite losses in a row: reloaded the last "
+                           f"good state, learning rate x{self.progress.lr_scale:g}[/]")
         return 0
 
     # --- validation ----------------------------------------------------------------------------------
@@ -304,7 +304,8 @@ class Trainer:
                     self._restore_best()
                     if self.dist.main:
                         display.stop()
-                        self.console.print(f"[bold]Early stop at epoch {epoch}[/]: {assessment.summary()}")
+                        self.console.print(f"[bold]{task.stage}: early stop at epoch {epoch}[/]: "
+                                           f"{assessment.summary()}")
                     break
         if self.scalars is not None:
             self.scalars.close()
