@@ -176,7 +176,7 @@ def _panel(judges: bool | None, asr_model: str | None, console: Console) -> J.Pa
         console.print(f"independent judges not installed, so not used: {J.INSTALL}", highlight=False, markup=False)
         return None
     with console.status("loading the independent judges (Resemblyzer, Whisper, DNSMOS)"):
-        return J.Panel(asr_model)
+        return J.Panel(asr_model, threads=torch.get_num_threads())  # as the command chose them (threads.py)
 
 
 def validation_report(model: Model, dataset: Dataset, split: str, device: torch.device) -> dict[str, Any]:
