@@ -182,12 +182,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
                 f.cancel()
 
 
-def apply_threads(requested: int = 0, since: CpuSample | None = None) -> int:
-    """Set torch's intra-op threads by choose_threads; returns the count."""
+def apply_threads(requested: int = 0, since: CpuSample | None = None, lent: int = 0) -> int:
+    """Set torch's intra-op threads by choose_threads, an explicit count less `lent` (threads a worker process
+    of the same job uses now; free cores count it already); returns the count."""
     import torch
 
     check_count(requested, "threads")
-    n = choose_threads(requested, since)
+    explicit = _explicit(requested)
+    n = max(1, explicit - lent) if explicit else free_cores(since)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
@@ -204,11 +206,6 @@ class ThreadGovernor:
         self.requested, self.since, self.lent = requested, CpuSample.now(), lent
 
     def update(self) -> int:
-        import torch
-
-        explicit = _explicit(self.requested)
-        n = max(1, explicit - (self.lent() if self.lent else 0)) if explicit else free_cores(self.since)
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+        n = apply_threads(self.requested, self.since, self.lent() if self.lent else 0)
         self.since = CpuSample.now()
         return n
