@@ -135,6 +135,9 @@ class Beside:
         self._send(signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)  # stop here too, as the default action would have
+        # here when continued, or at once where the kernel drops the stop (a process group with no shell to
+        # continue it): either way the worker goes on with this process
+        self._go_on(signum, frame)
 
     def _go_on(self, signum, frame) -> None:
         signal.signal(signal.SIGTSTP, self._pause)
