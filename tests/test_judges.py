@@ -119,13 +119,3 @@ def test_panel_keeps_the_counts_behind_each_rate_so_pairs_pool_into_a_corpus_fig
     assert r["wer_out"] == pytest.approx(r["word_edits"] / r["words"])
     assert r["cer_out"] == pytest.approx(r["char_edits"] / r["chars"])
 
-
-def test_the_transcript_of_garbled_speech_is_the_same_every_time():
-    # faster-whisper's default temperature fallback samples when a transcript looks repetitive: one garbled
-    # clip gave four different transcripts in four calls, so evaluate's WER moved between runs on the same audio
-    pytest.importorskip("faster_whisper")
-    asr = J.AsrJudge()
-    y, sr = clip("1688_a")
-    n = int(0.3 * sr)
-    garbled = np.concatenate([y[i:i + n][::-1] for i in range(0, len(y), n)])
-    assert len({asr.transcribe(garbled, sr) for _ in range(3)}) == 1

@@ -108,8 +108,9 @@ def default_asr_model() -> Path:
 class AsrJudge:
     """faster-whisper transcription: `model` is a Whisper name ("small.en") or a CTranslate2 folder.
 
-    Greedy decoding, no voice-activity filter and no conditioning on earlier text, so a clip's transcript
-    depends on that clip alone. English unless `language` says otherwise.
+    Greedy decoding (sampling only where it falls back, see `transcribe`), no voice-activity filter and no
+    conditioning on earlier text, so a clip's transcript depends on that clip alone. English unless
+    `language` says otherwise.
     """
 
     def __init__(self, model: str | Path | None = None, threads: int = 1, language: str = "en"):
@@ -130,11 +131,13 @@ class AsrJudge:
         self.name = f"faster-whisper {_version('faster-whisper')}, {label}"
 
     def transcribe(self, y: np.ndarray, sr: int) -> str:
-        # temperature 0 alone: faster-whisper's default falls back to sampling at 0.2, 0.4, ... when a
-        # transcript looks repetitive, which gave one garbled clip four different transcripts in four calls
-        # and evaluate's pooled WER a word or two of spread between runs on the same audio
+        # faster-whisper's default temperature fallback stays: when a greedy transcript looks repetitive it
+        # samples again at 0.2, 0.4, ..., so a hard clip's transcript can differ between calls (a garbled clip
+        # gave four in four calls; evaluate's pooled WER moves by a word or two between runs). Temperature 0
+        # alone was one transcript per clip, but looped on processed speech: the pitch-shift baseline's WER
+        # went from 38% to 78% (benchmarks/results/zero_shot_quality-amd-epyc-2core.md, 2026-12-02 01:48).
         segments, _ = self._model.transcribe(to_judge_rate(y, sr), language=self.language, beam_size=1,
-                                             temperature=0.0, vad_filter=False, condition_on_previous_text=False)
+                                             vad_filter=False, condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
 
