@@ -149,8 +149,6 @@ class MosJudge:
     both threads on one window at a time (speechmos's loop), and every window's score is the same either way.
     """
 
-    WINDOW = 9.01  # seconds, DNSMOS's input (speechmos.dnsmos.INPUT_LENGTH)
-
     def __init__(self, threads: int = 1):
         ort = _require("onnxruntime", "DNSMOS (speechmos)")
         _require("librosa", "DNSMOS (speechmos)")
@@ -166,7 +164,7 @@ class MosJudge:
                                                      providers=["CPUExecutionProvider"])
         self._model.p808_onnx_sess = ort.InferenceSession(str(folder / "model_v8.onnx"), opts,
                                                           providers=["CPUExecutionProvider"])
-        self.threads = threads
+        self.threads, self.window = threads, dnsmos.INPUT_LENGTH  # seconds (9.01), DNSMOS's input
         self.name = f"DNSMOS P.835 (speechmos {_version('speechmos')})"
 
     def _window(self, segment: np.ndarray) -> tuple[float, float, float, float]:
@@ -180,12 +178,12 @@ class MosJudge:
     def score(self, y: np.ndarray, sr: int) -> dict[str, float]:
         """{"sig", "bak", "ovrl", "p808"} of one clip; clips under 9 s are looped to 9 s, as DNSMOS does."""
         audio = to_judge_rate(y, sr).astype(np.float64)
-        length = int(self.WINDOW * JUDGE_RATE)
+        length = int(self.window * JUDGE_RATE)
         while len(audio) < length:
             audio = np.append(audio, audio)
-        hops = int(np.floor(len(audio) / JUDGE_RATE) - self.WINDOW) + 1
+        hops = int(np.floor(len(audio) / JUDGE_RATE) - self.window) + 1
         # the bounds written as speechmos writes them, so every window is the one it scores
-        windows = [audio[int(i * JUDGE_RATE): int((i + self.WINDOW) * JUDGE_RATE)] for i in range(hops)]
+        windows = [audio[int(i * JUDGE_RATE): int((i + self.window) * JUDGE_RATE)] for i in range(hops)]
         scores = np.array(list(ordered_map(self._window, [w for w in windows if len(w) >= length], self.threads)))
         sig, bak, ovrl, p808 = scores.mean(axis=0)
         return {"sig": float(sig), "bak": float(bak), "ovrl": float(ovrl), "p808": float(p808)}

@@ -147,11 +147,12 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
                            finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads)
     results: dict[str, dict[str, Any]] = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
-        beside = _vocoder_beside(request, dataset) if stage == "all" else None
-        if beside is not None:
+        started = _vocoder_beside(request, dataset) if stage == "all" else None
+        if started is not None:
+            beside, checked = started  # checked: the acoustic stage's, made before the worker started
             with beside:  # a worker still running on the way out is stopped, and waited for while it saves
                 acoustic = dataclasses.replace(request, lent=lambda: beside.threads if beside.running else 0)
-                results["acoustic"] = _train_stage(acoustic, dataset, "acoustic")
+                results["acoustic"] = _train_stage(acoustic, dataset, "acoustic", checked)
                 if results["acoustic"]["interrupted"]:
                     beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
                 else:
@@ -183,30 +184,30 @@ def _check_finite(result: dict[str, Any]) -> None:
                              f"best model; lower the learning rate (--set {s}.train.lr=...) and start a new --run")
 
 
-def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> Beside | None:
+def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> tuple[Beside, Checked] | None:
     """On a CPU with two or more threads to use, the vocoder of `--stage all` trains in a process of its own
     beside the acoustic model (train/beside.py says why), each with half the threads; this process's thread
-    governor takes the vocoder's back when it ends (TrainRequest.lent). Its settings are
-    checked here first, so a bad one stops the command before any training. None: train one after the
-    other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic model's outputs, one thread)."""
+    governor takes the vocoder's back when it ends (TrainRequest.lent). Both stages are checked here first,
+    so a bad setting stops the command before any training; returns the worker and the acoustic stage's
+    checks. None: train one after the other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic
+    model's outputs, one thread)."""
     if (req.device.type != "cpu" or req.dist.world > 1 or req.finetuning or req.finetune_on_acoustic
             or req.threads is None):
         return None
     threads = choose_threads(req.threads)
     if threads < 2:
         return None
-    quiet = dataclasses.replace(req, console=Console(quiet=True))  # each stage prints what this finds again
-    for stage in R.STAGES:  # a refusal of either comes before any work
-        check_splits(dataset, stage, need_unseen=True)
-        _check_other_stage(req, dataset, stage, req.recipe)
-        _resume_state(quiet, dataset, stage, req.recipe)
+    checked = _check_stage(req, dataset, "acoustic")
+    # the vocoder's refusals come here, before any work; the worker checks again (its resume state is a
+    # checkpoint, not worth sending through a pipe) and prints what it finds
+    _check_stage(dataclasses.replace(req, console=Console(quiet=True)), dataset, "vocoder")
     worker = threads // 2
     torch.set_num_threads(threads - worker)
     req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
                       "threads)", highlight=False)
     worker_req = dataclasses.replace(req, console=None, threads=worker, lent=None)
     return Beside("vocoder", _train_vocoder_worker, (worker_req,), worker, req.console,
-                  resume=req.resume_command("vocoder"))
+                  resume=req.resume_command("vocoder")), checked
 
 
 def _train_vocoder_worker(req: TrainRequest, console: Console) -> dict[str, Any]:
@@ -319,11 +320,19 @@ def _task_kwargs(req: TrainRequest, stage: str, recipe: Recipe, state: dict[str,
     return kwargs
 
 
-def _train_stage(req: TrainRequest, dataset: Dataset, stage: str) -> dict[str, Any]:
+Checked = tuple[Recipe, "dict[str, Any] | None"]  # a stage's recipe and its resume state, None: a fresh start
+
+
+def _check_stage(req: TrainRequest, dataset: Dataset, stage: str) -> Checked:
+    """Everything that can refuse a stage before it trains: splits, the other stage's audio settings, resume."""
     recipe = _finetune_recipe(req.recipe, stage) if req.finetuning else req.recipe
     check_splits(dataset, stage, need_unseen=not req.finetuning)
     _check_other_stage(req, dataset, stage, recipe)
-    state = _resume_state(req, dataset, stage, recipe)
+    return recipe, _resume_state(req, dataset, stage, recipe)
+
+
+def _train_stage(req: TrainRequest, dataset: Dataset, stage: str, checked: Checked | None = None) -> dict[str, Any]:
+    recipe, state = checked or _check_stage(req, dataset, stage)
     if req.dist.main:
         R.write_stage_config(req.run, stage, recipe.to_json())
         R.remove_stale_temporaries(req.run, stage)
