@@ -260,6 +260,33 @@ def test_ctrl_c_saves_and_prints_how_to_resume(dataset, tmp_path):
     assert history(run)[-1]["epoch"] == state["progress"]["epoch"] + 1
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
+def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
+    """The SSH connection drops, or the terminal window is closed: a hang-up (SIGHUP) used to end the process
+    at once, with the acoustic model's epoch unsaved. It is now a stop like Ctrl-C, and the lost terminal
+    (where a write fails with EIO) no longer breaks the way out. Run in a real pseudo-terminal, closed."""
+    import pty
+    import select
+
+    run = tmp_path / "run"
+    voc = ["vocoder.train.batch_size=4", "vocoder.train.segment_frames=16", "vocoder.train.warmup_steps=2"]
+    cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--stage", "all", "--epochs", "500",
+               "--no-early-stop", "--threads", "2", *sum((["--set", o] for o in FAST + voc), []))
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a session of its own, the pseudo-terminal its controlling terminal
+        os.execv(cmd[0], cmd)
+    deadline = time.time() + 120
+    while not (run / "vocoder/history.jsonl").is_file() and time.time() < deadline:
+        if select.select([terminal], [], [], 0.2)[0]:
+            os.read(terminal, 65536)  # keep the terminal drained, as a window would
+    os.close(terminal)  # the hang-up
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130
+    for stage in ("acoustic", "vocoder"):
+        saved = load_checkpoint(run / stage / "last.pt")["progress"]
+        assert saved["step"] >= 1 and saved["epoch"] == len(history(run, stage)), stage  # nothing finished lost
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_run_with_gloo(dataset, tmp_path):
     run = tmp_path / "run"

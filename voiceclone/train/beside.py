@@ -217,11 +217,17 @@ class Beside:
         raise (TrainingFailed if kind == "training failed" else UserError)(value)
 
     def _wait(self) -> None:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # here, not at the top: the worker imports this module too, and must not import torch before its checks
+        from voiceclone.train.distributed import detach_from_lost_terminal, stop_signals, terminal_fds
+
+        terminal = terminal_fds()
+        previous = {sig: signal.getsignal(sig) for sig in stop_signals()}
         previous = {sig: handler for sig, handler in previous.items() if handler is not None}  # None: not Python's
 
         def forward(signum, frame):
-            if self.stop_sent:
+            if signum == getattr(signal, "SIGHUP", None):
+                detach_from_lost_terminal(terminal)  # and a second hang-up is no second Ctrl-C
+            elif self.stop_sent:
                 raise KeyboardInterrupt
             self.stop()
 

@@ -1,4 +1,4 @@
-"""Process-level concerns of training: the torchrun process group and device, and Ctrl-C / SIGTERM."""
+"""Process-level concerns of training: the torchrun process group and device, and Ctrl-C / SIGTERM / SIGHUP."""
 
 from __future__ import annotations
 
@@ -42,21 +42,53 @@ def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
     return Distributed(), torch.device("cuda" if use_cuda else "cpu")
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that ask a training to save and stop: Ctrl-C, SIGTERM (a scheduler, `kill`) and, where it
+    exists, SIGHUP: the terminal closed or the SSH connection dropped, whose default would end the process
+    with up to an epoch of work unsaved."""
+    return (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
+def terminal_fds() -> tuple[int, ...]:
+    """stdout and stderr where they are a terminal. Asked before a hang-up: after one, isatty says no."""
+    found = []
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                found.append(fd)
+    return tuple(found)
+
+
+def detach_from_lost_terminal(fds: tuple[int, ...]) -> None:
+    """After a hang-up, writing to the terminal fails (EIO), and the progress line or the closing 'Stopped ...;
+    resume with' would raise on the way out. Output that went to the terminal (`fds`, from `terminal_fds`)
+    goes nowhere from now on, as under nohup; output to a file or a pipe is kept."""
+    with open(os.devnull, "wb") as null:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(null.fileno(), fd)
+
+
 class StopRequest:
-    """Ctrl-C or SIGTERM: let the current step finish, then save and stop."""
+    """Ctrl-C, SIGTERM or SIGHUP: let the current step finish, then save and stop."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._terminal: tuple[int, ...] = ()
 
     def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        self._terminal = terminal_fds()
+        for sig in stop_signals():
             with contextlib.suppress(ValueError):  # not the main thread: no handlers, no graceful stop
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C means now
+        if signum == getattr(signal, "SIGHUP", None):
+            # a hang-up may come twice (the kernel and then the shell send one): it never means "now"
+            detach_from_lost_terminal(self._terminal)
+        elif self.requested:  # a second Ctrl-C means now
             raise KeyboardInterrupt
         self.requested = True
 
