@@ -287,6 +287,35 @@ def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
         assert saved["step"] >= 1 and saved["epoch"] == len(history(run, stage)), stage  # nothing finished lost
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
+def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path):
+    """nohup ignores SIGHUP so that a job outlives its terminal; training keeps that choice."""
+    import pty
+
+    run = tmp_path / "run"
+    cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "500", "--no-early-stop",
+               "--threads", "1", *sum((["--set", o] for o in FAST), []))
+    pid, terminal = pty.fork()
+    if pid == 0:  # as `nohup` starts it: SIGHUP ignored, output to a file
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        out = os.open(tmp_path / "nohup.out", os.O_WRONLY | os.O_CREAT)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.execv(cmd[0], cmd)
+    deadline = time.time() + 120
+    while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    os.close(terminal)
+    rows = len(history(run))
+    while len(history(run)) < rows + 2 and time.time() < deadline:  # two more epochs after the hang-up
+        time.sleep(0.2)
+    ended, status = os.waitpid(pid, os.WNOHANG)
+    assert not ended and len(history(run)) >= rows + 2, (tmp_path / "nohup.out").read_text()[-2000:]
+    os.kill(pid, signal.SIGINT)  # and Ctrl-C still stops it, saved
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_run_with_gloo(dataset, tmp_path):
     run = tmp_path / "run"

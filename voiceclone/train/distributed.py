@@ -44,9 +44,12 @@ def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
 
 def stop_signals() -> tuple[int, ...]:
     """The signals that ask a training to save and stop: Ctrl-C, SIGTERM (a scheduler, `kill`) and, where it
-    exists, SIGHUP: the terminal closed or the SSH connection dropped, whose default would end the process
-    with up to an epoch of work unsaved."""
-    return (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+    exists and is not ignored, SIGHUP: the terminal closed or the SSH connection dropped, whose default would
+    end the process with up to an epoch of work unsaved. Under `nohup` SIGHUP is ignored, and stays so: the
+    user asked for the training to outlive the terminal."""
+    hangup = getattr(signal, "SIGHUP", None)
+    keep = hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN  # an int here, not the enum
+    return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
 
 
 def terminal_fds() -> tuple[int, ...]:
