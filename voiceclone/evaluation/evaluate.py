@@ -43,6 +43,7 @@ from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS, metrics
 from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.compare import compare_models
 from voiceclone.evaluation.verifier import Verifier
+from voiceclone.threads import torch_threads
 from voiceclone.evaluation.printing import print_report
 from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, UNITS, VALIDATION_UNITS,
                                           by_speaker, check_audio, cosine, dataset_reference, header, identity, measure,
@@ -301,8 +302,9 @@ class _Evaluator:
             for _ in copies():
                 pass
         else:
-            for k, ovrl in enumerate(self.panel.quality_all(copies(), self.cfg.sample_rate)):
-                copy[k]["dnsmos_ovrl"] = ovrl
+            with torch_threads(1):  # the judge holds the cores meanwhile (see judges.Panel)
+                for k, ovrl in enumerate(self.panel.quality_all(copies(), self.cfg.sample_rate)):
+                    copy[k]["dnsmos_ovrl"] = ovrl
         clock.lap("reconstruction", minus=copy_seconds)
         clock.laps["copy_synthesis"] = round(copy_seconds, 3)
         keys = (*F0_KEYS.values(), "mcd_db", "speaker_similarity")
@@ -348,8 +350,9 @@ class _Evaluator:
             for _ in conversions():
                 pass
         else:
-            for k, heard in enumerate(self.panel.listen_all(conversions(), self.cfg.sample_rate)):
-                items[k]["independent"] |= heard
+            with torch_threads(1):  # the judges hold the cores meanwhile (see judges.Panel)
+                for k, heard in enumerate(self.panel.listen_all(conversions(), self.cfg.sample_rate)):
+                    items[k]["independent"] |= heard
         keys = ("similarity_to_target", "similarity_to_source", *F0_KEYS.values(), "pitch_shift")
         return {"pairs": len(items), "speakers": len(names), "pipeline": "synthesize.convert, register moved to "
                 "the target's (ratio of median F0s)",

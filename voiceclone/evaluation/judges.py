@@ -276,13 +276,20 @@ class Panel:
     Many clips are listened to (`listen_all`, `quality_all`) `threads` at a time, each on one thread: on
     2 cores two Whisper transcriptions side by side took 1.8-2.1x less time than one at a time on both
     threads, with the same transcripts, and most clips are shorter than two of DNSMOS's windows, which is all
-    the parallelism one clip has. The speaker judge (torch) runs on the caller's thread and torch's threads.
+    the parallelism one clip has. The speaker judge (torch) runs on the caller's thread; a caller that
+    converts while the judges listen does best with torch on one thread meanwhile (`evaluate`: 88-93 s
+    against 103-104 s with torch's two threads spinning beside the two judges).
     """
 
     def __init__(self, asr_model: str | Path | None = None, threads: int = 1) -> None:
+        import torch
+
         self.threads = max(1, threads)
         self.speaker = SpeakerJudge()
+        torch_threads = torch.get_num_threads()
         self.asr = AsrJudge(asr_model, threads=1, at_once=self.threads)
+        # CTranslate2 sets the OpenMP thread count of the thread that loads a model, which is torch's too
+        torch.set_num_threads(torch_threads)
         self.mos = MosJudge(threads=self.threads)
 
     @property
