@@ -274,14 +274,16 @@ def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
                "--no-early-stop", "--threads", "2", *sum((["--set", o] for o in FAST + voc), []))
     pid, terminal = pty.fork()
     if pid == 0:  # the child: a session of its own, the pseudo-terminal its controlling terminal
-        os.execv(cmd[0], cmd)
+        try:
+            os.execv(cmd[0], cmd)
+        finally:
+            os._exit(127)
     deadline = time.time() + 120
     while not (run / "vocoder/history.jsonl").is_file() and time.time() < deadline:
         if select.select([terminal], [], [], 0.2)[0]:
             os.read(terminal, 65536)  # keep the terminal drained, as a window would
     os.close(terminal)  # the hang-up
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 130
+    assert _exit_code(pid) == 130
     for stage in ("acoustic", "vocoder"):
         saved = load_checkpoint(run / stage / "last.pt")["progress"]
         assert saved["step"] >= 1 and saved["epoch"] == len(history(run, stage)), stage  # nothing finished lost
@@ -301,7 +303,10 @@ def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path)
         out = os.open(tmp_path / "nohup.out", os.O_WRONLY | os.O_CREAT)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.execv(cmd[0], cmd)
+        try:
+            os.execv(cmd[0], cmd)
+        finally:
+            os._exit(127)
     deadline = time.time() + 120
     while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
         time.sleep(0.2)
@@ -312,8 +317,20 @@ def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path)
     ended, status = os.waitpid(pid, os.WNOHANG)
     assert not ended and len(history(run)) >= rows + 2, (tmp_path / "nohup.out").read_text()[-2000:]
     os.kill(pid, signal.SIGINT)  # and Ctrl-C still stops it, saved
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 130
+    assert _exit_code(pid) == 130
+
+
+def _exit_code(pid: int, seconds: float = 120.0) -> int:
+    """The exit code of child `pid`, killed (and the test failed) if it has not ended within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the training process did not end within {seconds:.0f} s")
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
