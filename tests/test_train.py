@@ -265,19 +265,13 @@ def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
     """The SSH connection drops, or the terminal window is closed: a hang-up (SIGHUP) used to end the process
     at once, with the acoustic model's epoch unsaved. It is now a stop like Ctrl-C, and the lost terminal
     (where a write fails with EIO) no longer breaks the way out. Run in a real pseudo-terminal, closed."""
-    import pty
     import select
 
     run = tmp_path / "run"
     voc = ["vocoder.train.batch_size=4", "vocoder.train.segment_frames=16", "vocoder.train.warmup_steps=2"]
-    cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--stage", "all", "--epochs", "500",
-               "--no-early-stop", "--threads", "2", *sum((["--set", o] for o in FAST + voc), []))
-    pid, terminal = pty.fork()
-    if pid == 0:  # the child: a session of its own, the pseudo-terminal its controlling terminal
-        try:
-            os.execv(cmd[0], cmd)
-        finally:
-            os._exit(127)
+    pid, terminal = _in_a_terminal(_cli("train", "--data", str(dataset), "--run", str(run), "--stage", "all",
+                                        "--epochs", "500", "--no-early-stop", "--threads", "2",
+                                        *sum((["--set", o] for o in FAST + voc), [])))
     deadline = time.time() + 120
     while not (run / "vocoder/history.jsonl").is_file() and time.time() < deadline:
         if select.select([terminal], [], [], 0.2)[0]:
@@ -292,21 +286,10 @@ def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
 def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path):
     """nohup ignores SIGHUP so that a job outlives its terminal; training keeps that choice."""
-    import pty
-
     run = tmp_path / "run"
-    cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "500", "--no-early-stop",
-               "--threads", "1", *sum((["--set", o] for o in FAST), []))
-    pid, terminal = pty.fork()
-    if pid == 0:  # as `nohup` starts it: SIGHUP ignored, output to a file
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        out = os.open(tmp_path / "nohup.out", os.O_WRONLY | os.O_CREAT)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        try:
-            os.execv(cmd[0], cmd)
-        finally:
-            os._exit(127)
+    pid, terminal = _in_a_terminal(_cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "500",
+                                        "--no-early-stop", "--threads", "1", *sum((["--set", o] for o in FAST), [])),
+                                   nohup_out=tmp_path / "nohup.out")
     deadline = time.time() + 120
     while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
         time.sleep(0.2)
@@ -318,6 +301,26 @@ def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path)
     assert not ended and len(history(run)) >= rows + 2, (tmp_path / "nohup.out").read_text()[-2000:]
     os.kill(pid, signal.SIGINT)  # and Ctrl-C still stops it, saved
     assert _exit_code(pid) == 130
+
+
+def _in_a_terminal(cmd: list[str], nohup_out: Path | None = None) -> tuple[int, int]:
+    """Start `cmd` in a session of its own whose controlling terminal is a new pseudo-terminal:
+    (pid, the terminal's master end; closing it hangs the terminal up). With `nohup_out`, as `nohup` starts
+    it: SIGHUP ignored, output to that file."""
+    import pty
+
+    pid, terminal = pty.fork()
+    if pid == 0:
+        try:
+            if nohup_out is not None:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                out = os.open(nohup_out, os.O_WRONLY | os.O_CREAT)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+            os.execv(cmd[0], cmd)
+        finally:
+            os._exit(127)  # never back into pytest
+    return pid, terminal
 
 
 def _exit_code(pid: int, seconds: float = 120.0) -> int:
