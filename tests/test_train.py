@@ -277,10 +277,60 @@ def test_a_closed_terminal_saves_both_models_mid_epoch(dataset, tmp_path):
         if select.select([terminal], [], [], 0.2)[0]:
             os.read(terminal, 65536)  # keep the terminal drained, as a window would
     os.close(terminal)  # the hang-up
+    os.kill(pid, signal.SIGTERM)  # as logind sends a closed session's processes: no "now" while saving
     assert _exit_code(pid) == 130
     for stage in ("acoustic", "vocoder"):
         saved = load_checkpoint(run / stage / "last.pt")["progress"]
         assert saved["step"] >= 1 and saved["epoch"] == len(history(run, stage)), stage  # nothing finished lost
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
+def test_only_a_second_ctrl_c_means_now_and_a_hang_up_stays_ignored_after():
+    """A hang-up, then the SIGTERM a closed session's processes get: the step still finishes and saves (a
+    second signal used to raise KeyboardInterrupt mid-save). A second Ctrl-C still means now. Once the
+    terminal is gone, later hang-ups are ignored, between the stages too."""
+    from voiceclone.train.distributed import StopRequest
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)  # the handlers run between bytecodes
+            assert stop.requested
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
+def test_a_hang_up_sent_by_hand_stops_and_still_shows_how_to_resume(dataset, tmp_path):
+    """`kill -HUP` with the terminal still open: the output stays on it, the resume line included."""
+    import select
+
+    run = tmp_path / "run"
+    pid, terminal = _in_a_terminal(_cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "500",
+                                        "--no-early-stop", "--threads", "1", *sum((["--set", o] for o in FAST), [])))
+    shown, sent, deadline = b"", False, time.time() + 180
+    while time.time() < deadline:
+        if not sent and (run / "acoustic/history.jsonl").is_file():
+            os.kill(pid, signal.SIGHUP)
+            sent = True
+        if select.select([terminal], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the child has ended: its side of the terminal is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    os.close(terminal)
+    assert _exit_code(pid) == 130
+    assert b"Resume with" in shown and b"--resume" in shown, shown[-2000:]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
@@ -294,7 +344,7 @@ def test_under_nohup_a_closed_terminal_does_not_stop_training(dataset, tmp_path)
     while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
         time.sleep(0.2)
     os.close(terminal)
-    rows = len(history(run))
+    rows, deadline = len(history(run)), time.time() + 120
     while len(history(run)) < rows + 2 and time.time() < deadline:  # two more epochs after the hang-up
         time.sleep(0.2)
     ended, status = os.waitpid(pid, os.WNOHANG)

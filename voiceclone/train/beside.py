@@ -220,14 +220,15 @@ class Beside:
         # here, not at the top: the worker imports this module too, and must not import torch before its checks
         from voiceclone.train.distributed import detach_from_lost_terminal, stop_signals, terminal_fds
 
-        terminal = terminal_fds()
+        terminal, hangup, hung_up = terminal_fds(), getattr(signal, "SIGHUP", None), []
         previous = {sig: signal.getsignal(sig) for sig in stop_signals()}
         previous = {sig: handler for sig, handler in previous.items() if handler is not None}  # None: not Python's
 
-        def forward(signum, frame):
-            if signum == getattr(signal, "SIGHUP", None):
-                detach_from_lost_terminal(terminal)  # and a second hang-up is no second Ctrl-C
-            elif self.stop_sent:
+        def forward(signum, frame):  # as StopRequest does: only a second Ctrl-C means now
+            if signum == hangup:
+                hung_up.append(True)
+                detach_from_lost_terminal(terminal)
+            elif signum == signal.SIGINT and self.stop_sent:
                 raise KeyboardInterrupt
             self.stop()
 
@@ -240,7 +241,7 @@ class Beside:
         finally:
             with contextlib.suppress(ValueError):
                 for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+                    signal.signal(sig, signal.SIG_IGN if hung_up and sig == hangup else handler)
 
     def kill(self) -> None:
         if self.process.pid is None:  # never started

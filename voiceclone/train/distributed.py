@@ -64,12 +64,14 @@ def terminal_fds() -> tuple[int, ...]:
 
 def detach_from_lost_terminal(fds: tuple[int, ...]) -> None:
     """After a hang-up, writing to the terminal fails (EIO), and the progress line or the closing 'Stopped ...;
-    resume with' would raise on the way out. Output that went to the terminal (`fds`, from `terminal_fds`)
-    goes nowhere from now on, as under nohup; output to a file or a pipe is kept."""
+    resume with' would raise on the way out. Output that went to a terminal (`fds`, from `terminal_fds`) that
+    is gone goes nowhere from now on, as under nohup; a terminal still there (`kill -HUP` by hand) keeps it,
+    and so do a file and a pipe."""
     with open(os.devnull, "wb") as null:
         for fd in fds:
             with contextlib.suppress(OSError):
-                os.dup2(null.fileno(), fd)
+                if not os.isatty(fd):  # a hung-up terminal answers no
+                    os.dup2(null.fileno(), fd)
 
 
 class StopRequest:
@@ -77,6 +79,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.hung_up = False
         self._previous: dict[int, Any] = {}
         self._terminal: tuple[int, ...] = ()
 
@@ -89,12 +92,17 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if signum == getattr(signal, "SIGHUP", None):
-            # a hang-up may come twice (the kernel and then the shell send one): it never means "now"
+            self.hung_up = True
             detach_from_lost_terminal(self._terminal)
-        elif self.requested:  # a second Ctrl-C means now
+        # a second Ctrl-C means now; a SIGTERM or a hang-up never does: the kernel and the shell may each send
+        # a hang-up, and a session's processes get a SIGTERM after it (logind), while the step is being saved
+        elif signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # after a hang-up no terminal is left to close: later ones are ignored, or the default would end the
+            # process between the stages or on its way out
+            signal.signal(sig, signal.SIG_IGN if self.hung_up and sig == getattr(signal, "SIGHUP", None)
+                          else handler)
