@@ -258,6 +258,10 @@ class _Evaluator:
 
     # --- measuring ----------------------------------------------------------------------------------
 
+    def _torch_beside_judges(self) -> int:
+        """torch's threads while the judges listen: the cores they leave (see judges.Panel), at least one."""
+        return max(1, torch.get_num_threads() - (self.panel.threads if self.panel is not None else 0))
+
     def _convert(self, i: int, ref: Reference, keep_pitch: bool) -> tuple[np.ndarray, float]:
         blocks, info = convert(self.model, self._audio(self.split, i), ref, keep_pitch=keep_pitch)
         return np.concatenate(list(blocks)), 2.0 ** (info["pitch_shift_semitones"] / 12.0)
@@ -302,7 +306,7 @@ class _Evaluator:
             for _ in copies():
                 pass
         else:
-            with torch_threads(1):  # the judge holds the cores meanwhile (see judges.Panel)
+            with torch_threads(self._torch_beside_judges()):  # the judge holds its cores meanwhile
                 for k, ovrl in enumerate(self.panel.quality_all(copies(), self.cfg.sample_rate)):
                     copy[k]["dnsmos_ovrl"] = ovrl
         clock.lap("reconstruction", minus=copy_seconds)
@@ -350,7 +354,7 @@ class _Evaluator:
             for _ in conversions():
                 pass
         else:
-            with torch_threads(1):  # the judges hold the cores meanwhile (see judges.Panel)
+            with torch_threads(self._torch_beside_judges()):  # the judges hold their cores meanwhile
                 for k, heard in enumerate(self.panel.listen_all(conversions(), self.cfg.sample_rate)):
                     items[k]["independent"] |= heard
         keys = ("similarity_to_target", "similarity_to_source", *F0_KEYS.values(), "pitch_shift")

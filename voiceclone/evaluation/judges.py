@@ -34,6 +34,7 @@ from voiceclone.threads import ordered_map
 
 INSTALL = 'pip install "voiceclone[eval]"'
 JUDGE_RATE = 16000  # all three judges take 16 kHz mono
+LISTENERS = 4  # clips a Panel judges at once, at most
 
 
 def _require(module: str, judge: str) -> Any:
@@ -277,14 +278,16 @@ class Panel:
     2 cores two Whisper transcriptions side by side took 1.8-2.1x less time than one at a time on both
     threads, with the same transcripts, and most clips are shorter than two of DNSMOS's windows, which is all
     the parallelism one clip has. The speaker judge (torch) runs on the caller's thread; a caller that
-    converts while the judges listen does best with torch on one thread meanwhile (`evaluate`: 88-93 s
-    against 103-104 s with torch's two threads spinning beside the two judges).
+    converts while the judges listen does best leaving them their cores meanwhile (`evaluate` on 2 cores,
+    torch on one thread: 88-93 s, against 103-104 s with torch's two threads spinning beside the two judges).
     """
 
     def __init__(self, asr_model: str | Path | None = None, threads: int = 1) -> None:
         import torch
 
-        self.threads = max(1, threads)
+        # at most LISTENERS at once: each of CTranslate2's workers holds its own copy of the recogniser, and
+        # listening side by side was measured on 2 cores only; the caller keeps the other cores
+        self.threads = max(1, min(threads, LISTENERS))
         self.speaker = SpeakerJudge()
         torch_threads = torch.get_num_threads()
         self.asr = AsrJudge(asr_model, threads=1, at_once=self.threads)
