@@ -217,31 +217,17 @@ class Beside:
         raise (TrainingFailed if kind == "training failed" else UserError)(value)
 
     def _wait(self) -> None:
+        """Until the worker ends, a stop asked of this process (Ctrl-C, SIGTERM, a hang-up: StopRequest's
+        signals and rules) is passed on to it; a second Ctrl-C raises KeyboardInterrupt here."""
         # here, not at the top: the worker imports this module too, and must not import torch before its checks
-        from voiceclone.train.distributed import detach_from_lost_terminal, stop_signals, terminal_fds
+        from voiceclone.train.distributed import StopRequest
 
-        terminal, hangup, hung_up = terminal_fds(), getattr(signal, "SIGHUP", None), []
-        previous = {sig: signal.getsignal(sig) for sig in stop_signals()}
-        previous = {sig: handler for sig, handler in previous.items() if handler is not None}  # None: not Python's
-
-        def forward(signum, frame):  # as StopRequest does: only a second Ctrl-C means now
-            if signum == hangup:
-                hung_up.append(True)
-                detach_from_lost_terminal(terminal)
-            elif signum == signal.SIGINT and self.stop_sent:
-                raise KeyboardInterrupt
-            self.stop()
-
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for sig in previous:
-                signal.signal(sig, forward)
-        try:
+        with StopRequest() as asked:
+            asked.requested = self.stop_sent  # a stop already passed on: the next Ctrl-C is the second
             while self.process.is_alive():
+                if asked.requested:
+                    self.stop()
                 self.process.join(0.2)
-        finally:
-            with contextlib.suppress(ValueError):
-                for sig, handler in previous.items():
-                    signal.signal(sig, signal.SIG_IGN if hung_up and sig == hangup else handler)
 
     def kill(self) -> None:
         if self.process.pid is None:  # never started

@@ -42,7 +42,7 @@ def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
     return Distributed(), torch.device("cuda" if use_cuda else "cpu")
 
 
-def stop_signals() -> tuple[int, ...]:
+def _stop_signals() -> tuple[int, ...]:
     """The signals that ask a training to save and stop: Ctrl-C, SIGTERM (a scheduler, `kill`) and, where it
     exists and is not ignored, SIGHUP: the terminal closed or the SSH connection dropped, whose default would
     end the process with up to an epoch of work unsaved. Under `nohup` SIGHUP is ignored, and stays so: the
@@ -52,7 +52,7 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
 
 
-def terminal_fds() -> tuple[int, ...]:
+def _terminal_fds() -> tuple[int, ...]:
     """stdout and stderr where they are a terminal. Asked before a hang-up: after one, isatty says no."""
     found = []
     for fd in (1, 2):
@@ -62,9 +62,9 @@ def terminal_fds() -> tuple[int, ...]:
     return tuple(found)
 
 
-def detach_from_lost_terminal(fds: tuple[int, ...]) -> None:
+def _detach_from_lost_terminal(fds: tuple[int, ...]) -> None:
     """After a hang-up, writing to the terminal fails (EIO), and the progress line or the closing 'Stopped ...;
-    resume with' would raise on the way out. Output that went to a terminal (`fds`, from `terminal_fds`) that
+    resume with' would raise on the way out. Output that went to a terminal (`fds`, from `_terminal_fds`) that
     is gone goes nowhere from now on, as under nohup; a terminal still there (`kill -HUP` by hand) keeps it,
     and so do a file and a pipe."""
     with open(os.devnull, "wb") as null:
@@ -84,8 +84,8 @@ class StopRequest:
         self._terminal: tuple[int, ...] = ()
 
     def __enter__(self) -> "StopRequest":
-        self._terminal = terminal_fds()
-        for sig in stop_signals():
+        self._terminal = _terminal_fds()
+        for sig in _stop_signals():
             with contextlib.suppress(ValueError):  # not the main thread: no handlers, no graceful stop
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -93,7 +93,7 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if signum == getattr(signal, "SIGHUP", None):
             self.hung_up = True
-            detach_from_lost_terminal(self._terminal)
+            _detach_from_lost_terminal(self._terminal)
         # a second Ctrl-C means now; a SIGTERM or a hang-up never does: the kernel and the shell may each send
         # a hang-up, and a session's processes get a SIGTERM after it (logind), while the step is being saved
         elif signum == signal.SIGINT and self.requested:
@@ -104,5 +104,7 @@ class StopRequest:
         for sig, handler in self._previous.items():
             # after a hang-up no terminal is left to close: later ones are ignored, or the default would end the
             # process between the stages or on its way out
-            signal.signal(sig, signal.SIG_IGN if self.hung_up and sig == getattr(signal, "SIGHUP", None)
-                          else handler)
+            if self.hung_up and sig == getattr(signal, "SIGHUP", None):
+                signal.signal(sig, signal.SIG_IGN)
+            elif handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(sig, handler)
