@@ -137,23 +137,10 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
     ev: dict[str, Any] = {"epochs": len(rows), "window": w, "patience": patience, "min_delta": d}
     if key != monitor:
         ev["requested_monitor"] = monitor
-
-    epochs: list[int] = []
-    values: list[float] = []
-    train: list[float] = []
-    drops: list[int | None] = []
-    nonfinite: list[int] = []
-    for row, epoch in rows:
-        v, t = _number(row.get(key)), _number(row.get(train_key))
-        if (v is not None and not math.isfinite(v)) or (t is not None and not math.isfinite(t)):
-            nonfinite.append(epoch)
-        if v is not None and math.isfinite(v):
-            epochs.append(epoch)
-            values.append(v)
-            train.append(t if t is not None and math.isfinite(t) else math.nan)
-            drops.append(_count(row.get("lr_drops")))
-    if nonfinite:
-        ev["nonfinite_epochs"] = nonfinite
+    curve = _curve(rows, key, train_key)
+    epochs, values = curve.epochs, curve.values
+    if curve.nonfinite:
+        ev["nonfinite_epochs"] = curve.nonfinite
     n = len(values)
     ev["points"] = n
     best_i = int(np.argmin(values)) if n else None
@@ -176,80 +163,48 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
         if bad:
             what = ", ".join(f"{k} = {x}" for k, x in bad)
             return verdict("diverged", f"stop: {what} at epoch {last_epoch}; {use_best} and lower the learning rate")
-        if n == 0 and nonfinite:
+        if n == 0 and curve.nonfinite:
             return verdict("diverged", f"stop: no epoch has a finite {key} (non-finite losses at epochs "
-                                       f"{_epochs_text(nonfinite)}); train again with a lower learning rate")
+                                       f"{_epochs_text(curve.nonfinite)}); train again with a lower learning rate")
 
     # 2. not enough points for a trend
     if n < w + 1:
         return verdict("too early", f"keep training: trends need {w + 1} epochs with {key}, have {n}")
 
-    x = np.asarray(epochs[-(w + 1):], dtype=np.float64)
-    y = np.asarray(values[-(w + 1):], dtype=np.float64)
-    ty = np.asarray(train[-(w + 1):], dtype=np.float64)
-    level = max(abs(float(np.mean(y))), 1e-12)
-    change = _relative_change(x, y)
-    noise = _relative_noise(np.asarray(values[-(NOISE_SPAN * w + 1):]), level)
-    bound = _noise_bound(x, noise)
-    ev.update(change_over_window=change, noise=noise, noise_bound=bound)
-    train_ok = bool(np.all(np.isfinite(ty)))
-    train_change = _relative_change(x, ty) if train_ok else None
-    train_bound = None
-    if train_ok:
-        tail = np.asarray(train[-(NOISE_SPAN * w + 1):])
-        train_bound = _noise_bound(x, _relative_noise(tail[np.isfinite(tail)], float(np.mean(ty))))
-    ev.update(train_change_over_window=train_change, train_noise_bound=train_bound)
-    gap_now = values[-1] - train[-1] if math.isfinite(train[-1]) else None
-    gap_best = values[best_i] - train[best_i] if math.isfinite(train[best_i]) else None
-    gap_start = float(y[0] - ty[0]) if train_ok else None
-    ev.update(gap_now=gap_now, gap_at_best=gap_best, gap_at_window_start=gap_start)
-    ev["ratio_to_best"] = values[-1] / best_value if best_value > 0 else None
-    gap_text = f"train/val gap {gap_best:.4g} at best, {gap_now:.4g} now" if gap_now is not None and \
-        gap_best is not None else f"no {train_key} to compare"
-
-    # the noise-aware plateau measures
-    threshold = max(d, Z * noise * math.sqrt(2.0 / w))
-    smooth = _trailing_mean(values, w)
-    ref_i = _last_significant_improvement(smooth, threshold)
-    restart = _rate_start(epochs, drops)  # the last epoch at the previous learning rate, if it was dropped
-    since = epochs[-1] - max(epochs[ref_i], restart if restart is not None else epochs[0])
-    # the trend: a line over the longest recent stretch it explains to within the noise, projected P epochs on
-    tx, ty_ = _trend_stretch(epochs, values, noise * level, max(patience, w) + 1, TREND_SPANS * patience + 1)
-    slope, slope_se = _slope(tx, ty_, noise * level)
-    gain, gain_se = -slope * patience / level, slope_se * patience / level
-    promising = gain > max(d, Z_TREND * gain_se)
-    ev.update(improvement_threshold=threshold, epochs_since_improvement=since, trend_epochs=int(tx[-1] - tx[0]),
-              trend_gain=gain, trend_gain_se=gain_se, promising=promising)
-    current_drops = drops[-1]
+    m = _measure(curve, best_i, cfg)
+    ev.update(m.evidence())
+    current_drops = curve.drops[-1]
     if current_drops is not None:
         ev.update(lr_drops=current_drops, max_lr_drops=cfg.max_lr_drops)
-    noise_text = f"noise {_pct(noise, sign=False)} per epoch"
-    trend_text = (f"the trend of the last {int(tx[-1] - tx[0])} epochs projects {_pct(-gain)} "
-                  f"± {_pct(gain_se, sign=False)} over the next {patience} ({noise_text})")
+    gap_text = f"train/val gap {m.gap_best:.4g} at best, {m.gap_now:.4g} now" if m.gap_now is not None and \
+        m.gap_best is not None else f"no {train_key} to compare"
+    noise_text = f"noise {_pct(m.noise, sign=False)} per epoch"
+    trend_text = (f"the trend of the last {m.trend_epochs} epochs projects {_pct(-m.gain)} "
+                  f"± {_pct(m.gain_se, sign=False)} over the next {patience} ({noise_text})")
 
     # 3. far above the best and not coming back
     allowed = (cfg.diverge_factor - 1.0) * abs(best_value)
-    if values[-1] - best_value > allowed and values[-2] - best_value > allowed and change >= -max(d, bound):
+    if values[-1] - best_value > allowed and values[-2] - best_value > allowed and m.change >= -max(d, m.bound):
         ratio = f"{values[-1] / best_value:.2f}x its best" if best_value > 0 else "far above its best"
-        trend = "and rising" if change > max(d, bound) else "and not coming back"
+        trend = "and rising" if m.change > max(d, m.bound) else "and not coming back"
         return verdict("diverged", f"stop: {key} {values[-1]:.4g} at epoch {epochs[-1]} is {ratio} {trend} "
-                                   f"({_pct(change)} over the last {w} epochs, {noise_text}); {use_best} and "
+                                   f"({_pct(m.change)} over the last {w} epochs, {noise_text}); {use_best} and "
                                    f"lower the learning rate")
 
     # 4. validation rising while training still falls
-    if (train_change is not None and gap_now is not None and gap_start is not None
-            and change > max(d, bound) and train_change < -max(d, train_bound)
-            and gap_now > gap_start and values[-1] > best_value + d * abs(best_value)):
-        return verdict("overfitting", f"stop and {use_best}: {key} rose {_pct(change)} over the last {w} epochs, "
-                                      f"beyond its noise bound {_pct(bound, sign=False)}, while {train_key} fell "
-                                      f"{_pct(train_change)}; {gap_text}; more data or regularization "
+    if (m.train_change is not None and m.gap_now is not None and m.gap_start is not None
+            and m.change > max(d, m.bound) and m.train_change < -max(d, m.train_bound)
+            and m.gap_now > m.gap_start and values[-1] > best_value + d * abs(best_value)):
+        return verdict("overfitting", f"stop and {use_best}: {key} rose {_pct(m.change)} over the last {w} epochs, "
+                                      f"beyond its noise bound {_pct(m.bound, sign=False)}, while {train_key} fell "
+                                      f"{_pct(m.train_change)}; {gap_text}; more data or regularization "
                                       f"(dropout, weight decay, augmentation)")
 
-    plateau = (f"no improvement of the smoothed {key} beyond {_pct(threshold, sign=False)} (the larger of "
-               f"min_delta {_pct(d, sign=False)} and {Z:g} standard errors of the noise) for {since} epochs")
+    plateau = (f"no improvement of the smoothed {key} beyond {_pct(m.threshold, sign=False)} (the larger of "
+               f"min_delta {_pct(d, sign=False)} and {Z:g} standard errors of the noise) for {m.since} epochs")
     # 5. a plateau for `patience` epochs that the trend does not promise to leave
-    if since >= patience and n >= patience + w + 1 and not promising:
-        why = "below min_delta" if gain <= d else "within its noise"
+    if m.since >= patience and n >= patience + w + 1 and not m.promising:
+        why = "below min_delta" if m.gain <= d else "within its noise"
         if current_drops is not None and current_drops < cfg.max_lr_drops:
             ev["reduce_lr"] = True
             return verdict("converged", f"plateau at this learning rate: {plateau}; {trend_text}, {why}; "
@@ -262,23 +217,115 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
                                     f"further, lower the learning rate or add data")
 
     # 6. still falling beyond the noise
-    if change < -max(d, bound):
-        return verdict("improving", f"keep training: {key} {_pct(change)} over the last {w} epochs "
+    if m.change < -max(d, m.bound):
+        return verdict("improving", f"keep training: {key} {_pct(m.change)} over the last {w} epochs "
                                     f"({noise_text}), best {best_value:.4g} at epoch {best_epoch}; {gap_text}")
 
     # 7. flat within the noise: patience not yet spent, or a longer trend that still falls
     ev["slowing"] = True
-    if since >= patience:
+    if m.since >= patience:
         return verdict("improving", f"keep training, but progress has slowed: {plateau}, yet {trend_text}, "
                                     f"beyond min_delta and the noise; best {best_value:.4g} at epoch {best_epoch}")
-    left = patience - since
+    left = patience - m.since
     if current_drops is not None and current_drops < cfg.max_lr_drops:  # reduce-on-plateau will act by itself
         then = f"if the plateau persists, training lowers the learning rate x{cfg.lr_drop_factor:g} itself"
     else:
         then = "if the plateau persists, lower the learning rate"
-    return verdict("improving", f"keep training, but progress has slowed: {key} {_pct(change)} over the last "
+    return verdict("improving", f"keep training, but progress has slowed: {key} {_pct(m.change)} over the last "
                                 f"{w} epochs, within the noise; {plateau} (plateau declared in {left} more "
                                 f"without one); best {best_value:.4g} at epoch {best_epoch}; {then}")
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """The epochs with a finite monitored value, in order, and what training recorded beside each."""
+
+    epochs: list[int]
+    values: list[float]
+    train: list[float]  # the training loss; NaN where it is missing or not finite
+    drops: list[int | None]  # reduce-on-plateau drops the epoch was trained after; None: not recorded
+    nonfinite: list[int]  # every epoch whose monitored or training loss is NaN or infinite
+
+
+def _curve(rows: list[tuple[Mapping[str, Any], int]], key: str, train_key: str) -> _Curve:
+    curve = _Curve([], [], [], [], [])
+    for row, epoch in rows:
+        v, t = _number(row.get(key)), _number(row.get(train_key))
+        if (v is not None and not math.isfinite(v)) or (t is not None and not math.isfinite(t)):
+            curve.nonfinite.append(epoch)
+        if v is not None and math.isfinite(v):
+            curve.epochs.append(epoch)
+            curve.values.append(v)
+            curve.train.append(t if t is not None and math.isfinite(t) else math.nan)
+            curve.drops.append(_count(row.get("lr_drops")))
+    return curve
+
+
+@dataclass(frozen=True)
+class _Measures:
+    """The quantities of the module docstring, measured on the last epochs of a curve (relative changes are
+    fractions of the curve's level; gaps are validation minus training, in the loss's units)."""
+
+    change: float  # the fitted change over the window
+    noise: float  # sigma, relative
+    bound: float  # NOISE_SIGMAS standard errors of `change`
+    train_change: float | None  # the training loss's change over the window; None if it is not all finite
+    train_bound: float | None
+    gap_now: float | None
+    gap_best: float | None
+    gap_start: float | None  # at the window's first epoch
+    ratio_to_best: float | None
+    threshold: float  # the improvement threshold
+    since: int  # epochs since improvement
+    trend_epochs: int
+    gain: float  # trend_gain: how much lower the trend line projects the curve `patience` epochs on
+    gain_se: float
+    promising: bool  # the trend still promises more than min_delta
+
+    def evidence(self) -> dict[str, Any]:
+        """The JSON names the history rows and report.json have always used."""
+        return dict(change_over_window=self.change, noise=self.noise, noise_bound=self.bound,
+                    train_change_over_window=self.train_change, train_noise_bound=self.train_bound,
+                    gap_now=self.gap_now, gap_at_best=self.gap_best, gap_at_window_start=self.gap_start,
+                    ratio_to_best=self.ratio_to_best, improvement_threshold=self.threshold,
+                    epochs_since_improvement=self.since, trend_epochs=self.trend_epochs, trend_gain=self.gain,
+                    trend_gain_se=self.gain_se, promising=self.promising)
+
+
+def _measure(curve: _Curve, best_i: int, cfg: ConvergenceConfig) -> _Measures:
+    """The measures of a curve with at least window + 1 points; best_i indexes its lowest value."""
+    w, epochs, values, train = cfg.window, curve.epochs, curve.values, curve.train
+    x = np.asarray(epochs[-(w + 1):], dtype=np.float64)
+    y = np.asarray(values[-(w + 1):], dtype=np.float64)
+    ty = np.asarray(train[-(w + 1):], dtype=np.float64)
+    level = max(abs(float(np.mean(y))), 1e-12)
+    noise = _relative_noise(np.asarray(values[-(NOISE_SPAN * w + 1):]), level)
+    train_change = train_bound = None
+    if train_ok := bool(np.all(np.isfinite(ty))):
+        train_change = _relative_change(x, ty)
+        tail = np.asarray(train[-(NOISE_SPAN * w + 1):])
+        train_bound = _noise_bound(x, _relative_noise(tail[np.isfinite(tail)], float(np.mean(ty))))
+    best_value = values[best_i]
+    # the noise-aware plateau measures
+    threshold = max(cfg.min_delta, Z * noise * math.sqrt(2.0 / w))
+    ref_i = _last_significant_improvement(_trailing_mean(values, w), threshold)
+    restart = _rate_start(epochs, curve.drops)  # the last epoch at the previous learning rate, if it was dropped
+    # the trend: a line over the longest recent stretch it explains to within the noise, projected P epochs on
+    p = cfg.patience
+    tx, t_y = _trend_stretch(epochs, values, noise * level, max(p, w) + 1, TREND_SPANS * p + 1)
+    slope, slope_se = _slope(tx, t_y, noise * level)
+    gain, gain_se = -slope * p / level, slope_se * p / level
+    return _Measures(
+        change=_relative_change(x, y), noise=noise, bound=_noise_bound(x, noise),
+        train_change=train_change, train_bound=train_bound,
+        gap_now=values[-1] - train[-1] if math.isfinite(train[-1]) else None,
+        gap_best=best_value - train[best_i] if math.isfinite(train[best_i]) else None,
+        gap_start=float(y[0] - ty[0]) if train_ok else None,
+        ratio_to_best=values[-1] / best_value if best_value > 0 else None,
+        threshold=threshold,
+        since=epochs[-1] - max(epochs[ref_i], restart if restart is not None else epochs[0]),
+        trend_epochs=int(tx[-1] - tx[0]), gain=gain, gain_se=gain_se,
+        promising=gain > max(cfg.min_delta, Z_TREND * gain_se))
 
 
 # ---------------------------------------------------------------------------------------------------
