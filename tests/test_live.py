@@ -144,3 +144,21 @@ def test_the_live_loop_is_the_streaming_core(monkeypatch, tiny_run):
     assert result["input_device"] == "Fake USB Mic" and result["latency_ms"] == pytest.approx(144.0)
     heard = np.concatenate(played)
     assert np.abs(heard).max() > 0  # converted audio reached the speakers
+
+
+def test_the_player_plays_what_is_converted_pads_with_silence_and_counts_what_went_wrong():
+    from voiceclone.inference.live import _Player
+
+    player = _Player()
+    mic = np.arange(8, dtype=np.float32).reshape(8, 1)
+    out = np.full((8, 1), 9.0, np.float32)
+    player.play(np.ones(3, np.float32))
+    player.play(2 * np.ones(3, np.float32))
+    player.callback(mic, out, 8, None, None)
+    np.testing.assert_array_equal(out[:, 0], [1, 1, 1, 2, 2, 2, 0, 0])  # nothing more to play: silence
+    np.testing.assert_array_equal(player.inbox.get_nowait(), np.arange(8))
+    assert player.underrun == 2 and player.xruns == 0 and not player.pending
+    player.play(3 * np.ones(12, np.float32))
+    player.callback(mic, out, 8, None, "input overflow")  # PortAudio's status: a buffer ran over
+    assert (out[:, 0] == 3).all() and len(player.pending[0]) == 4  # the rest waits for the next block
+    assert player.underrun == 2 and player.xruns == 1

@@ -88,20 +88,12 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     (and, with keep_output, the converted audio at the model's rate under "converted")."""
     import soxr
 
-    from voiceclone.inference import timbre
-    from voiceclone.inference.stream import (StreamConverter, check_stream_options, describe, latency_line,
-                                             print_report)
-    from voiceclone.inference.synthesize import check_transpose, load_voice
+    from voiceclone.inference.stream import StreamConverter, describe, latency_line, print_report
+    from voiceclone.inference.synthesize import load_voice
     from voiceclone.threads import torch_threads
 
     console = console or stderr_console()
-    check_stream_options(block_ms, lookahead_ms)
-    timbre.check_strength(strength)
-    check_transpose(transpose)
-    if source_f0 is not None and not 20.0 <= source_f0 <= 2000.0:  # a divisor of the pitch shift
-        raise UserError(f"--source-f0 {source_f0:g}: expected 20-2000 Hz")
-    if seconds is not None and not 0 < seconds < math.inf:  # the number of samples to take: int(inf) overflows
-        raise UserError(f"--seconds {seconds:g}: expected more than 0, finite (leave it out to run until Ctrl-C)")
+    _check_options(block_ms, lookahead_ms, strength, transpose, source_f0, seconds)
     sd = import_sounddevice()
     found = devices(sd)
     if list_devices:
@@ -117,41 +109,14 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
     cfg = model.recipe.audio
     conv = StreamConverter(model, ref, block_ms=block_ms, lookahead_ms=lookahead_ms, transpose=transpose,
                            keep_pitch=keep_pitch, source_f0_median=source_f0, strength=strength)
-    rate = cfg.sample_rate
-    try:  # the model's rate if the devices take it, else the input device's own, resampled both ways
-        sd.check_input_settings(device=dev_in["index"], samplerate=rate, channels=1, dtype="float32")
-        sd.check_output_settings(device=dev_out["index"], samplerate=rate, channels=1, dtype="float32")
-    except Exception:  # sd.PortAudioError: the rate is not supported
-        rate = int(dev_in["rate"])
+    rate = _device_rate(sd, dev_in, dev_out, cfg.sample_rate)
     to_model = soxr.ResampleStream(rate, cfg.sample_rate, 1, dtype="float32") if rate != cfg.sample_rate else None
     to_device = soxr.ResampleStream(cfg.sample_rate, rate, 1, dtype="float32") if rate != cfg.sample_rate else None
-    block = max(1, round(conv.block_samples * rate / cfg.sample_rate))
-
-    inbox: queue.Queue[np.ndarray] = queue.Queue()
-    pending: list[np.ndarray] = []  # converted audio waiting to be played, at the device's rate
-    lock = threading.Lock()
-    state = {"underrun": 0, "played": 0, "status": 0}
-
-    def callback(indata, outdata, frames, time_info, status) -> None:  # PortAudio's thread: queue and copy only
-        if status:
-            state["status"] += 1
-        inbox.put(indata[:, 0].copy())
-        filled = 0
-        with lock:
-            while filled < frames and pending:
-                take = pending[0][: frames - filled]
-                outdata[filled : filled + len(take), 0] = take
-                filled += len(take)
-                pending[0] = pending[0][len(take) :]
-                if not len(pending[0]):
-                    pending.pop(0)
-        outdata[filled:, 0] = 0.0
-        state["underrun"] += frames - filled
-        state["played"] += frames
-
+    player = _Player()
     try:
-        stream = sd.Stream(samplerate=rate, blocksize=block, device=(dev_in["index"], dev_out["index"]), channels=1,
-                           dtype="float32", callback=callback)
+        stream = sd.Stream(samplerate=rate, blocksize=max(1, round(conv.block_samples * rate / cfg.sample_rate)),
+                           device=(dev_in["index"], dev_out["index"]), channels=1, dtype="float32",
+                           callback=player.callback)
     except Exception as e:  # sd.PortAudioError: the device is busy, gone, or refuses the settings
         raise UserError(f"voiceclone live: cannot open {dev_in['name']!r} -> {dev_out['name']!r} "
                         f"({str(e).splitlines()[0][:120]})") from None
@@ -164,7 +129,7 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
         with torch_threads(1), stream:
             while limit is None or received < limit:
                 try:
-                    x = inbox.get(timeout=2.0)
+                    x = player.inbox.get(timeout=2.0)
                 except queue.Empty:
                     raise UserError(f"voiceclone live: {dev_in['name']!r} delivers no audio") from None
                 received += len(x)
@@ -172,18 +137,78 @@ def live(model_path: Path, references: Sequence[Path], input_device: str | None 
                 if keep_output:
                     kept.append(y)
                 if len(y):
-                    y = to_device.resample_chunk(y) if to_device else y
-                    with lock:
-                        pending.append(y)
+                    player.play(to_device.resample_chunk(y) if to_device else y)
     except KeyboardInterrupt:
         pass
     result = {**describe(conv.report, cfg), "blocks": len(conv.report.block_seconds), "seconds": received / rate,
-              "underrun_ms": 1000 * state["underrun"] / rate, "device_rate": rate,
+              "underrun_ms": 1000 * player.underrun / rate, "xruns": player.xruns, "device_rate": rate,
               "input_device": dev_in["name"], "output_device": dev_out["name"]}
     print_report(console, result)
-    if state["underrun"] > 0:
+    if player.underrun > 0:
         console.print(f"{result['underrun_ms']:.0f} ms of silence played while waiting for converted audio "
                       "(the first blocks, or a machine too slow for this block size)", highlight=False)
+    if player.xruns:
+        console.print(f"the audio device reported {player.xruns} buffer overflows or underflows (audio lost "
+                      "between the device and this program; a larger --block-ms helps)", highlight=False)
     if keep_output:
         result["converted"] = np.concatenate(kept) if kept else np.zeros(0, np.float32)
     return result
+
+
+def _check_options(block_ms: float, lookahead_ms: float, strength: float, transpose: float,
+                   source_f0: float | None, seconds: float | None) -> None:
+    """Every option refused before a device or the model is opened."""
+    from voiceclone.inference import timbre
+    from voiceclone.inference.stream import check_stream_options
+    from voiceclone.inference.synthesize import check_transpose
+
+    check_stream_options(block_ms, lookahead_ms)
+    timbre.check_strength(strength)
+    check_transpose(transpose)
+    if source_f0 is not None and not 20.0 <= source_f0 <= 2000.0:  # a divisor of the pitch shift
+        raise UserError(f"--source-f0 {source_f0:g}: expected 20-2000 Hz")
+    if seconds is not None and not 0 < seconds < math.inf:  # the number of samples to take: int(inf) overflows
+        raise UserError(f"--seconds {seconds:g}: expected more than 0, finite (leave it out to run until Ctrl-C)")
+
+
+def _device_rate(sd: Any, dev_in: dict, dev_out: dict, rate: int) -> int:
+    """The model's rate if both devices take it, else the input device's own (resampled both ways)."""
+    try:
+        sd.check_input_settings(device=dev_in["index"], samplerate=rate, channels=1, dtype="float32")
+        sd.check_output_settings(device=dev_out["index"], samplerate=rate, channels=1, dtype="float32")
+    except Exception:  # sd.PortAudioError: the rate is not supported
+        return int(dev_in["rate"])
+    return rate
+
+
+class _Player:
+    """What PortAudio's thread and the conversion loop share: microphone blocks come in through `inbox`,
+    converted audio (at the device's rate) waits in `pending` until the callback plays it. The callback
+    only queues and copies; a block it cannot fill is padded with silence and counted in `underrun`."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[np.ndarray] = queue.Queue()
+        self.pending: list[np.ndarray] = []
+        self.lock = threading.Lock()
+        self.underrun = 0  # samples of silence played for want of converted audio
+        self.xruns = 0  # callbacks whose status flagged an overflow or underflow of the device's buffers
+
+    def play(self, y: np.ndarray) -> None:
+        with self.lock:
+            self.pending.append(y)
+
+    def callback(self, indata, outdata, frames, time_info, status) -> None:
+        if status:
+            self.xruns += 1
+        self.inbox.put(indata[:, 0].copy())
+        filled = 0
+        with self.lock:
+            while filled < frames and self.pending:
+                take = self.pending[0][: frames - filled]
+                outdata[filled : filled + len(take), 0] = take
+                filled += len(take)
+                self.pending[0] = self.pending[0][len(take) :]
+                if not len(self.pending[0]):
+                    self.pending.pop(0)
+        outdata[filled:, 0] = 0.0
+        self.underrun += frames - filled
