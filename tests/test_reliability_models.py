@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 import tracemalloc
 from pathlib import Path
 
@@ -118,6 +120,29 @@ def test_unwritable_output_paths_are_one_line(model, tmp_path):
     one_line_error(runner.invoke(app, [*base, "--out", str(under_file / "r.json")]), "file")
     one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--plot", str(under_file / "c.png")]),
                    "file")
+
+
+def test_a_device_or_a_pipe_as_the_output_is_refused_and_left_as_it_is(model, tmp_path):
+    """The output was written beside its name and renamed over it: run as root, `--out /dev/null` replaced the
+    machine's /dev/null with a WAV file, exit 0."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    one_line_error(synth(model, model["bundle"], fifo), "pipe.wav", "not a file")
+    one_line_error(synth(model, model["bundle"], fifo, "--stream"), "pipe.wav", "not a file")
+    bundle = tmp_path / "pipe.safetensors"
+    os.mkfifo(bundle)
+    one_line_error(runner.invoke(app, ["export", str(model["run"]), "--out", str(bundle)]), "pipe.safetensors",
+                   "not a file")
+    one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--out", "/dev/null"]), "/dev/null",
+                   "not a file")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(bundle).st_mode)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_the_work(model):
+    """Only the parent's existence was checked: `evaluate --out /proc/r.json` judged every pair, then failed."""
+    r = runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--out", "/proc/r.json"])
+    one_line_error(r, "/proc/r.json: cannot be written: no file can be made in /proc")
 
 
 def test_a_full_disk_when_writing_audio_or_a_bundle_is_one_line(model, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -76,6 +77,9 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
         raise UserError(f"{p}: a symbolic link on this path loops back on itself; remove it or choose another name")
     if not folder and p.is_dir():
         raise UserError(f"{p}: is a folder; name the file to write")
+    if p.exists() and not p.is_file() and not p.is_dir():
+        # an output is written beside its name and renamed over it: that would replace the device itself
+        raise UserError(f"{p}: is a device, pipe or socket, not a file; name a file to write")
     if not folder and suffix and p.suffix and p.suffix.lower() != suffix:
         raise UserError(f"{p}: the file is written as {suffix[1:].upper()}; name it {suffix}")
     if folder and p.exists() and not p.is_dir():
@@ -85,6 +89,12 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{p}: cannot be written: {parent} is a file, not a folder")
+    try:  # asked of the folder itself: permissions, a read-only disk and /proc all say no only when tried
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".voiceclone-probe.")
+    except OSError as e:
+        raise UserError(f"{p}: cannot be written: no file can be made in {parent} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _loops(path: Path) -> bool:
