@@ -103,6 +103,24 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
         load_recipe("demo", [override])
 
 
+@pytest.mark.parametrize("override, key", [
+    # each was accepted and failed later: a traceback, an 8 GiB allocation per frame, or training that went wrong
+    ("acoustic.model.kernel_size=4", "acoustic.model.kernel_size"),  # ValueError deep in the model, exit 1
+    ("audio.f0_min=0.001", "audio.f0_min"),  # the tracker's window for 0.001 Hz: out of memory
+    ("audio.f0_max=9000", "audio.f0_max"),  # above the 8 kHz that 16 kHz audio holds
+    ("vocoder.model.mrd_resolutions=[[64, 16, 128]]", "vocoder.model.mrd_resolutions"),  # stft's RuntimeError
+    ("vocoder.model.mrd_resolutions=[[512, 256, 128]]", "vocoder.model.mrd_resolutions"),  # hop past the window
+    ('vocoder.model.mrd_resolutions=[]", "vocoder.model.mpd_periods=[]', "vocoder.model"),  # no discriminator
+    ("finetune.layer_lr_decay=-1", "finetune.layer_lr_decay"),  # every other block learnt backwards, silently
+    ("finetune.layer_lr_decay=0", "finetune.layer_lr_decay"),
+    ("finetune.frozen_blocks=-1", "finetune.frozen_blocks"), ("finetune.unfreeze_every=-2", "finetune.unfreeze_every"),
+    ("finetune.lr=0", "finetune.lr"), ("finetune.epochs=0", "finetune.epochs"),
+])
+def test_settings_that_would_crash_or_mislead_later_are_refused_at_load(override, key):
+    with pytest.raises(UserError, match=f"setting {key}"):
+        load_recipe("demo", override.split('", "'))
+
+
 def test_size_presets_apply_and_other_keys_override_them():
     base = build(AcousticModelConfig, {"size": "base"})
     assert base.hidden == AcousticModelConfig.PRESETS["base"]["hidden"] != AcousticModelConfig().hidden

@@ -48,7 +48,10 @@ class AudioConfig:
         _require(0 < self.hop_length <= self.win_length, "audio.hop_length", "must be in (0, win_length]")
         _require(self.fmax <= self.sample_rate / 2, "audio.fmax", "must not exceed sample_rate / 2")
         _require(0 <= self.fmin < self.fmax, "audio.fmin", "must be in [0, fmax)")
-        _require(0 < self.f0_min < self.f0_max, "audio.f0_min", "must be in (0, f0_max)")
+        # the tracker's window holds a few periods of the lowest pitch: at 0.001 Hz that was 8 GiB a frame; 20 Hz
+        # is below any voice, vocal fry included
+        _require(20 <= self.f0_min < self.f0_max, "audio.f0_min", "must be in [20, f0_max) Hz")
+        _require(self.f0_max <= self.sample_rate / 2, "audio.f0_max", "must not exceed sample_rate / 2")
 
     @property
     def frame_rate(self) -> float:
@@ -111,6 +114,8 @@ class AcousticModelConfig:
         for key, top in (("hidden", 4096), ("content_dim", 1024), ("speaker_dim", 2048), ("encoder_layers", 64),
                          ("decoder_layers", 64), ("speaker_layers", 64), ("kernel_size", 63)):
             _require(1 <= getattr(self, key) <= top, f"acoustic.model.{key}", f"must be in [1, {top}]")
+        _require(self.kernel_size % 2 == 1, "acoustic.model.kernel_size",
+                 "must be odd (a convolution keeps the sequence's length only with an odd kernel)")
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,10 @@ class VocoderModelConfig:
                  "vocoder.model.mpd_periods", "must be at most 16 periods in [1, 64]")
         _require(len(self.mrd_resolutions) <= 16 and all(1 <= x <= 16384 for r in self.mrd_resolutions for x in r),
                  "vocoder.model.mrd_resolutions", "must be at most 16 resolutions with sizes in [1, 16384]")
+        _require(all(hop <= win <= n_fft for n_fft, hop, win in self.mrd_resolutions), "vocoder.model.mrd_resolutions",
+                 "must be (n_fft, hop, window) triples with hop <= window <= n_fft")
+        _require(len(self.mpd_periods) + len(self.mrd_resolutions) > 0, "vocoder.model",
+                 "needs at least one discriminator (mpd_periods or mrd_resolutions)")
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,14 @@ class FinetuneConfig:
     lr: float = 3e-4
     epochs: int = 15
     learn_speaker: bool = True  # learn the new voice's speaker vector, initialized from its references
+
+    def __post_init__(self) -> None:
+        _require(self.unfreeze_every >= 0, "finetune.unfreeze_every", "must be >= 0 (0 = all blocks trainable)")
+        _require(self.frozen_blocks >= 0, "finetune.frozen_blocks", "must be >= 0")
+        # below 0 every other block would learn backwards; above 1 the early layers would learn fastest
+        _require(0 < self.layer_lr_decay <= 1, "finetune.layer_lr_decay", "must be in (0, 1]")
+        _require(self.lr > 0, "finetune.lr", "must be positive")
+        _require(self.epochs >= 1, "finetune.epochs", "must be >= 1")
 
 
 @dataclass(frozen=True)
