@@ -245,6 +245,30 @@ def test_incremental_reruns(tmp_path):
     assert Dataset.open(out).recipe.prepare.loudness_db == -20.0
 
 
+def test_preparing_again_without_a_recipe_keeps_the_datasets_own(tmp_path):
+    """`prepare` defaulted to the demo recipe: run again without --recipe to add files, a dataset prepared at
+    22.05 kHz was rebuilt at 16 kHz, its splits drawn afresh and its runs unable to resume."""
+    from typer.testing import CliRunner
+
+    from voiceclone.cli import app
+
+    corpus = small_corpus(tmp_path / "c")
+    out = tmp_path / "ds"
+    custom = tmp_path / "mine.toml"
+    custom.write_text("[audio]\nsample_rate = 22050\n[prepare]\nloudness_db = -20.0\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["prepare", str(corpus), "--out", str(out), "--recipe", str(custom), "-j", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["prepare", str(corpus), "--out", str(out), "-j", "1"])
+    assert r.exit_code == 0 and "up to date" in r.output and "settings changed" not in r.output, r.output
+    r = runner.invoke(app, ["prepare", str(corpus), "--out", str(out), "-j", "1", "--set", "prepare.loudness_db=-21"])
+    assert r.exit_code == 0 and "prepare.loudness_db: -20.0 -> -21.0" in " ".join(r.output.split()), r.output
+    recipe = Dataset.open(out).recipe
+    assert recipe.audio.sample_rate == 22050 and recipe.prepare.loudness_db == -21.0 and recipe.name == "mine"
+    r = runner.invoke(app, ["prepare", str(corpus), "--out", str(tmp_path / "new"), "-j", "1"])
+    assert r.exit_code == 0 and Dataset.open(tmp_path / "new").recipe.name == "demo", r.output  # a new one: demo
+
+
 def test_features_are_written_once_into_the_store(tmp_path):
     """No per-file cache: every file's features go straight into the store's four arrays; a split is an index,
     and an update appends to the same files instead of copying the dataset."""

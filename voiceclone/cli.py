@@ -77,7 +77,6 @@ def _threads(ctx: typer.Context, requested: int) -> int:
     return apply_threads(requested, since=ctx.find_root().obj)
 
 
-RecipeOpt = typer.Option("demo", "--recipe", "-r", help="Recipe name (shipped: demo, vctk, libritts; or one in ./recipes/) or a path to a TOML file.")
 SetOpt = typer.Option(None, "--set", help="Override a recipe value, e.g. --set acoustic.train.lr=1e-3 (repeatable).")
 ThreadsOpt = typer.Option(0, "--threads", help="torch threads (0 = the cores other processes leave free).")
 
@@ -88,19 +87,18 @@ def prepare(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Speaker folders' root(s) (ROOT/<speaker>/**/<file>) or CSV/TSV manifests."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write."),
-    recipe: str = RecipeOpt,
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name (shipped: demo, vctk, libritts; or one in ./recipes/) or a path to a TOML file (default: the one the dataset at --out was prepared with, else demo)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Parallel processes, one thread each (0 = the cores other processes leave free)."),
     unseen_speakers: Optional[str] = typer.Option(None, "--unseen-speakers", help="Comma-separated speakers to hold out entirely (default: a stable pick of the recipe's prepare.unseen_fraction of the speakers)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Stop at the first bad file instead of skipping it."),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Turn folders of speech recordings into a feature dataset (log-mel, F0, energy, audio)."""
-    from voiceclone.config import load_recipe
-    from voiceclone.data.prepare import prepare as run_prepare
+    from voiceclone.data.prepare import prepare as run_prepare, recipe_for
     from voiceclone.threads import check_count, free_cores
 
     check_count(workers, "--workers")
-    cfg = load_recipe(recipe, set_ or [])
+    cfg = recipe_for(out, recipe, set_ or [])
     named = tuple(s.strip() for s in unseen_speakers.split(",") if s.strip()) if unseen_speakers else None
     run_prepare(inputs, out, cfg, workers=workers or free_cores(ctx.find_root().obj), unseen_speakers=named,
                 strict=strict, console=console)

@@ -37,7 +37,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from voiceclone import __version__
 from voiceclone import audio as A
-from voiceclone.config import Recipe, differences
+from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data import store
 from voiceclone.data.store import FEATURES, SPLITS, Dataset, FeatureStore
 from voiceclone.data.discover import Source, discover, skip_record
@@ -52,6 +52,26 @@ from voiceclone.threads import allowed_cores, check_count
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
 COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
 NO_USABLE = "no usable audio"
+
+
+def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ()) -> Recipe:
+    """The recipe `prepare` runs with: the one named; else the one the dataset at `out` was prepared with, so
+    running again to add files keeps its settings (it used to fall back to the demo's and rebuild a 22 kHz
+    dataset at 16 kHz); else the demo's. `overrides` (--set) apply on top of either."""
+    if name is None:
+        try:
+            config = json.loads((Path(out) / store.CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None  # no dataset there (or a damaged one, which prepare rebuilds)
+        stored = config.get("recipe") if isinstance(config, dict) and config.get("format") == store.FORMAT else None
+        if isinstance(stored, dict):
+            try:
+                recipe_from_dict(stored, source=str(Path(out) / store.CONFIG))
+            except UserError as e:
+                raise UserError(f"{e}; name the recipe to prepare with (--recipe)") from None
+            return recipe_from_dict(stored, overrides, source="--set")
+        name = "demo"
+    return load_recipe(name, overrides)
 
 
 def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers: int = 0,
