@@ -289,6 +289,22 @@ def test_malformed_last_checkpoints_are_one_line(prepared_dataset, one_epoch, tm
     one_line_error(train_cli(prepared_dataset, run, "--epochs", "3", "--resume"), "last.pt", "unreadable data")
 
 
+def test_a_plain_pickle_as_a_checkpoint_is_refused_without_torchs_warnings(tmp_path):
+    """torch warned about the pickle's protocol, two lines, before the one-line refusal."""
+    import pickle
+    import warnings
+
+    from voiceclone.errors import UserError
+    from voiceclone.run import load_checkpoint
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError, match="last.pt: not a voiceclone"):
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    assert not caught, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("change", [{"meta": [1]}, {"modules": {"model": [1]}}, {"progress": {"bogus": 1}},
                                     {"rng": {"torch": [1, 2]}}])
 def test_a_resume_checkpoint_with_the_keys_but_not_their_content_is_one_line(prepared_dataset, one_epoch, tmp_path,

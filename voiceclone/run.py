@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -122,7 +123,9 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", keys: Sequence[
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (a checkpoint cut short); not a voiceclone checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle would precede the one-line refusal
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # refuse, never fall back
         text = str(e)
         if "PytorchStreamReader" in text:  # torch's zip reader: the archive ends early or is damaged inside
