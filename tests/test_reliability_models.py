@@ -290,6 +290,23 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
     assert r.exit_code == 0, r.output
     assert "blip.wav" in r.output and (tmp_path / "out" / "speech.wav").is_file()
+    # --stream wrote it as a 0.00 s file, exit 0
+    one_line_error(synth(model, model["bundle"], tmp_path / "s.wav", "--source", str(folder / "blip.wav"),
+                         "--stream"), "blip.wav", "too short")
+    assert not (tmp_path / "s.wav").exists()
+
+
+def test_a_long_source_cut_short_is_refused_as_the_short_one_is(model, tmp_path):
+    """Sources over 30 s are read block by block, and that path skipped the truncation check: a WAV with
+    30% of its data gone was converted into a shorter output, exit 0, where a short one is refused."""
+    speech, sr = sf.read(model["src"], dtype="float32")
+    whole = tmp_path / "long.wav"
+    sf.write(whole, np.tile(speech, int(40 * sr / len(speech)) + 1), sr)
+    cut = tmp_path / "cut.wav"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--source", str(cut)), "cut.wav", "truncated")
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_an_output_onto_an_input_is_refused_and_the_input_kept(model, tmp_path):

@@ -246,15 +246,22 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
         f = sf.SoundFile(sf_path(path))
     with f:
         _check_rate(path, f.samplerate)
+        declared = f.frames
+        if _truncated(f.extra_info, 0, 0):  # a WAV cut short says so in its header's log, before any block
+            raise AudioError(path, "truncated")
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
+        read = 0
         while True:
             with decoding(path):  # damage past the header shows only here (libsndfile: "internal error")
                 x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            read += len(x)
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")
+            if last and _truncated("", declared, read):  # a compressed stream that ends early: known only now
+                raise AudioError(path, "truncated", f"{read} of {declared} frames")
             y = rs.resample_chunk(x, last=last) if rs is not None else x
             if len(y):
                 yield np.ascontiguousarray(y, dtype=np.float32)

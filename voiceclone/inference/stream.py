@@ -41,8 +41,8 @@ from voiceclone.config import AcousticModelConfig, VocoderModelConfig
 from voiceclone.errors import UserError, stderr_console
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, timbre
 from voiceclone.inference.bundle import Model
-from voiceclone.inference.synthesize import (Reference, check_out, check_sample_rate, check_transpose, load_voice,
-                                             write_wav)
+from voiceclone.inference.synthesize import (Reference, check_long_enough, check_out, check_sample_rate,
+                                             check_transpose, load_voice, write_wav)
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS, ContentEncoder
 from voiceclone.models.modules import pitch_features
 from voiceclone.threads import torch_threads
@@ -396,6 +396,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = BLO
     model, ref = load_voice(model_path, references, device, console)
     cfg = model.recipe.audio
     y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
+    check_long_enough(y, cfg, source)  # a 1-sample source was written as an empty output, exit 0
     started = time.perf_counter()
     # one thread: a stream's windows are too small for intra-op parallelism to pay (on a busy machine two
     # threads made blocks 10x slower), and the other cores stay free for the audio and the rest

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from voiceclone import audio as A
+from voiceclone.config import AudioConfig
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError, check_output, stderr_console, writing
@@ -84,6 +85,13 @@ class Reference:
     f0_median: float | None  # Hz over voiced frames; None if the references are unvoiced
     warnings: list[str]
     envelope: np.ndarray | None = None  # [n_mels] mean log-mel of the voiced frames, level removed
+
+
+def check_long_enough(y: np.ndarray, cfg: AudioConfig, source: Path) -> None:
+    """A cleaned source needs one whole frame: the content encoder's convolutions refuse an empty input."""
+    if len(y) < cfg.hop_length:
+        raise A.AudioError(source, "too short", f"{len(y)} samples after trimming, less than one "
+                                                f"{cfg.hop_length}-sample frame")
 
 
 def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
@@ -371,9 +379,7 @@ def synthesize_file(model: Model, ref: Reference, source: Path, out: Path, trans
         seconds = info.pop("seconds")
     else:
         y = A.clean(A.load_audio(source, cfg.sample_rate), model.recipe.prepare, source)
-        if len(y) < cfg.hop_length:  # no whole frame: the content encoder's convolutions refuse an empty input
-            raise A.AudioError(source, "too short", f"{len(y)} samples after trimming, less than one "
-                                                    f"{cfg.hop_length}-sample frame")
+        check_long_enough(y, cfg, source)
         blocks, info = convert(model, y, ref, transpose, keep_pitch, chunk_seconds, strength, workers)
         seconds = len(y) / cfg.sample_rate
     rate = sample_rate or cfg.sample_rate
