@@ -243,7 +243,7 @@ def _cli(*args: str) -> list[str]:
 def test_ctrl_c_saves_and_prints_how_to_resume(dataset, tmp_path):
     run = tmp_path / "run"
     cmd = _cli("train", "--data", str(dataset), "--run", str(run), "--epochs", "200", "--no-early-stop",
-               *sum((["--set", o] for o in FAST), []))
+               "--threads", "1", *sum((["--set", o] for o in FAST), []))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
@@ -252,6 +252,7 @@ def test_ctrl_c_saves_and_prints_how_to_resume(dataset, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "--resume" in out and "Traceback" not in out
+    assert "--threads 1" in " ".join(out.split())  # an exact resume needs the same thread count
     state = load_checkpoint(run / "acoustic/last.pt")
     assert state["progress"]["step"] >= 1
     r = subprocess.run(cmd[:-2 * len(FAST)] + sum((["--set", o] for o in FAST), []) + ["--resume", "--epochs",

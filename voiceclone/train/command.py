@@ -75,6 +75,7 @@ class TrainRequest:
     tensorboard: bool = False  # also write TensorBoard scalars beside each stage's history
     threads: int | None = None  # 0: voiceclone.threads chooses, again after every epoch; None: left alone
     lent: Callable[[], int] | None = None  # threads lent to the vocoder's worker process now (`--stage all`)
+    threads_arg: int = 0  # --threads as given, for the resume command (`threads` changes for the worker)
 
     @property
     def finetuning(self) -> bool:
@@ -93,6 +94,8 @@ class TrainRequest:
             argv += ["--set", o]
         if self.epochs:
             argv += ["--epochs", str(self.epochs)]
+        if self.threads_arg:  # an exact resume needs the same thread count (floating-point sums differ)
+            argv += ["--threads", str(self.threads_arg)]
         return shlex.join(argv)
 
 
@@ -144,7 +147,8 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if finetune and dist_info.world > 1:
         raise UserError("fine-tuning runs on one device; start it without torchrun")
     request = TrainRequest(Path(data), Path(run), base_recipe, recipe, tuple(overrides), epochs, resume, early_stop,
-                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads)
+                           finetune_on_acoustic, dev, dist_info, console, base, init_from, tensorboard, threads,
+                           threads_arg=threads or 0)
     results: dict[str, dict[str, Any]] = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
         started = _vocoder_beside(request, dataset) if stage == "all" else None
