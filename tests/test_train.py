@@ -221,6 +221,12 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(dataset, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "ds2"), "--run", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "speaker" in r.output and len(r.output.strip().splitlines()) == 1
     assert "Traceback" not in r.output
+    # with the held-out share set to 0, the cause is named, not "at least 3 speakers" for 4 of them
+    write_corpus(tmp_path / "four", n_speakers=4, utterances=4, seconds=1.0, sample_rate=16000)
+    prepare([tmp_path / "four"], tmp_path / "ds4", load_recipe("demo", ["prepare.unseen_fraction=0"]), workers=1,
+            console=QUIET)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "ds4"), "--run", str(tmp_path / "r4")])
+    assert r.exit_code == 2 and "prepare.unseen_fraction = 0" in " ".join(r.output.split()), r.output
 
 
 def test_the_closing_line_names_the_monitored_loss_and_the_best_checkpoint(dataset, tmp_path):

@@ -48,8 +48,13 @@ def check_splits(dataset: Dataset, stage: str, need_unseen: bool) -> None:
             raise UserError(f"{dataset.path}: {len(speakers)} training speaker(s); the zero-shot model needs at "
                             "least 2 (use --finetune to adapt a trained model to one voice)")
         if len(dataset.split("unseen")) < 2:
+            prep = dataset.recipe.prepare
+            how = ("it was prepared with prepare.unseen_fraction = 0 and no --unseen-speakers; prepare it again "
+                   "with a fraction above 0 or name some with --unseen-speakers"
+                   if prep.unseen_fraction == 0 and not prep.unseen_speakers else
+                   "prepare with at least 3 speakers or name some with --unseen-speakers")
             raise UserError(f"{dataset.path}: too few unseen-speaker utterances for speaker-disjoint validation; "
-                            "prepare with at least 3 speakers or name some with --unseen-speakers")
+                            + how)
     if len(dataset.split("val")) + len(dataset.split("unseen")) == 0:
         raise UserError(f"{dataset.path}: no validation utterances (val and unseen are empty)")
 
