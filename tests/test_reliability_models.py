@@ -296,6 +296,18 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     assert not (tmp_path / "s.wav").exists()
 
 
+def test_a_broken_link_in_a_source_folder_is_said_and_the_rest_converted(model, tmp_path):
+    """It was passed over without a word, where prepare lists it as missing."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    (folder / "speech.wav").write_bytes(Path(model["src"]).read_bytes())
+    (folder / "gone.wav").symlink_to(tmp_path / "moved-away.wav")
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.output and "gone.wav" in r.output and "missing" in r.output, r.output
+    assert (tmp_path / "out" / "speech.wav").is_file() and not (tmp_path / "out" / "gone.wav").exists()
+
+
 def test_a_long_source_cut_short_is_refused_as_the_short_one_is(model, tmp_path):
     """Sources over 30 s are read block by block, and that path skipped the truncation check: a WAV with
     30% of its data gone was converted into a shorter output, exit 0, where a short one is refused."""

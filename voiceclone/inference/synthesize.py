@@ -475,12 +475,20 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                 shown = text if len(text) <= 40 else text[:40] + "..."
                 raise UserError(f"--text {shown!r}: espeak-ng made no speech of it ({e.reason})") from None
     elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and A.is_audio_file(p))
+        named = sorted(p for p in source.rglob("*") if A.is_audio_file(p) and not p.is_dir())
+        files = [p for p in named if p.is_file()]
         if not files:
             raise UserError(f"{source}: no audio files in this folder")
         if out.suffix.lower() == ".wav":
             raise UserError(f"{out}: with a folder as --source, --out must be a folder")
         failed = []
+        for p in named:  # a link to nothing, a pipe: said and skipped, as prepare lists them
+            if not p.is_file():
+                try:
+                    A.check_file(p)
+                except A.AudioError as e:
+                    failed.append(str(e))
+                    console.print(f"[yellow]skipped[/] {e}", highlight=False)
         targets = _folder_targets(source, files, out)
         inputs = {f.resolve(): f for f in files}
         for t in targets.values():  # --out inside --source: an output may land on a source file
