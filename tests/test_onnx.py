@@ -144,12 +144,23 @@ def test_the_example_script_converts_a_file_without_torch(exported, tmp_path):
     assert agreement["mel_l1"] < 0.3 and agreement["secs"] > 0.95, agreement
 
 
+def _folder_with(folder: Path, name: str) -> Path:
+    folder.mkdir()
+    (folder / name).write_text("{}")
+    return folder
+
+
 def test_onnx_export_errors_are_one_line(tiny_run, tmp_path):
     for args, message in (([str(tiny_run["run"])], "give exactly one of --out"),
                           ([str(tiny_run["run"]), "--out", str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "o")],
                            "give exactly one of --out"),
                           ([str(tiny_run["run"]), "--onnx", str(tmp_path / "model.onnx")], "names a folder"),
-                          ([str(tmp_path / "nothing"), "--onnx", str(tmp_path / "o")], "no such run folder")):
+                          ([str(tmp_path / "nothing"), "--onnx", str(tmp_path / "o")], "no such run folder"),
+                          # it wrote its graphs and config.json in among the user's recordings
+                          ([str(tiny_run["run"]), "--onnx", str(_folder_with(tmp_path / "takes", "a.wav"))],
+                           "holds a.wav; --onnx writes into a new or empty folder"),
+                          ([str(tiny_run["run"]), "--onnx", str(_folder_with(tmp_path / "app", "config.json"))],
+                           "holds a config.json of another program")):
         r = runner.invoke(app, ["export", *args])
         assert r.exit_code == 2 and message in r.output, r.output
         assert "Traceback" not in r.output

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, check_output
 from voiceclone.inference.stream import content_code
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS
 from voiceclone.models.modules import F0_REF_HZ, pitch_features
@@ -133,10 +133,12 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     except ImportError:
         raise UserError("export --onnx needs the onnx package: pip install 'voiceclone[onnx]' "
                         "(onnx and onnxruntime)") from None
-    model = load_model(model_path, need_vocoder=True)
     out = Path(out)
     if out.suffix in (".onnx", ".safetensors") or out.is_file():
         raise UserError(f"{out}: --onnx names a folder (the graphs and config.json go inside)")
+    check_output(out, folder=True)
+    _check_folder(out)
+    model = load_model(model_path, need_vocoder=True)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     with torch.no_grad(), warnings.catch_warnings():
@@ -155,6 +157,25 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     if bad:
         raise UserError(f"{out}: onnxruntime disagrees with torch beyond {TOLERANCE:g} on {bad}")
     return {"files": [str(f) for f in files], "parity": parity}
+
+
+def _check_folder(out: Path) -> None:
+    """An export goes into a new or empty folder, or one an export wrote before: a folder holding anything
+    else (a user's recordings) would get a config.json of ours beside them, or over one of theirs."""
+    if not out.is_dir():
+        return
+    written = ("mel_basis.npy", "config.json")
+    others = sorted(p.name for p in out.iterdir() if p.suffix != ".onnx" and p.name not in written)
+    ours = True
+    if (out / "config.json").is_file():
+        try:
+            ours = json.loads((out / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            ours = False
+    if others or not ours:
+        shown = (", ".join(others[:3]) + (", ..." if len(others) > 3 else "") if others
+                 else "a config.json of another program")
+        raise UserError(f"{out}: holds {shown}; --onnx writes into a new or empty folder, or one it wrote before")
 
 
 def _config(model: Model) -> dict:
