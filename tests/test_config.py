@@ -110,7 +110,7 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     ("audio.f0_max=9000", "audio.f0_max"),  # above the 8 kHz that 16 kHz audio holds
     ("vocoder.model.mrd_resolutions=[[64, 16, 128]]", "vocoder.model.mrd_resolutions"),  # stft's RuntimeError
     ("vocoder.model.mrd_resolutions=[[512, 256, 128]]", "vocoder.model.mrd_resolutions"),  # hop past the window
-    ('vocoder.model.mrd_resolutions=[]", "vocoder.model.mpd_periods=[]', "vocoder.model"),  # no discriminator
+    ('vocoder.model.mrd_resolutions=[]", "vocoder.model.mpd_periods=[]', "vocoder.model needs at least one"),
     ("finetune.layer_lr_decay=-1", "finetune.layer_lr_decay"),  # every other block learnt backwards, silently
     ("finetune.layer_lr_decay=0", "finetune.layer_lr_decay"),
     ("finetune.frozen_blocks=-1", "finetune.frozen_blocks"), ("finetune.unfreeze_every=-2", "finetune.unfreeze_every"),

@@ -145,6 +145,24 @@ def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_the_work(mo
     one_line_error(r, "/proc/r.json: cannot be written: no file can be made in /proc")
 
 
+def test_the_write_probe_asks_the_folder_the_files_will_be_made_in(tmp_path, monkeypatch):
+    """It asked the parent of an existing output folder: `--out /tmp` (parent /) or a run folder under a
+    read-only parent was refused for a normal user, and a read-only output folder passed."""
+    import tempfile
+
+    from voiceclone.errors import check_output
+
+    asked = []
+    real = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: asked.append(Path(kw["dir"])) or real(**kw))
+    (tmp_path / "run").mkdir()
+    check_output(tmp_path / "run", folder=True)  # an existing folder: its files go inside it
+    check_output(tmp_path / "new" / "deeper", folder=True)  # made later, under the nearest existing folder
+    check_output(tmp_path / "o.wav", suffix=".wav")  # a file: made beside its name, then renamed
+    assert asked == [tmp_path / "run", tmp_path, tmp_path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the probes are gone
+
+
 def test_a_full_disk_when_writing_audio_or_a_bundle_is_one_line(model, tmp_path):
     size = model["bundle"].stat().st_size
     with small_filesystem(tmp_path / "fs", size + size // 2) as fs:

@@ -79,7 +79,8 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
         raise UserError(f"{p}: is a folder; name the file to write")
     if p.exists() and not p.is_file() and not p.is_dir():
         # an output is written beside its name and renamed over it: that would replace the device itself
-        raise UserError(f"{p}: is a device, pipe or socket, not a file; name a file to write")
+        raise UserError(f"{p}: is a device, pipe or socket, not a {'folder' if folder else 'file'}; name a "
+                        f"{'folder to write into' if folder else 'file to write'}")
     if not folder and suffix and p.suffix and p.suffix.lower() != suffix:
         raise UserError(f"{p}: the file is written as {suffix[1:].upper()}; name it {suffix}")
     if folder and p.exists() and not p.is_dir():
@@ -89,10 +90,14 @@ def check_output(path: Path | str, folder: bool = False, suffix: str | None = No
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{p}: cannot be written: {parent} is a file, not a folder")
-    try:  # asked of the folder itself: permissions, a read-only disk and /proc all say no only when tried
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".voiceclone-probe.")
+    # where the files will be made: inside an existing output folder, else the nearest folder that exists (a
+    # file goes beside its name; missing folders are made there). Permissions, a read-only disk and /proc
+    # all say no only when tried.
+    where = p if p.is_dir() else parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".voiceclone-probe.")
     except OSError as e:
-        raise UserError(f"{p}: cannot be written: no file can be made in {parent} ({e.strerror or e})") from None
+        raise UserError(f"{p}: cannot be written: no file can be made in {where} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)
 

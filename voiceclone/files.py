@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,16 @@ from typing import IO, Iterator
 from voiceclone.errors import UserError
 
 TMP_SUFFIX = ".tmp"  # of a file being written: .<name>.<random>.tmp (or a name the caller gives) beside it
+
+
+def declared_format(folder: Path) -> str | None:
+    """The "format" that `folder`/config.json declares, which tells a folder voiceclone wrote from a user's;
+    None when there is no such file or it says nothing readable."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config.get("format") if isinstance(config, dict) else None
 
 
 def write_synced(path: Path | str, data: bytes | memoryview) -> None:

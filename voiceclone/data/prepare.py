@@ -46,7 +46,7 @@ from voiceclone.data.summary import print_summary, summary_of, warn_single_utter
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import (DISK_FULL, FileWriteError, UserError, check_output, file_error, stderr_console,
                                writing)
-from voiceclone.files import flocked, fsync_dir
+from voiceclone.files import declared_format, flocked, fsync_dir
 from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
@@ -66,10 +66,11 @@ def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ())
         stored = config.get("recipe") if isinstance(config, dict) and config.get("format") == store.FORMAT else None
         if isinstance(stored, dict):
             try:
-                recipe_from_dict(stored, source=str(Path(out) / store.CONFIG))
+                return recipe_from_dict(stored, overrides, source=str(Path(out) / store.CONFIG))
             except UserError as e:
+                if overrides:  # the bad value may be the user's own, which the message names
+                    raise
                 raise UserError(f"{e}; name the recipe to prepare with (--recipe)") from None
-            return recipe_from_dict(stored, overrides, source="--set")
         name = "demo"
     return load_recipe(name, overrides)
 
@@ -221,12 +222,7 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a folder")
     check_output(out, folder=True)
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists()
-        if not ours and (out / store.CONFIG).is_file():
-            try:
-                ours = json.loads((out / store.CONFIG).read_text()).get("format") == store.FORMAT
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                ours = False
+        ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists() or declared_format(out) == store.FORMAT
         if not ours:
             raise UserError(f"{out}: exists and is not a voiceclone dataset; choose a new or empty folder for --out")
 

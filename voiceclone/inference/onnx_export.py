@@ -37,6 +37,7 @@ from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError, check_output
+from voiceclone.files import declared_format
 from voiceclone.inference.stream import content_code
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS
 from voiceclone.models.modules import F0_REF_HZ, pitch_features
@@ -164,18 +165,15 @@ def _check_folder(out: Path) -> None:
     else (a user's recordings) would get a config.json of ours beside them, or over one of theirs."""
     if not out.is_dir():
         return
-    written = ("mel_basis.npy", "config.json")
-    others = sorted(p.name for p in out.iterdir() if p.suffix != ".onnx" and p.name not in written)
-    ours = True
-    if (out / "config.json").is_file():
-        try:
-            ours = json.loads((out / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            ours = False
-    if others or not ours:
-        shown = (", ".join(others[:3]) + (", ..." if len(others) > 3 else "") if others
-                 else "a config.json of another program")
-        raise UserError(f"{out}: holds {shown}; --onnx writes into a new or empty folder, or one it wrote before")
+    theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                    and not p.name.endswith((".onnx", ".onnx.data")) and p.name not in ("mel_basis.npy", "config.json"))
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+    elif (out / "config.json").exists() and declared_format(out) != FORMAT:
+        shown = "a config.json of another program"
+    else:
+        return
+    raise UserError(f"{out}: holds {shown}; --onnx writes into a new or empty folder, or one it wrote before")
 
 
 def _config(model: Model) -> dict:
