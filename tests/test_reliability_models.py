@@ -324,6 +324,9 @@ def test_a_broken_link_in_a_source_folder_is_said_and_the_rest_converted(model, 
     assert r.exit_code == 0, r.output
     assert "skipped" in r.output and "gone.wav" in r.output and "missing" in r.output, r.output
     assert (tmp_path / "out" / "speech.wav").is_file() and not (tmp_path / "out" / "gone.wav").exists()
+    (folder / "speech.wav").unlink()  # links alone: named, not "no audio files" as if the folder were empty
+    one_line_error(synth(model, model["bundle"], tmp_path / "out2", "--source", str(folder)),
+                   "no audio files in this folder (1 named like audio, none a readable file: gone.wav)")
 
 
 def test_a_long_source_cut_short_is_refused_as_the_short_one_is(model, tmp_path):

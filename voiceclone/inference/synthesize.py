@@ -478,7 +478,9 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         named = sorted(p for p in source.rglob("*") if A.is_audio_file(p) and not p.is_dir())
         files = [p for p in named if p.is_file()]
         if not files:
-            raise UserError(f"{source}: no audio files in this folder")
+            shown = ", ".join(n.name for n in named[:3]) + (", ..." if len(named) > 3 else "")
+            found = f" ({len(named)} named like audio, none a readable file: {shown})" if named else ""
+            raise UserError(f"{source}: no audio files in this folder{found}")
         if out.suffix.lower() == ".wav":
             raise UserError(f"{out}: with a folder as --source, --out must be a folder")
         failed = []
