@@ -20,6 +20,10 @@ copy synthesis of the sources through the run's vocoder (the DNSMOS the vocoder 
 
 Rows are merged into benchmarks/results/zero_shot_quality-<cpu>.md: a row of the same name is replaced, the
 others kept, so several trained variants (`--variant NAME --run RUN`) end up in one table.
+
+Two variants on the same pairs are compared pair by pair: `--per-pair base.json` on the first run, then
+`--against base.json` on the second prints its differences with their own intervals. Those intervals are far
+narrower than each row's ±, which includes how much the pairs differ from one another.
 """
 
 from __future__ import annotations
@@ -220,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
     ap.add_argument("--timbre", type=float, default=timbre.DEFAULT_STRENGTH, help="timbre matching strength (synthesize --timbre)")
     ap.add_argument("--save-audio", type=Path, default=None, help="write each output here")
+    ap.add_argument("--per-pair", type=Path, default=None,
+                    help="write the variant's per-pair figures here (JSON), for --against")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="a --per-pair file of another variant on the same pairs: print the paired differences")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_file = args.out or RESULTS / f"zero_shot_quality-{cpu_slug()}.md"
@@ -340,7 +348,37 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         print("| " + " | ".join(r) + " |")
     print(f"written to {out_file} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    mine = {"variant": args.variant, "pairs": [[str(p["source"]), p["target_speaker"]] for p in pairs],
+            **{k: rows[args.variant][k] for k in ("tgt", "src", "wer_pairs", "mos")}}
+    if args.per_pair:
+        args.per_pair.write_text(json.dumps(mine, default=float))
+    if args.against:
+        print("\n".join(paired_differences(mine, json.loads(args.against.read_text()))))
     return 0
+
+
+def paired_differences(a: dict, b: dict, draws: int = 2000) -> list[str]:
+    """Variant a minus variant b on the same pairs, with 95% bootstrap intervals over pairs: two variants'
+    SECS move together from pair to pair, so their difference is measured far more tightly than either
+    figure's own interval says."""
+    if a["pairs"] != b["pairs"]:
+        raise SystemExit("error: --against was judged on other pairs (another --seed, --pairs or dataset)")
+    n = len(a["pairs"])
+    rows = np.random.default_rng(0).integers(0, n, (draws, n))
+    out = [f"{a['variant']} minus {b['variant']}, {n} pairs (95% bootstrap interval over pairs):"]
+    for key, label in (("tgt", "SECS to target"), ("src", "SECS to source"), ("mos", "DNSMOS OVRL")):
+        d = np.asarray(a[key], dtype=float) - np.asarray(b[key], dtype=float)
+        lo, hi = np.percentile(d[rows].mean(1), [2.5, 97.5])
+        out.append(f"  {label}: {d.mean():+.4f} ({lo:+.4f} to {hi:+.4f})")
+    ca, cb = np.asarray(a["wer_pairs"], dtype=float), np.asarray(b["wer_pairs"], dtype=float)
+    if ca[:, 1].sum() > 0:
+        def pooled(c: np.ndarray, r: np.ndarray) -> np.ndarray:
+            return 100 * c[r, 0].sum(-1) / np.maximum(c[r, 1].sum(-1), 1)
+
+        d, boot = pooled(ca, np.arange(n)) - pooled(cb, np.arange(n)), pooled(ca, rows) - pooled(cb, rows)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        out.append(f"  WER out (points): {d:+.1f} ({lo:+.1f} to {hi:+.1f})")
+    return out
 
 
 if __name__ == "__main__":
