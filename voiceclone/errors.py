@@ -8,7 +8,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,6 +66,11 @@ def file_error(e: OSError, path: Path | str | None = None) -> FileWriteError:
         return FileWriteError(f"no space left on {device}" + (f" writing {where}" if where else ""), e.errno)
     reason = _REASONS.get(e.errno, e.strerror or str(e))
     return FileWriteError(f"{where}: {reason}" if where else reason, e.errno)
+
+
+def first_few(names: Sequence[str], most: int = 3) -> str:
+    """Up to `most` names for a one-line message, "a, b, c, ..." when there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def check_output(path: Path | str, folder: bool = False, suffix: str | None = None) -> None:

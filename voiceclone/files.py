@@ -18,14 +18,14 @@ from voiceclone.errors import UserError
 TMP_SUFFIX = ".tmp"  # of a file being written: .<name>.<random>.tmp (or a name the caller gives) beside it
 
 
-def declared_format(folder: Path) -> str | None:
-    """The "format" that `folder`/config.json declares, which tells a folder voiceclone wrote from a user's;
-    None when there is no such file or it says nothing readable."""
+def stored_config(folder: Path, fmt: str) -> dict | None:
+    """`folder`/config.json when it is one voiceclone wrote in format `fmt` (which tells such a folder from a
+    user's); None when there is none, it is unreadable, or it is another program's."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return config.get("format") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) and config.get("format") == fmt else None
 
 
 def write_synced(path: Path | str, data: bytes | memoryview) -> None:

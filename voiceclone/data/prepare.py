@@ -46,7 +46,7 @@ from voiceclone.data.summary import print_summary, summary_of, warn_single_utter
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import (DISK_FULL, FileWriteError, UserError, check_output, file_error, stderr_console,
                                writing)
-from voiceclone.files import declared_format, flocked, fsync_dir
+from voiceclone.files import flocked, fsync_dir, stored_config
 from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
@@ -59,11 +59,8 @@ def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ())
     running again to add files keeps its settings (it used to fall back to the demo's and rebuild a 22 kHz
     dataset at 16 kHz); else the demo's. `overrides` (--set) apply on top of either."""
     if name is None:
-        try:
-            config = json.loads((Path(out) / store.CONFIG).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            config = None  # no dataset there (or a damaged one, which prepare rebuilds)
-        stored = config.get("recipe") if isinstance(config, dict) and config.get("format") == store.FORMAT else None
+        # no dataset there, or a damaged one (which prepare rebuilds): the demo's
+        stored = (stored_config(Path(out), store.FORMAT) or {}).get("recipe")
         if isinstance(stored, dict):
             try:
                 return recipe_from_dict(stored, overrides, source=str(Path(out) / store.CONFIG))
@@ -222,7 +219,7 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a folder")
     check_output(out, folder=True)
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists() or declared_format(out) == store.FORMAT
+        ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists() or stored_config(out, store.FORMAT) is not None
         if not ours:
             raise UserError(f"{out}: exists and is not a voiceclone dataset; choose a new or empty folder for --out")
 

@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from voiceclone.config import PrepareConfig
-from voiceclone.errors import UserError
+from voiceclone.errors import UserError, first_few
 
 # A seen speaker's utterance is in `val` when its hash falls below val_per_speaker per thousand; see assign_splits.
 VAL_RATE_PER_UNIT = 1e-3
@@ -50,7 +50,7 @@ def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig,
     if prep.unseen_speakers:
         unknown = sorted(set(prep.unseen_speakers) - set(speakers))
         if unknown:
-            shown = ", ".join(speakers[:8]) + (", ..." if len(speakers) > 8 else "")
+            shown = first_few(speakers, 8)
             raise UserError(f"unseen speaker(s) not in the inputs: {', '.join(unknown)} (speakers: {shown})")
         unseen = set(prep.unseen_speakers)
     else:

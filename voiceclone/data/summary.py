@@ -10,6 +10,7 @@ from rich.table import Table
 
 from voiceclone.data import store
 from voiceclone.data.store import SPLITS, Dataset
+from voiceclone.errors import first_few
 
 
 def summary_of(ds: Dataset, started: float, up_to_date: bool, report: dict | None = None) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def summary_of(ds: Dataset, started: float, up_to_date: bool, report: dict | Non
 def warn_single_utterance_speakers(summary: dict, console: Console) -> None:
     single = summary["single_utterance_speakers"]
     if single:
-        shown = ", ".join(single[:5]) + (", ..." if len(single) > 5 else "")
+        shown = first_few(single, 5)
         console.print(f"{len(single)} speaker(s) have a single utterance ({shown}): training must use it as its "
                       f"own reference, through which the target can leak; give them more recordings, or cut "
                       f"long ones into pieces with a lower --set prepare.max_seconds=N (the demo uses 6)",

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError, check_output
-from voiceclone.files import declared_format
+from voiceclone.errors import UserError, check_output, first_few
+from voiceclone.files import stored_config
 from voiceclone.inference.stream import content_code
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS
 from voiceclone.models.modules import F0_REF_HZ, pitch_features
@@ -168,8 +168,8 @@ def _check_folder(out: Path) -> None:
     theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
                     and not p.name.endswith((".onnx", ".onnx.data")) and p.name not in ("mel_basis.npy", "config.json"))
     if theirs:
-        shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
-    elif (out / "config.json").exists() and declared_format(out) != FORMAT:
+        shown = first_few(theirs)
+    elif (out / "config.json").exists() and stored_config(out, FORMAT) is None:
         shown = "a config.json of another program"
     else:
         return

@@ -35,7 +35,7 @@ from voiceclone import audio as A
 from voiceclone.config import AudioConfig
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError, check_output, stderr_console, writing
+from voiceclone.errors import UserError, check_output, first_few, stderr_console, writing
 from voiceclone.threads import ordered_map, torch_threads
 
 MIN_REFERENCE_SECONDS = 1.0
@@ -478,7 +478,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         named = sorted(p for p in source.rglob("*") if A.is_audio_file(p) and not p.is_dir())
         files = [p for p in named if p.is_file()]
         if not files:
-            shown = ", ".join(n.name for n in named[:3]) + (", ..." if len(named) > 3 else "")
+            shown = first_few([n.name for n in named])
             found = f" ({len(named)} named like audio, none a readable file: {shown})" if named else ""
             raise UserError(f"{source}: no audio files in this folder{found}")
         if out.suffix.lower() == ".wav":
