@@ -176,15 +176,21 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
+def bootstrap(values: np.ndarray, statistic, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
+    """The 95% bootstrap interval of statistic(values[idx]) over resampled pairs (rows of `values`)."""
+    rng = np.random.default_rng(seed)
+    stats = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(draws)]
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def interval(values: np.ndarray, statistic, seed: int = 0, draws: int = 2000) -> float:
     """Half-width of the 95% bootstrap interval of statistic(values[idx]) over resampled pairs: what another
     draw of pairs from the same voices could move the figure by."""
     if len(values) < 2:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    stats = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(draws)]
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return float(hi - lo) / 2
+    lo, hi = bootstrap(values, statistic, seed, draws)
+    return (hi - lo) / 2
 
 
 def pooled_rate(counts: np.ndarray) -> float:
@@ -357,29 +363,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def paired_differences(a: dict, b: dict, draws: int = 2000) -> list[str]:
+def paired_differences(a: dict, b: dict) -> list[str]:
     """Variant a minus variant b on the same pairs, with 95% bootstrap intervals over pairs: two variants'
     SECS move together from pair to pair, so their difference is measured far more tightly than either
     figure's own interval says."""
     if a["pairs"] != b["pairs"]:
         raise SystemExit("error: --against was judged on other pairs (another --seed, --pairs or dataset)")
-    n = len(a["pairs"])
-    rows = np.random.default_rng(0).integers(0, n, (draws, n))
-    out = [f"{a['variant']} minus {b['variant']}, {n} pairs (95% bootstrap interval over pairs):"]
+    out = [f"{a['variant']} minus {b['variant']}, {len(a['pairs'])} pairs (95% bootstrap interval over pairs):"]
     for key, label in (("tgt", "SECS to target"), ("src", "SECS to source"), ("mos", "DNSMOS OVRL")):
         d = np.asarray(a[key], dtype=float) - np.asarray(b[key], dtype=float)
-        lo, hi = np.percentile(d[rows].mean(1), [2.5, 97.5])
+        lo, hi = bootstrap(d, np.mean)
         out.append(f"  {label}: {d.mean():+.4f} ({lo:+.4f} to {hi:+.4f})")
-    ca, cb = np.asarray(a["wer_pairs"], dtype=float), np.asarray(b["wer_pairs"], dtype=float)
-    if ca[:, 1].sum() > 0:
-        def pooled(c: np.ndarray, r: np.ndarray) -> np.ndarray:
-            return 100 * c[r, 0].sum(-1) / np.maximum(c[r, 1].sum(-1), 1)
+    counts = np.hstack([np.asarray(a["wer_pairs"], dtype=float), np.asarray(b["wer_pairs"], dtype=float)])
+    if counts[:, 1].sum() > 0:
+        def points(c: np.ndarray) -> float:  # pooled WER of a minus that of b, in points
+            return 100 * (pooled_rate(c[:, :2]) - pooled_rate(c[:, 2:]))
 
-        d, boot = pooled(ca, np.arange(n)) - pooled(cb, np.arange(n)), pooled(ca, rows) - pooled(cb, rows)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        out.append(f"  WER out (points): {d:+.1f} ({lo:+.1f} to {hi:+.1f})")
+        lo, hi = bootstrap(counts, points)
+        out.append(f"  WER out (points): {points(counts):+.1f} ({lo:+.1f} to {hi:+.1f})")
     return out
-
 
 if __name__ == "__main__":
     sys.exit(main())
