@@ -30,7 +30,7 @@ import numpy as np
 
 from voiceclone.errors import UserError
 from voiceclone.evaluation.metrics import cosine_similarity as cosine
-from voiceclone.threads import ordered_map
+from voiceclone.threads import ordered_map, torch_threads
 
 INSTALL = 'pip install "voiceclone[eval]"'
 JUDGE_RATE = 16000  # all three judges take 16 kHz mono
@@ -289,10 +289,9 @@ class Panel:
         # listening side by side was measured on 2 cores only; the caller keeps the other cores
         self.threads = max(1, min(threads, LISTENERS))
         self.speaker = SpeakerJudge()
-        torch_threads = torch.get_num_threads()
-        self.asr = AsrJudge(asr_model, threads=1, at_once=self.threads)
         # CTranslate2 sets the OpenMP thread count of the thread that loads a model, which is torch's too
-        torch.set_num_threads(torch_threads)
+        with torch_threads(torch.get_num_threads()):  # put back as it was
+            self.asr = AsrJudge(asr_model, threads=1, at_once=self.threads)
         self.mos = MosJudge(threads=self.threads)
 
     @property
