@@ -547,6 +547,36 @@ def test_a_manifest_speaker_with_a_control_character_is_a_bad_row(synthetic_corp
     assert "control character" in report["skipped"][0]["detail"] and "\\x00" in report["skipped"][0]["detail"]
 
 
+def test_one_speaker_name_in_two_unicode_spellings_is_one_speaker(tmp_path):
+    # "café" as one code point (NFC) and as "e" + a combining accent (NFD, how macOS names files) print alike,
+    # but were two speakers: one voice split in two, and --unseen-speakers found only the spelling typed
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
+    os.rename(corpus / "spk000", corpus / nfc)
+    (corpus / nfd).mkdir()
+    os.rename(corpus / nfc / "spk000_002.wav", corpus / nfd / "spk000_002.wav")
+    shutil.copy(corpus / nfc / "spk000_000.wav", corpus / nfd / "spk000_000.wav")  # one id twice: skipped, and why
+    summary, _ = run(corpus, tmp_path / "ds", unseen_speakers=[nfd])
+    ds = Dataset.open(tmp_path / "ds")
+    assert sorted(ds.speakers) == sorted([nfc, "spk001", "spk002"]) and ds.speakers[nfc]["split"] == "unseen"
+    assert sorted(r["id"] for r in ds.manifest if r["speaker"] == nfc) == [f"{nfc}/spk000_00{k}.wav" for k in range(3)]
+    assert all(r["id"].split("/")[0] == r["speaker"] and Path(r["source"]).is_file() for r in ds.manifest)
+    assert any(nfd in r["source"] for r in ds.manifest)  # the file keeps its own spelling, so it still opens
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert [r["reason"] for r in report["skipped"]] == ["duplicate id"] and summary["used"] == 9
+    assert "another Unicode spelling" in report["skipped"][0]["detail"]
+    assert ds.recipe.prepare.unseen_speakers == (nfc,)
+    summary, text = run(corpus, tmp_path / "ds", unseen_speakers=[nfc])  # either spelling: the same settings
+    assert "up to date" in text
+
+    # a manifest's speaker column, in either spelling: one speaker too
+    files = sorted((corpus / "spk001").glob("*.wav"))
+    rows = "".join(f"{f},{name}\n" for f, name in zip(files, [nfc, nfd, nfd]))
+    (tmp_path / "list.csv").write_text("path,speaker\n" + rows)
+    summary, _ = run(tmp_path / "list.csv", tmp_path / "ds-list")
+    assert summary["used"] == 3 and list(Dataset.open(tmp_path / "ds-list").speakers) == [nfc]
+
+
 def test_long_files_are_split(tmp_path):
     sr = 16000
     speaker = make_speakers(1)[0]

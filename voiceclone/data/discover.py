@@ -76,8 +76,9 @@ def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple
             continue
         by_path[s.path] = s
         if (s.speaker, s.file_id) in by_id:
-            skipped.append(skip_record(s.path, "duplicate id", f"{s.file_id} is also {by_id[s.speaker, s.file_id].path}",
-                                        s.size, s.mtime_ns))
+            other = by_id[s.speaker, s.file_id].path
+            skipped.append(skip_record(s.path, "duplicate id", f"{s.file_id} is also {other}"
+                                       + _spelling_note(s.path, other), s.size, s.mtime_ns))
             continue
         by_id[s.speaker, s.file_id] = s
         sources.append(s)
@@ -85,7 +86,25 @@ def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple
     return sources, skipped, ignored
 
 
+def speaker_name(name: str) -> str:
+    """A speaker's name in one spelling, Unicode NFC. "é" is one code point or "e" and a combining accent (how
+    macOS stores file names, and what some editors write), which print alike: taken as they come, one name
+    spelled both ways would be two speakers. Already-NFC names, and names that are not UTF-8 (lone
+    surrogates), come back unchanged, so the ids of a dataset prepared before stay as they were."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _spelling_note(path: str, other: str) -> str:
+    """Why two different paths got one id, when it is not visible: they differ only in the Unicode spelling of
+    a name (two speaker folders "café"), which prints alike."""
+    differ = path != other and speaker_name(path) == speaker_name(other)
+    return " (the same name in another Unicode spelling)" if differ else ""
+
+
 def _source(path: Path, speaker: str, rel: str) -> Source:
+    # every way in (folder, manifest row, single file) passes here: the one place names are made one spelling;
+    # the path stays as the file system spells it, or it would not open
+    speaker = speaker_name(speaker)
     st = path.stat()
     return Source(str(path.resolve()), speaker, f"{speaker}/{rel}", st.st_size, st.st_mtime_ns)
 

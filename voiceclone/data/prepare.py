@@ -40,7 +40,7 @@ from voiceclone import audio as A
 from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data import store
 from voiceclone.data.store import FEATURES, SPLITS, Dataset, FeatureStore
-from voiceclone.data.discover import Source, discover, skip_record
+from voiceclone.data.discover import Source, discover, skip_record, speaker_name
 from voiceclone.data.splits import assign_splits, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
@@ -85,7 +85,8 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
     started = time.perf_counter()
     console = console or stderr_console()
     out = Path(out)
-    named = tuple(unseen_speakers) if unseen_speakers else tuple(cfg.prepare.unseen_speakers)
+    # named as the inputs' speakers are (discover): "café" typed in one spelling names folders in either
+    named = tuple(speaker_name(s) for s in (unseen_speakers or cfg.prepare.unseen_speakers))
     cfg = dataclasses.replace(cfg, prepare=dataclasses.replace(cfg.prepare, unseen_speakers=named))
     _check_out(out)
     sources, pre_skipped, ignored = discover(inputs, exclude=out)
