@@ -214,6 +214,35 @@ def test_bad_files_raise_audio_error_with_their_reason(tmp_path):
         A.load_audio(tmp_path / "nope.wav", 16000)
 
 
+def _stream_all(path: Path) -> np.ndarray:
+    return np.concatenate([np.zeros(0, np.float32), *A.stream_audio(path, 16000, block_seconds=0.25)])
+
+
+@pytest.mark.parametrize("subtype,rate", [("VORBIS", 22050), ("OPUS", 48000)])
+def test_a_cut_ogg_file_is_truncated_and_a_whole_one_of_any_length_is_not(tmp_path, subtype, rate):
+    # an Ogg header declares no length: libsndfile reports the last whole page's position as the length, so a
+    # file cut at half read as a complete shorter one, by load_audio and stream_audio alike
+    y, _ = synth_utterance(make_speakers(2)[0], 3.0, rate, seed=5)
+    whole = tmp_path / "whole.ogg"
+    sf.write(whole, y, rate, format="OGG", subtype=subtype)
+    data = whole.read_bytes()
+    cuts = {f"{k}pct": data[: len(data) * k // 100] for k in (50, 80, 95)}
+    cuts["page"] = data[: data.rfind(b"OggS")]  # cut between two pages: no partial page left to notice
+    for name, cut in cuts.items():
+        (tmp_path / f"{name}.ogg").write_bytes(cut)
+        for read in (lambda p: A.load_audio(p, 16000), _stream_all):
+            with pytest.raises(A.AudioError) as err:
+                read(tmp_path / f"{name}.ogg")
+            assert err.value.reason == "truncated" and f"{name}.ogg: truncated" in str(err.value), str(err.value)
+    # whole files: any length (one sample, one short page), stereo, and a tag appended after the last page
+    for n, channels in ((1, 1), (rate // 20, 1), (len(y), 2)):
+        path = tmp_path / f"n{n}.ogg"
+        sf.write(path, np.stack([y[:n]] * channels, 1), rate, format="OGG", subtype=subtype)
+        assert len(A.load_audio(path, 16000)) == len(_stream_all(path))  # no error: nothing is cut
+    (tmp_path / "tagged.ogg").write_bytes(data + b"TAG" + bytes(125))
+    assert len(A.load_audio(tmp_path / "tagged.ogg", 16000)) == len(A.load_audio(whole, 16000))
+
+
 def test_utterances_trim_split_and_normalize():
     sr, prep = 16000, PrepareConfig(max_seconds=4.0, min_seconds=0.5)
     speaker = make_speakers(2)[0]

@@ -28,6 +28,8 @@ INT16_SCALE = 32768.0  # full scale of stored int16 audio: x / 32768 in [-1, 1),
 # Below this a file carries no speech band (telephone audio is 8 kHz). A header that claims such a rate is
 # damaged, and trusting it would resample a small file into a huge one (1 Hz -> 16 kHz: 16000x the samples).
 MIN_SAMPLE_RATE = 4000
+OGG_MAX_PAGE = 27 + 255 + 255 * 255  # bytes: a page header, 255 lacing values and 255 segments of 255 bytes
+OGG_END_OF_STREAM = 0x04  # header-type flag of the last page of a logical stream
 
 
 _STDERR_LOCK = threading.Lock()
@@ -133,6 +135,8 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     with decoding(path), sf.SoundFile(sf_path(path)) as f:
         declared, sr, log = f.frames, f.samplerate, f.extra_info
         _check_rate(path, sr)
+        if f.format == "OGG":
+            _check_ogg_end(path)
         y = f.read(dtype="float32", always_2d=True)
     if _truncated(log, declared, len(y)):
         raise AudioError(path, "truncated", f"{len(y)} of {declared} frames" if declared > len(y) else "")
@@ -184,7 +188,8 @@ def _truncated(log: str, declared: int, read: int) -> bool:
 
     libsndfile quietly shortens a WAV whose data chunk runs past the end of the file ("data : N (should be
     M)"), so the log is the only witness; streaming writers declare 0 or 0xFFFFFFFF bytes, which is no
-    truncation. Compressed streams (mp3, ogg) instead decode fewer frames than their header declares.
+    truncation. An mp3 instead decodes fewer frames than its header declares; an Ogg file declares none
+    (see _check_ogg_end).
     """
     for m in re.finditer(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE):
         size, actual = int(m[1]), int(m[2])
@@ -194,6 +199,62 @@ def _truncated(log: str, declared: int, read: int) -> bool:
         return True
     # 1% slack: mp3 frame counts from a Xing header are estimates
     return declared > 0 and read < 0.99 * declared
+
+
+def _check_ogg_end(path: Path) -> None:
+    """Refuse an Ogg file (Vorbis, Opus) cut short. Its header declares no length: libsndfile takes the
+    granule position of the last whole page as the length, so a cut file reads as a complete shorter one,
+    and says so only in notes that differ by codec. The format itself is the witness: the last page of a
+    stream carries the end-of-stream flag, so a file whose last whole page lacks it stops inside a page or
+    between two. Bytes after a flagged page (an appended tag) are no cut, and a tail with no whole page at
+    all (over two pages of such bytes) is no evidence either way."""
+    flags = _last_ogg_page_flags(path)
+    if flags is not None and not flags & OGG_END_OF_STREAM:
+        raise AudioError(path, "truncated", "the Ogg stream stops before its last page")
+
+
+def _last_ogg_page_flags(path: Path) -> int | None:
+    """The header-type flags of the last whole page in the file, None if its tail holds none. A cut page is
+    shorter than OGG_MAX_PAGE, so the last whole page starts within two of them of the end."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 2 * OGG_MAX_PAGE))
+        tail = f.read()
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        if _whole_ogg_page(tail, at):
+            return tail[at + 5]
+    return None
+
+
+def _whole_ogg_page(data: bytes, at: int) -> bool:
+    """Whether a complete page starts at data[at]: all its bytes present and its CRC right. The CRC tells a
+    page from the bytes "OggS" inside compressed audio, and a page cut short from a whole one."""
+    if at + 27 > len(data) or data[at + 4] != 0:  # version 0 is the only one
+        return False
+    segments = data[at + 26]
+    if at + 27 + segments > len(data):
+        return False
+    end = at + 27 + segments + sum(data[at + 27 : at + 27 + segments])
+    if end > len(data):
+        return False
+    page = bytearray(data[at:end])
+    page[22:26] = bytes(4)  # the CRC is computed with its own field zeroed
+    return _ogg_crc(page) == int.from_bytes(data[at + 22 : at + 26], "little")
+
+
+def _ogg_crc(data: bytes | bytearray) -> int:
+    """Ogg's page checksum: CRC-32 with polynomial 0x04C11DB7, not reflected, initial value 0 (zlib's crc32 is
+    the reflected one). A page is at most 64 KiB and one or two are checked per file, so Python is fast enough."""
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = (r << 1) ^ 0x04C11DB7 if r & 0x80000000 else r << 1
+        table.append(r & 0xFFFFFFFF)
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ b]
+    return crc
 
 
 def trim_bounds(y: np.ndarray, top_db: float, frame_length: int = 1024, hop_length: int = 256) -> tuple[int, int]:
@@ -249,6 +310,9 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
         declared = f.frames
         if _truncated(f.extra_info, 0, 0):  # a WAV cut short says so in its header's log, before any block
             raise AudioError(path, "truncated")
+        if f.format == "OGG":
+            with decoding(path):
+                _check_ogg_end(path)
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
