@@ -56,7 +56,7 @@ def measure(size: str, device: str, source: Path, reference: Path, seconds: floa
             torch.cuda.synchronize()
         t_ac = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model.vocoder(out_mel.unsqueeze(0), f0_t.unsqueeze(0))
+        model.render(out_mel.unsqueeze(0), f0_t.unsqueeze(0))
         if device == "cuda":
             torch.cuda.synchronize()
         t_voc = time.perf_counter() - t0

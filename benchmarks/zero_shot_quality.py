@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                     x = torch.from_numpy(s["y"])
                     mel = A.log_mel(x, cfg)
                     f0 = torch.from_numpy(A.f0(s["y"], cfg))
-                    cs = model.vocoder(mel.unsqueeze(0), f0.unsqueeze(0))[0].float().numpy()
+                    cs = model.render(mel.unsqueeze(0), f0.unsqueeze(0))[0].float().numpy()
                 judge(f"copy synthesis ({args.variant} vocoder)", np.clip(cs, -1, 1), pair, time.process_time() - c)
         print(f"pair {i + 1}/{len(pairs)} {pair['source_speaker']} -> {tgt}: "
               f"SECS tgt {rows[args.variant]['tgt'][-1]:.3f} src {rows[args.variant]['src'][-1]:.3f}", file=sys.stderr)

@@ -91,16 +91,19 @@ class OnnxVoice:
 
     def log_mel(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's log-mel [n_mels, T] and energy [T], T = len(y) // hop."""
+        power = np.abs(self.stft(y)) ** 2  # [bins, T]
+        mel = np.log(np.maximum(self.basis @ np.sqrt(power + 1e-9), self.floor))
+        energy = 0.5 * np.log(np.maximum(power.sum(0), self.floor**2))
+        return mel.astype(np.float32), energy.astype(np.float32)
+
+    def stft(self, y: np.ndarray) -> np.ndarray:
+        """The STFT the mel measures: [bins, T] complex, T = len(y) // hop."""
         n = len(y) // self.hop
         pad = (self.n_fft - self.hop) // 2
         mode = "reflect" if len(y) > pad else "constant"
         x = np.pad(y.astype(np.float64), (pad, self.n_fft - self.hop - pad), mode=mode)
         frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop][:n]
-        spec = np.fft.rfft(frames * self.window, axis=1)
-        power = (spec.real**2 + spec.imag**2).T  # [bins, T]
-        mel = np.log(np.maximum(self.basis @ np.sqrt(power + 1e-9), self.floor))
-        energy = 0.5 * np.log(np.maximum(power.sum(0), self.floor**2))
-        return mel.astype(np.float32), energy.astype(np.float32)
+        return np.fft.rfft(frames * self.window, axis=1).T
 
     def f0(self, y: np.ndarray) -> np.ndarray:
         """F0 [T] in Hz (0 = unvoiced) by Praat's To Pitch (ac), on the frame grid (voiceclone.audio.f0_praat)."""
@@ -186,7 +189,21 @@ class OnnxVoice:
         frames = np.lib.stride_tricks.sliding_window_view(self.source(f0_hz), self.n_fft)[:: self.hop]
         source = np.fft.rfft(frames * self.window, axis=1)
         spec = (free_re + 1j * free_im) + (filt_re + 1j * filt_im) * source
-        return np.clip(self.istft(spec), -1.0, 1.0).astype(np.float32)
+        return np.clip(self.fit(np.clip(self.istft(spec), -1.0, 1.0), mel), -1.0, 1.0).astype(np.float32)
+
+    def fit(self, y: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        """The vocoder's audio [T * hop] rescaled, band by band above fit.from_hz, until its mel is `mel`."""
+        fit = self.config["fit"]
+        high = np.asarray(fit["band_centres_hz"]) >= fit["from_hz"]
+        weights = (self.basis / np.maximum(self.basis.sum(0, keepdims=True), 1e-12) * high[:, None]).T
+        total = np.zeros_like(mel, dtype=np.float64)  # each band's gain so far, held within gain_limit
+        for _ in range(fit["passes"]):
+            spec = self.stft(y)
+            own = np.log(np.maximum(self.basis @ np.sqrt(np.abs(spec) ** 2 + 1e-9), self.floor))
+            step = np.clip(total + mel - own, -fit["gain_limit"], fit["gain_limit"]) - total
+            total += step
+            y = self.istft((spec * np.exp(weights @ step)).T)
+        return y
 
     # ---- conversion ----------------------------------------------------------------------------------
 

@@ -294,8 +294,8 @@ class _Evaluator:
 
                 started = time.perf_counter()
                 with torch.inference_mode():
-                    wav = self.model.vocoder(torch.from_numpy(mel.T.copy()).unsqueeze(0).to(self.device),
-                                             torch.from_numpy(f0).unsqueeze(0).to(self.device))[0]
+                    wav = self.model.render(torch.from_numpy(mel.T.copy()).unsqueeze(0).to(self.device),
+                                            torch.from_numpy(f0).unsqueeze(0).to(self.device))[0]
                 wav = wav.float().cpu().numpy()
                 sim = cosine(self.verifier.embed(wav, self.cfg.sample_rate), profile)
                 copy.append(item | measure(wav, f0, self.cfg, mel) | {"speaker_similarity": sim})

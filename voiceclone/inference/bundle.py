@@ -26,6 +26,7 @@ from voiceclone import __version__
 from voiceclone.config import Recipe, recipe_from_dict
 from voiceclone.errors import UserError, check_output, parse_device, writing
 from voiceclone.files import TMP_SUFFIX, write_atomic
+from voiceclone.inference import melfit
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
 from voiceclone.run import best_path, load_checkpoint
@@ -50,6 +51,13 @@ class Model:
     def device(self) -> torch.device:
         """Where the networks are (both are moved together by `to`)."""
         return next(self.acoustic.parameters()).device
+
+    def render(self, mel: torch.Tensor, f0_hz: torch.Tensor, source_offset: torch.Tensor | None = None) -> torch.Tensor:
+        """What synthesis plays for mel [B, n_mels, T] and f0_hz [B, T]: the vocoder's audio [B, T * hop], fitted
+        to the mel above the bands that resolve harmonics (inference/melfit.py)."""
+        if self.vocoder is None:
+            raise ValueError("this model has no vocoder")
+        return melfit.fit_to_mel(self.vocoder(mel, f0_hz, source_offset), mel, self.recipe.audio)
 
     def to(self, device: torch.device | str) -> "Model":
         self.acoustic.to(device)

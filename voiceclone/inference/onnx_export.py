@@ -16,7 +16,8 @@ Time (T, R) and batch are dynamic axes. What stays outside the graphs, because a
 statistics or because ONNX has no complex numbers: the content encoder's two instance norms (each channel to zero
 mean and unit variance over time, eps 1e-5: before the graph on the mel, after it on the code), the energy's mean
 (the decoder takes energy minus its mean over the utterance), and the vocoder's harmonic source and inverse STFT
-(audio = iSTFT(free + filter * STFT(source(f0)))). examples/onnx_convert.py does all of it in numpy.
+(audio = iSTFT(free + filter * STFT(source(f0)))), then the fit of that audio to its mel above 2 kHz
+(inference/melfit.py; "fit" in config.json). examples/onnx_convert.py does all of it in numpy.
 
 Exported with torch's TorchScript-based exporter (opset 17): the torch.export-based one needs onnxscript and
 took 20x longer for the same graphs. The graphs are checked against torch with onnxruntime when it is installed.
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from voiceclone import __version__
 from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
+from voiceclone.inference import melfit
 from voiceclone.errors import UserError, check_output, first_few
 from voiceclone.files import stored_config
 from voiceclone.inference.stream import content_code
@@ -200,6 +202,13 @@ def _config(model: Model) -> dict:
                    "spectrum": "audio = iSTFT(free + filter * STFT(source)) on the mel's frame grid, clipped to [-1, 1]"},
         "voice": voice.detach().cpu().tolist() if voice is not None else None,
         "voice_envelope": model.meta.get("acoustic", {}).get("voice_envelope") if voice is not None else None,
+        "fit": {"from_hz": melfit.FIT_FROM_HZ, "passes": melfit.PASSES, "gain_limit": melfit.GAIN_LIMIT,
+                "band_centres_hz": A.mel_band_edges(audio)[1:-1].tolist(),
+                "rule": "passes times, per band and frame: step = clip(total + mel given - mel of the audio, "
+                        "-gain_limit, gain_limit) - total, total += step (total starts at 0), zero for bands "
+                        "centred below from_hz; each STFT bin is scaled by exp of the mean of its bands' steps "
+                        "weighted by mel_basis (normalised over the bands covering the bin), then inverted on "
+                        "the same grid; clipped to [-1, 1] at the end"},
         "timbre": "out_mel += strength * (envelope_reference - envelope_output), envelope = mean log-mel of the "
                   "voiced frames (source F0 > 0) minus its mean over bins; none under 25 voiced frames",
         "graphs": {name: {"inputs": list(inputs), "outputs": outputs}

@@ -338,7 +338,7 @@ class StreamConverter:
             offset = torch.tensor([self.phase], dtype=torch.float64, device=self.device)
             if block_start > 0:
                 offset = offset - source.cycles_at(f0_t, block_start - 1)
-            wav = self.model.vocoder(torch.from_numpy(mel).unsqueeze(0).to(self.device), f0_t, offset)[0]
+            wav = self.model.render(torch.from_numpy(mel).unsqueeze(0).to(self.device), f0_t, offset)[0]
             if next_start <= f0.shape[0] * self.hop:
                 self.phase = float((offset + source.cycles_at(f0_t, next_start - 1))[0])
         return wav.float().cpu().numpy()

@@ -275,7 +275,7 @@ def _render(model: Model, windows: Iterator[Window], ref: Reference, ratio: floa
             if strength and ref.envelope is not None:
                 own = timbre.envelope(out_mel.float().cpu().numpy(), f0_src)
                 out_mel = timbre.match(out_mel, own, ref.envelope, strength)
-            wav = model.vocoder(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
+            wav = model.render(out_mel.unsqueeze(0), f0.unsqueeze(0))[0].float().cpu().numpy()
         return np.pad(wav, (0, max(0, len(x) - len(wav)))), a, b
 
     if workers > 1:  # a streamed window is a view into a buffer that the next window overwrites
