@@ -113,6 +113,8 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     ('vocoder.model.mrd_resolutions=[]", "vocoder.model.mpd_periods=[]', "vocoder.model needs at least one"),
     ("finetune.layer_lr_decay=-1", "finetune.layer_lr_decay"),  # every other block learnt backwards, silently
     ("finetune.layer_lr_decay=0", "finetune.layer_lr_decay"),
+    ("finetune.layer_lr_decay=1e300", "finetune.layer_lr_decay"),  # OverflowError traceback in the first epoch
+    ("finetune.layer_lr_decay=5", "finetune.layer_lr_decay"),  # the input side learnt fastest, not slowest
     ("finetune.frozen_blocks=-1", "finetune.frozen_blocks"), ("finetune.unfreeze_every=-2", "finetune.unfreeze_every"),
     ("finetune.lr=0", "finetune.lr"), ("finetune.epochs=0", "finetune.epochs"),
 ])

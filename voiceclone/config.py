@@ -309,8 +309,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _require(self.unfreeze_every >= 0, "finetune.unfreeze_every", "must be >= 0 (0 = all blocks trainable)")
         _require(self.frozen_blocks >= 0, "finetune.frozen_blocks", "must be >= 0")
-        # below 0 every other block would learn backwards, at 0 all but the last not at all
-        _require(self.layer_lr_decay > 0, "finetune.layer_lr_decay", "must be positive (1 = one rate for all)")
+        # below 0 every other block would learn backwards, at 0 all but the last not at all; above 1 the early
+        # layers would learn faster, not slower (1e300: an OverflowError traceback, 1e10: inf rates, no model)
+        _require(0 < self.layer_lr_decay <= 1, "finetune.layer_lr_decay", "must be in (0, 1] (1 = one rate for all)")
         _require(self.lr > 0, "finetune.lr", "must be positive")
         _require(self.epochs >= 1, "finetune.epochs", "must be >= 1")
 
