@@ -242,6 +242,29 @@ def test_a_damaged_fine_tuned_voice_register_is_one_line(model, tmp_path, f0):
     assert not (tmp_path / "o.wav").exists()
 
 
+@pytest.mark.parametrize("edit", ["no acoustic entry", "no speakers", "empty speakers"])
+def test_a_bundle_that_names_no_training_speakers_is_one_line(model, tmp_path, edit):
+    """With the classifier cut to one row, the tensors fit a model of no speakers: evaluate was a KeyError
+    traceback ('acoustic', 'speakers'), and a fine-tune from it an IndexError in its first step."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    tensors = load_file(str(model["bundle"]))
+    for name in ("acoustic.classifier.weight", "acoustic.classifier.bias"):
+        tensors[name] = tensors[name][:1].contiguous()
+    if edit == "no acoustic entry":
+        del meta["acoustic"]
+    elif edit == "no speakers":
+        del meta["acoustic"]["speakers"]
+    else:
+        meta["acoustic"]["speakers"] = []
+    bad = rewrite_bundle(model["bundle"], tmp_path / "nospk.safetensors", tensors, {"meta": json.dumps(meta)})
+    one_line_error(runner.invoke(app, ["evaluate", "--model", str(bad), "--data", str(model["data"]), "--no-judges",
+                                       "--split", "train", "--pairs", "1", "--max-utterances", "1"]),
+                   "nospk.safetensors", "acoustic")
+    one_line_error(runner.invoke(app, ["train", "--data", str(model["data"]), "--run", str(tmp_path / "ft"),
+                                       "--init-from", str(bad), "--finetune", "--epochs", "1"]), "nospk.safetensors")
+
+
 # --- 14. sizes a bundle asks for ---------------------------------------------------------------------
 
 

@@ -66,13 +66,18 @@ class Model:
         return self
 
 
-def check_meta(meta: Any, where: str) -> dict[str, Any]:
-    """A model's stored metadata, checked before anything is sized by it."""
+def check_meta(meta: Any, where: str, acoustic: bool = False) -> dict[str, Any]:
+    """A model's stored metadata, checked before anything is sized by it. acoustic: an acoustic model's, which
+    names the speakers it was trained on (its classifier has a row each; evaluate and fine-tuning map the
+    dataset's speakers onto them)."""
     if not isinstance(meta, dict):
         raise UserError(f"{where}: damaged model metadata (expected a JSON object, got {type(meta).__name__})")
     speakers = meta.get("speakers", [])
     if not isinstance(speakers, list) or not all(isinstance(x, str) for x in speakers):
         raise UserError(f"{where}: damaged model metadata ('speakers' must be a list of names)")
+    if acoustic and not speakers:
+        raise UserError(f"{where}: damaged model metadata (no 'speakers': an acoustic model names the speakers "
+                        "it was trained on)")
     if len(speakers) > MAX_SPEAKERS:
         raise UserError(f"{where}: names {len(speakers)} training speakers; at most {MAX_SPEAKERS} are supported")
     f0 = meta.get("voice_f0_median")  # a fine-tuned voice's register: synthesis divides by it
@@ -132,7 +137,7 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
     ac = load_checkpoint(ac_path, keys=BEST_KEYS)
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
-    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path)))
+    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path), acoustic=True))
     _load_state(acoustic, _module_state(ac, "model", ac_path), str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
     vocoder = None
@@ -196,9 +201,11 @@ def _bundle_metadata(header: dict[str, str], path: Path) -> tuple[Recipe, dict[s
     if not isinstance(meta, dict):
         raise UserError(f"{path}: damaged bundle metadata ('meta' must be a JSON object, got {type(meta).__name__})")
     recipe = recipe_from_dict(recipe_data, source=str(path))  # bounds every size the networks are built with
-    for stage in ("acoustic", "vocoder"):
-        if stage in meta:
-            check_meta(meta[stage], f"{path} ({stage} metadata)")
+    if "acoustic" not in meta:
+        raise UserError(f"{path}: damaged bundle metadata (no 'acoustic' entry in 'meta')")
+    check_meta(meta["acoustic"], f"{path} (acoustic metadata)", acoustic=True)
+    if "vocoder" in meta:
+        check_meta(meta["vocoder"], f"{path} (vocoder metadata)")
     return recipe, meta
 
 

@@ -268,7 +268,7 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         wrong = [k for k in RESUME_KEYS if not isinstance(state[k], dict)]
         if wrong:
             raise UserError(f"{last}: not a voiceclone resume checkpoint ({', '.join(wrong)} not a mapping)")
-        check_meta(state["meta"], str(last))
+        check_meta(state["meta"], str(last), acoustic=stage == "acoustic")
         was = bool(state["meta"].get("finetuned_on_acoustic", False))
         if stage == "vocoder" and was != req.finetune_on_acoustic:
             # its best validation loss was measured on other input mels: the new epochs could never beat it,
