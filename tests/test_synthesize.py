@@ -252,10 +252,25 @@ def test_folder_mode_keeps_every_output_when_two_sources_share_a_stem(trained, t
     shutil.copy(wav(trained["corpus"], 3, 0), src / "take.wav")
     y, sr = sf.read(wav(trained["corpus"], 4, 0))
     sf.write(src / "take.flac", y, sr)
+    shutil.copy(wav(trained["corpus"], 5, 0), src / "take.flac.wav")  # the name take.flac's output first took
     r = synth("--model", str(trained["run"]), "--reference", str(wav(trained["corpus"], 0, 0)),
               "--source", str(src), "--out", str(tmp_path / "out"))
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["take.flac.wav", "take.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["take.flac.wav", "take.flac.wav.wav", "take.wav"]
+
+
+@pytest.mark.parametrize("names", [["a.wav", "a.flac", "a.flac.wav"], ["a.wav", "a.flac", "a.flac.ogg"],
+                                   ["a.flac", "a.ogg", "a.flac.wav", "a.flac.wav.wav"], ["x/a.wav", "x/a.mp3", "b.flac"]])
+def test_no_two_sources_of_a_folder_share_an_output(names):
+    """a.flac's output was renamed a.flac.wav beside a.wav, onto the output of a source a.flac.wav: one of the
+    two conversions was overwritten by the other."""
+    from voiceclone.inference.synthesize import _folder_targets
+
+    src, out = Path("/src"), Path("/out")
+    targets = _folder_targets(src, [src / n for n in names], out)
+    assert len(set(targets.values())) == len(names)
+    assert all(t.suffix == ".wav" and out in t.parents for t in targets.values())
+    assert all(targets[src / n] == out / n for n in names if n.endswith(".wav"))  # a wav keeps its name
 
 
 def _median_f0(path: Path, cfg: AudioConfig) -> float:

@@ -528,8 +528,17 @@ def _folder_targets(source: Path, files: list[Path], out: Path) -> dict[Path, Pa
     sources share a stem (a.wav and a.flac), so that no output overwrites another."""
     plain = {f: out / f.relative_to(source).with_suffix(".wav") for f in files}
     taken = Counter(plain.values())
-    return {f: t if taken[t] == 1 or f.suffix == ".wav" else out / f.relative_to(source).with_name(f.name + ".wav")
-            for f, t in plain.items()}
+    targets = {f: t if taken[t] == 1 or f.suffix == ".wav" else out / f.relative_to(source).with_name(f.name + ".wav")
+               for f, t in plain.items()}
+    # a longer name may still be another source's output (a.flac -> a.flac.wav beside a source a.flac.wav):
+    # such a one takes ".wav" once more, until no two sources share an output
+    used = Counter(targets.values())
+    for f in files:
+        while used[targets[f]] > 1 and f.suffix != ".wav":
+            used[targets[f]] -= 1
+            targets[f] = targets[f].with_name(targets[f].name + ".wav")
+            used[targets[f]] += 1
+    return targets
 
 
 def _print_summary(console: Console, results: list[dict]) -> None:
