@@ -6,10 +6,11 @@ voice and the words (benchmarks/voice_loss.py: SECS 0.846 -> 0.900, WER 17.7 -> 
 
 Fitting a *converted* mel in every band breaks the sound (DNSMOS 2.71 -> 1.58): below about 2 kHz a mel
 band is narrower than the spacing of a voice's harmonics, so its energy says where harmonics are, and the
-converted mel's harmonics do not sit where the F0 the vocoder renders puts them. From 2 kHz up a band is
+converted mel's harmonics need not sit where the F0 the vocoder renders puts them. From 2 kHz up a band is
 150 Hz wide or more (Slaney's scale) and its energy is the spectral envelope's, which the vocoder should
-follow. Fitted there only, the converted speech kept 5.4 more words in a hundred and moved 0.005 nearer
-the target (50 held-out pairs, benchmarks/results/zero_shot_quality-amd-epyc-2core.md).
+follow. Fitted there only, the converted speech kept 5.5 more words in a hundred (95% interval 3.1-7.8)
+and moved 0.004 nearer the target, for 0.04 of DNSMOS (50 held-out pairs,
+benchmarks/results/zero_shot_quality-amd-epyc-2core.md).
 
 The fit rescales the output's STFT, frame by frame, each bin by the filter-weighted mean of its bands' log
 gains (mel wanted minus mel measured), and inverts it on the same frame grid; a few passes, because an
