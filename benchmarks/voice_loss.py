@@ -11,8 +11,9 @@ recordings, pooled WER against the recording's own transcript (Whisper), DNSMOS 
   with the recording's own phase: what the mel the models work on keeps of the voice;
 - its own magnitude with Griffin-Lim phase: what phase carries;
 - copy synthesis through the run's vocoder (its mel and F0 in, audio out);
-- that copy synthesis with its STFT rescaled band by band until its mel is the input mel again
-  (`fit_to_mel`, three passes): how much of the vocoder's loss is its output missing the mel it was given.
+- that copy synthesis with its STFT rescaled band by band until its mel is the input mel again, in every
+  band (`inference/melfit.py`, which synthesis applies from 2 kHz up): how much of the vocoder's loss is its
+  output missing the mel it was given.
 
 Markdown table on stdout; progress on stderr.
 """
@@ -32,43 +33,16 @@ from voiceclone import audio as A
 from voiceclone.audio.mel import mel_filterbank
 from voiceclone.evaluation import judges as J
 from voiceclone.evaluation.metrics import cosine_similarity
+from voiceclone.inference import melfit
 from voiceclone.inference.bundle import load_model
 from voiceclone.models.vocoder import ISTFT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zero_shot_quality import read, unseen_voices  # noqa: E402
 
-GAIN_LIMIT = np.log(10.0)  # fit_to_mel moves a band by at most 20 dB a pass: silence is not raised to speech
-
-
-def _stft(x: torch.Tensor, cfg) -> torch.Tensor:
-    """x [N] -> complex [F, N // hop] on the frame grid of audio.log_mel."""
-    pad = (cfg.n_fft - cfg.hop_length) // 2
-    xp = torch.nn.functional.pad(x[None, None], (pad, cfg.n_fft - cfg.hop_length - pad), mode="reflect")[0, 0]
-    spec = torch.stft(xp, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                      window=torch.hann_window(cfg.win_length), center=False, return_complex=True)
-    return spec[:, : len(x) // cfg.hop_length]
-
-
-def fit_to_mel(y: np.ndarray, mel: torch.Tensor, cfg, passes: int = 3) -> np.ndarray:
-    """Rescale y's STFT band by band (each bin by the filter-weighted mean of its bands' log gains) until its
-    log-mel is `mel` [n_mels, T]; the inverse STFT is the vocoder's own, so the frame grid is the same."""
-    basis = torch.from_numpy(mel_filterbank(cfg))
-    share = basis / basis.sum(0, keepdim=True).clamp(min=1e-8)  # each bin's weight on each band
-    istft = ISTFT(cfg.n_fft, cfg.hop_length, cfg.win_length)
-    x = torch.from_numpy(np.asarray(y, np.float32))
-    for _ in range(passes):
-        spec = _stft(x, cfg)
-        n = min(spec.shape[1], mel.shape[1])
-        own = torch.log(torch.clamp(basis @ spec[:, :n].abs(), min=A.LOG_FLOOR))
-        gain = share.T @ (mel[:, :n] - own).clamp(-GAIN_LIMIT, GAIN_LIMIT)
-        x = istft((spec[:, :n] * torch.exp(gain)).T[None])[0]
-    return x.numpy()
-
-
 def mel_magnitude(y: np.ndarray, cfg) -> np.ndarray:
     """y with each frame's magnitude replaced by its mel spread back to the bins (pseudo-inverse), phase kept."""
-    spec = _stft(torch.from_numpy(y), cfg)
+    spec = A.spectrogram(torch.from_numpy(y), cfg)
     basis = torch.from_numpy(mel_filterbank(cfg))
     magnitude = (torch.linalg.pinv(basis) @ (basis @ spec.abs())).clamp(min=0)
     return ISTFT(cfg.n_fft, cfg.hop_length, cfg.win_length)((magnitude * torch.exp(1j * spec.angle())).T[None])[0].numpy()
@@ -107,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         "its mel spread back to the bins, with its own phase": mel_magnitude(y, cfg),
                         "its magnitude with Griffin-Lim phase": griffin_lim(y, cfg),
                         "copy synthesis (the run's vocoder)": copy,
-                        "copy synthesis fitted back to its mel (3 passes)": fit_to_mel(copy, mel, cfg)}
+                        "copy synthesis fitted back to its mel in every band (3 passes)":
+                            melfit.fit_to_mel(torch.from_numpy(copy)[None], mel[None], cfg, from_hz=0.0)[0].numpy()}
             for name, out in versions.items():
                 out = np.clip(out, -1, 1).astype(np.float32)
                 r = rows[name]

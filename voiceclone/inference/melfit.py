@@ -2,7 +2,7 @@
 
 The vocoder renders a mel only approximately: re-measured, its output's mel departs from the input by
 3-4 dB per band and frame, and on real mels that departure is most of what copy synthesis loses of the
-voice and the words (benchmarks/voice_loss.py: SECS 0.846 -> 0.900, WER 17.7 -> 9.1 when fitted back).
+voice and the words (benchmarks/voice_loss.py: SECS 0.846 -> 0.900, WER 17.7 -> 7.7 when fitted back).
 
 Fitting a *converted* mel in every band breaks the sound (DNSMOS 2.71 -> 1.58): below about 2 kHz a mel
 band is narrower than the spacing of a voice's harmonics, so its energy says where harmonics are, and the
