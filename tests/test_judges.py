@@ -80,6 +80,13 @@ def test_asr_judge_transcribes_a_known_sentence_with_the_bundled_whisper():
     assert J.cer(ESPEAK_TEXT, text) <= 0.1, text
 
 
+def test_asr_judge_refuses_an_empty_model_name():
+    pytest.importorskip("faster_whisper")
+    for name in ("", "  "):
+        with pytest.raises(UserError, match="--asr-model is empty"):
+            J.AsrJudge(name)
+
+
 def test_asr_judge_refuses_a_folder_that_is_not_a_model(tmp_path):
     pytest.importorskip("faster_whisper")
     with pytest.raises(UserError, match="cannot load this Whisper model"):

