@@ -6,6 +6,7 @@ Stored audio is int16; `to_int16` and `from_int16` are the one pair of conversio
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -245,16 +246,23 @@ def _whole_ogg_page(data: bytes, at: int) -> bool:
 def _ogg_crc(data: bytes | bytearray) -> int:
     """Ogg's page checksum: CRC-32 with polynomial 0x04C11DB7, not reflected, initial value 0 (zlib's crc32 is
     the reflected one). A page is at most 64 KiB and one or two are checked per file, so Python is fast enough."""
+    table = _ogg_crc_table()
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ b]
+    return crc
+
+
+@functools.lru_cache(maxsize=1)
+def _ogg_crc_table() -> tuple[int, ...]:
+    """The CRC's byte table, built once per process rather than for every candidate page."""
     table = []
     for i in range(256):
         r = i << 24
         for _ in range(8):
             r = (r << 1) ^ 0x04C11DB7 if r & 0x80000000 else r << 1
         table.append(r & 0xFFFFFFFF)
-    crc = 0
-    for b in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ b]
-    return crc
+    return tuple(table)
 
 
 def trim_bounds(y: np.ndarray, top_db: float, frame_length: int = 1024, hop_length: int = 256) -> tuple[int, int]:
