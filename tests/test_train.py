@@ -436,6 +436,37 @@ def test_stage_all_on_a_cpu_trains_the_vocoder_beside_the_acoustic_model_and_the
     assert (tmp_path / "both/acoustic/best.pt").is_file()
 
 
+def test_stage_all_beside_a_busy_neighbour_starts_the_vocoder_once_two_cores_are_free(dataset, tmp_path,
+                                                                                      monkeypatch):
+    """Auto threads: a neighbour holding a core when the command starts no longer decides the whole run. The
+    vocoder's worker starts after the first acoustic epoch that left two cores free; when none does, the vocoder
+    trains after the acoustic model in this process."""
+    import voiceclone.train.command as C
+
+    voc = ["vocoder.train.batch_size=4", "vocoder.train.segment_frames=16", "vocoder.train.warmup_steps=2"]
+    monkeypatch.setattr(C, "DECIDE_WINDOW", 0.0)
+    monkeypatch.setattr(C, "allowed_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        for free, name in (([1, 2], "later"), ([1, 1, 1, 1], "never")):
+            monkeypatch.setattr(C, "choose_threads", lambda requested, since=None, free=free: free.pop(0))
+            out = io.StringIO()
+            both = train(dataset, tmp_path / name, stage="all", overrides=FAST + voc, epochs=3, early_stop=False,
+                         console=Console(file=out, width=200), threads=0)
+            text = out.getvalue()
+            assert "other processes are using the cores; it starts beside the acoustic model once two are free" in text
+            assert both["acoustic"]["epochs"] == 3 and both["vocoder"]["epochs"] == 3
+            assert (tmp_path / name / "vocoder/best.pt").is_file()
+            started = "vocoder: training beside the acoustic model in a second process (1 of 2 threads)"
+            if name == "later":  # after acoustic epoch 1, before epoch 2
+                assert text.index("acoustic epoch   1/3") < text.index(started) < text.index("acoustic epoch   2/3")
+            else:
+                assert started not in text and text.index("acoustic epoch   3/3") < text.index("vocoder epoch   1/3")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _raises_user_error(console):
     from voiceclone.errors import UserError
 

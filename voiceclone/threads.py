@@ -125,7 +125,7 @@ def check_count(n: int, option: str) -> None:
         raise UserError(f"{option} {n}: expected 0 (chosen from the free cores) to {MAX_THREADS}")
 
 
-def _explicit(requested: int) -> int:
+def explicit_threads(requested: int) -> int:
     """`requested` when > 0, else OMP_NUM_THREADS when the user set it, else 0."""
     if requested > 0:
         return requested
@@ -138,14 +138,14 @@ def _explicit(requested: int) -> int:
 
 def choose_threads(requested: int = 0, since: CpuSample | None = None) -> int:
     """Intra-op threads: `requested` when > 0, else OMP_NUM_THREADS when the user set it, else the free cores."""
-    return _explicit(requested) or free_cores(since)
+    return explicit_threads(requested) or free_cores(since)
 
 
 def render_workers(requested: int = 0) -> int:
     """Single-threaded workers for independent windows of a conversion: `requested` when > 0, else
     OMP_NUM_THREADS when the user set it, else one per allowed core. Not the free cores: a worker beside a
     busy neighbour still gets its fair share and never stalls the others."""
-    return _explicit(requested) or allowed_cores()
+    return explicit_threads(requested) or allowed_cores()
 
 
 @contextlib.contextmanager
@@ -188,7 +188,7 @@ def apply_threads(requested: int = 0, since: CpuSample | None = None, lent: int 
     import torch
 
     check_count(requested, "threads")
-    explicit = _explicit(requested)
+    explicit = explicit_threads(requested)
     n = max(1, explicit - lent) if explicit else free_cores(since)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

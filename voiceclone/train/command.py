@@ -7,6 +7,7 @@ import dataclasses
 import math
 import multiprocessing
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,11 +22,15 @@ from voiceclone.errors import TrainingFailed, UserError, check_output, stderr_co
 from voiceclone.inference.bundle import Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
-from voiceclone.threads import ThreadGovernor, choose_threads
+from voiceclone.threads import CpuSample, ThreadGovernor, allowed_cores, choose_threads, explicit_threads
 from voiceclone.train import tboard
 from voiceclone.train.beside import Beside
 from voiceclone.train.distributed import Distributed, setup_distributed
 from voiceclone.train.loop import Trainer
+
+# seconds of the machine's CPU use judged before `--stage all` chooses to train side by side: a glance of 50 ms
+# at a neighbour's burst is not what the next minutes hold
+DECIDE_WINDOW = 1.0
 
 
 def resolve_recipe(dataset: Dataset, recipe: str | None, overrides: Sequence[str]) -> Recipe:
@@ -111,7 +116,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
           console: Console | None = None, tensorboard: bool = False,
           threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Train one stage or both ('all': acoustic, then vocoder; on a CPU, with `threads` not None and two or more
-    to use, side by side, the vocoder in a spawned process (_vocoder_beside): a script that calls this needs
+    to use, side by side, the vocoder in a spawned process (_VocoderWorker): a script that calls this needs
     the `if __name__ == "__main__":` guard that multiprocessing's spawn asks for). Returns each stage's result.
 
     With `finetune`, `init_from` (a run folder or bundle) is adapted to the dataset's voice using the
@@ -135,6 +140,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
         tboard.require()
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs {epochs}: must be at least 1 (leave it out for the recipe's)")
+    since = CpuSample.now()  # the free cores for `--stage all` are judged from here
     check_output(run, folder=True)
     dataset = Dataset.open(data)
     base = None
@@ -156,34 +162,44 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
                            threads_arg=threads or 0)
     results: dict[str, dict[str, Any]] = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
-        started = _vocoder_beside(request, dataset) if stage == "all" else None
-        if started is not None:
-            beside, checked = started  # checked: the acoustic stage's, made before the worker started
-            with beside:  # a worker still running on the way out is stopped, and waited for while it saves
-                acoustic = dataclasses.replace(request, lent=lambda: beside.threads if beside.running else 0)
-                results["acoustic"] = _train_stage(acoustic, dataset, "acoustic", checked)
-                if results["acoustic"]["interrupted"]:
-                    beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
-                else:
-                    _check_finite(results["acoustic"])
-                results["vocoder"] = beside.result() or {"stage": "vocoder", "interrupted": True, "epochs": 0}
-            if results["acoustic"]["interrupted"] and results["vocoder"]["interrupted"]:
-                console.print(f"Both stopped; resume both with:\n  {request.resume_command('all')}", highlight=False,
-                              soft_wrap=True)
-            elif not results["vocoder"]["interrupted"]:
-                _check_finite(results["vocoder"])
-        else:
-            for s in R.STAGES if stage == "all" else (stage,):
-                results[s] = _train_stage(request, dataset, s)
-                if results[s]["interrupted"]:
-                    if stage == "all" and s == "acoustic":
-                        console.print(f"The vocoder has not started; resume both with:\n  "
-                                      f"{request.resume_command('all')}", highlight=False, soft_wrap=True)
-                    break
-                _check_finite(results[s])
+        worker = _VocoderWorker.plan(request, dataset, since) if stage == "all" else None
+        todo = list(R.STAGES if stage == "all" else (stage,))
+        if worker is not None:
+            todo = _train_beside(request, dataset, worker, results)
+        for s in todo:
+            results[s] = _train_stage(request, dataset, s)
+            if results[s]["interrupted"]:
+                break
+            _check_finite(results[s])
+        if stage == "all" and results["acoustic"]["interrupted"] and "vocoder" not in results:
+            console.print(f"The vocoder has not started; resume both with:\n  {request.resume_command('all')}",
+                          highlight=False, soft_wrap=True)
         if finetune and stage == "acoustic" and base.vocoder is not None and dist_info.main:
             _adopt_base_vocoder(Path(run), base, init_from)
     return results
+
+
+def _train_beside(req: TrainRequest, dataset: Dataset, worker: "_VocoderWorker",
+                  results: dict[str, dict[str, Any]]) -> list[str]:
+    """`--stage all` with the vocoder in `worker`'s process, from when it starts; returns the stages left to
+    train here: the vocoder, when the acoustic model finished before two cores were ever free."""
+    with worker:  # a worker still running on the way out is stopped, and waited for while it saves
+        results["acoustic"] = _train_stage(dataclasses.replace(req, lent=worker.lent), dataset, "acoustic",
+                                           worker.checked)
+        stopped = results["acoustic"]["interrupted"]
+        if not stopped:
+            _check_finite(results["acoustic"])
+        if worker.beside is None:
+            return [] if stopped else ["vocoder"]
+        if stopped:
+            worker.beside.stop()  # the Ctrl-C reached this process alone: the vocoder saves and stops too
+        results["vocoder"] = worker.beside.result() or {"stage": "vocoder", "interrupted": True, "epochs": 0}
+    if stopped and results["vocoder"]["interrupted"]:
+        req.console.print(f"Both stopped; resume both with:\n  {req.resume_command('all')}", highlight=False,
+                          soft_wrap=True)
+    elif not results["vocoder"]["interrupted"]:
+        _check_finite(results["vocoder"])
+    return []
 
 
 def _check_finite(result: dict[str, Any]) -> None:
@@ -193,34 +209,74 @@ def _check_finite(result: dict[str, Any]) -> None:
                              f"best model; lower the learning rate (--set {s}.train.lr=...) and start a new --run")
 
 
-def _vocoder_beside(req: TrainRequest, dataset: Dataset) -> tuple[Beside, Checked] | None:
-    """On a CPU with two or more threads to use, the vocoder of `--stage all` trains in a process of its own
-    beside the acoustic model (train/beside.py says why), each with half the threads; this process's thread
-    governor takes the vocoder's back when it ends (TrainRequest.lent). Both stages are checked here first,
-    so a bad setting stops the command before any training; returns the worker and the acoustic stage's
-    checks. None: train one after the other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic
-    model's outputs, one thread)."""
-    if (req.device.type != "cpu" or req.dist.world > 1 or req.finetuning or req.finetune_on_acoustic
-            or req.threads is None):
-        return None
-    threads = choose_threads(req.threads)
-    if threads < 2:
-        return None
-    checked = _check_stage(req, dataset, "acoustic")
-    # the vocoder's refusals come here, before any work; the worker checks again (its resume state is a
-    # checkpoint, not worth sending through a pipe) and prints what it finds
-    _check_stage(dataclasses.replace(req, console=Console(quiet=True)), dataset, "vocoder")
-    worker = threads // 2
-    torch.set_num_threads(threads - worker)
-    req.console.print(f"vocoder: training beside the acoustic model in a second process ({worker} of {threads} "
-                      "threads)", highlight=False)
-    worker_req = dataclasses.replace(req, console=None, threads=worker, lent=None)
-    return Beside("vocoder", _train_vocoder_worker, (worker_req,), worker, req.console,
-                  resume=req.resume_command("vocoder")), checked
+class _VocoderWorker:
+    """The vocoder of `--stage all` on a CPU, trained in a process of its own beside the acoustic model
+    (train/beside.py says why), each with half the threads; this process's thread governor takes the
+    vocoder's back when it ends (TrainRequest.lent). The worker starts at once when two cores are free.
+    When other processes hold them, it starts after the first acoustic epoch that leaves two free (`lent`,
+    asked after every epoch), or never, and the vocoder then trains after the acoustic model in this process:
+    a neighbour busy for the first second no longer decides the whole run."""
+
+    def __init__(self, req: TrainRequest, checked: Checked) -> None:
+        self.req, self.checked = req, checked
+        self.beside: Beside | None = None
+        self.since = CpuSample.now()
+
+    @classmethod
+    def plan(cls, req: TrainRequest, dataset: Dataset, since: CpuSample) -> "_VocoderWorker | None":
+        """Both stages are checked here first, so a bad setting stops the command before any training. None:
+        train one after the other (a GPU, torchrun, a fine-tune, a vocoder trained on the acoustic model's
+        outputs, one thread asked for or one core allowed). since: when the command started; the free cores
+        are judged over at least DECIDE_WINDOW from then."""
+        if (req.device.type != "cpu" or req.dist.world > 1 or req.finetuning or req.finetune_on_acoustic
+                or req.threads is None or (explicit_threads(req.threads) or allowed_cores()) < 2):
+            return None
+        checked = _check_stage(req, dataset, "acoustic")
+        # the vocoder's refusals come here, before any work; the worker checks again (its resume state is a
+        # checkpoint, not worth sending through a pipe) and prints what it finds
+        _check_stage(dataclasses.replace(req, console=Console(quiet=True)), dataset, "vocoder")
+        worker = cls(req, checked)
+        time.sleep(max(0.0, DECIDE_WINDOW - (time.monotonic() - since.at)))
+        threads = choose_threads(req.threads, since)
+        if threads >= 2:
+            worker.start(threads)
+        else:
+            req.console.print("vocoder: other processes are using the cores; it starts beside the acoustic model "
+                              "once two are free, or after it", highlight=False)
+        return worker
+
+    def start(self, threads: int) -> None:
+        n = threads // 2
+        torch.set_num_threads(threads - n)
+        self.req.console.print(f"vocoder: training beside the acoustic model in a second process ({n} of {threads} "
+                               "threads)", highlight=False)
+        # chosen by the worker's own governor unless the user fixed the count: it takes the second core when
+        # the acoustic model ends first
+        worker_req = dataclasses.replace(self.req, console=None, lent=None,
+                                         threads=n if explicit_threads(self.req.threads) else 0)
+        self.beside = Beside("vocoder", _train_vocoder_worker, (worker_req,), n, self.req.console,
+                             resume=self.req.resume_command("vocoder"))
+
+    def lent(self) -> int:
+        """Threads the worker holds now (asked after every acoustic epoch); a worker not yet started starts
+        when the epoch left two cores free."""
+        if self.beside is None:
+            threads = choose_threads(self.req.threads, self.since)
+            self.since = CpuSample.now()
+            if threads >= 2:
+                self.start(threads)
+        return self.beside.threads if self.beside is not None and self.beside.running else 0
+
+    def __enter__(self) -> "_VocoderWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.beside is not None:
+            self.beside.close()
 
 
 def _train_vocoder_worker(req: TrainRequest, console: Console) -> dict[str, Any]:
-    """The vocoder stage in the worker process that `_vocoder_beside` starts."""
+    """The vocoder stage in the worker process that `_VocoderWorker.start` starts."""
     return _train_stage(dataclasses.replace(req, console=console), Dataset.open(req.data), "vocoder")
 
 

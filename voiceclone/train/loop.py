@@ -342,9 +342,9 @@ class Trainer:
         self.good_state = self._snapshot()
         self._save_last()
         self._barrier()
+        display.epoch_done(row, p)
         if self.threads is not None:  # a neighbour may have started or stopped during the epoch
             self.threads.update()
-        display.epoch_done(row, p)
         if dropped and self.dist.main:
             self.console.print(f"{self.task.stage}: plateau at epoch {epoch}; learning rate x"
                                f"{self.recipe.convergence.lr_drop_factor:g} (drop {p.lr_drops} of "
