@@ -117,6 +117,12 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     ("finetune.layer_lr_decay=5", "finetune.layer_lr_decay"),  # the input side learnt fastest, not slowest
     ("finetune.frozen_blocks=-1", "finetune.frozen_blocks"), ("finetune.unfreeze_every=-2", "finetune.unfreeze_every"),
     ("finetune.lr=0", "finetune.lr"), ("finetune.epochs=0", "finetune.epochs"),
+    # the EQ basis [eq_terms, n_mels]: a 320 GB allocation, RuntimeError traceback in the first step
+    ("acoustic.perturb.eq_terms=1000000000", "acoustic.perturb.eq_terms"),
+    # inf in the perturbed log-mel: a NaN loss, reported as "lower the learning rate"
+    ("acoustic.perturb.gain=1e300", "acoustic.perturb.gain"), ("acoustic.perturb.eq_depth=1e300", "acoustic.perturb.eq_depth"),
+    ("acoustic.perturb.virtual_semitones=1e300", "acoustic.perturb.virtual_semitones"),
+    ("acoustic.perturb.formant_semitones=-3", "acoustic.perturb.formant_semitones"),
 ])
 def test_settings_that_would_crash_or_mislead_later_are_refused_at_load(override, key):
     with pytest.raises(UserError, match=f"setting {key}"):

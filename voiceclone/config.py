@@ -194,8 +194,15 @@ class PerturbConfig:
     virtual_semitones: float = 4.0  # their warp within +- this
 
     def __post_init__(self) -> None:
-        _require(self.eq_terms >= 1, "acoustic.perturb.eq_terms", "must be >= 1")
+        # the EQ's basis is [eq_terms, n_mels]: 10^9 terms was a 320 GB allocation and a traceback, and more
+        # cosines than the 512 bands n_mels allows alias onto the lower ones
+        _require(1 <= self.eq_terms <= 512, "acoustic.perturb.eq_terms", "must be in [1, 512]")
         _require(0 <= self.virtual_share <= 1, "acoustic.perturb.virtual_share", "must be in [0, 1]")
+        # each is a range "within +- this": far past any voice, 2 ** (1e300 / 12) and 1e300 nepers were inf in the
+        # log-mel and a NaN loss, reported as a learning rate too high; 48 semitones is --transpose's range
+        for key, top, unit in (("formant_semitones", 48, "semitones"), ("virtual_semitones", 48, "semitones"),
+                               ("eq_depth", 20, "nepers"), ("gain", 20, "nepers")):
+            _require(0 <= getattr(self, key) <= top, f"acoustic.perturb.{key}", f"must be in [0, {top}] {unit}")
 
 
 @dataclass(frozen=True)
