@@ -123,6 +123,9 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     ("acoustic.perturb.gain=1e300", "acoustic.perturb.gain"), ("acoustic.perturb.eq_depth=1e300", "acoustic.perturb.eq_depth"),
     ("acoustic.perturb.virtual_semitones=1e300", "acoustic.perturb.virtual_semitones"),
     ("acoustic.perturb.formant_semitones=-3", "acoustic.perturb.formant_semitones"),
+    # every plateau 1.01x above the best was 'diverged': early stopping ended the run there
+    ("convergence.diverge_factor=1", "convergence.diverge_factor"),
+    ("convergence.diverge_factor=0.5", "convergence.diverge_factor"),
 ])
 def test_settings_that_would_crash_or_mislead_later_are_refused_at_load(override, key):
     with pytest.raises(UserError, match=f"setting {key}"):

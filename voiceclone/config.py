@@ -297,6 +297,9 @@ class ConvergenceConfig:
         _require(self.window >= 2, "convergence.window", "must be >= 2")
         _require(self.patience >= 1, "convergence.patience", "must be >= 1")
         _require(self.min_delta >= 0, "convergence.min_delta", "must be >= 0")
+        # "this far above its best": at 1 or below, any two epochs above the best that did not fall fast were
+        # 'diverged', and early stopping ended a run on its first plateau, advising a lower learning rate
+        _require(self.diverge_factor > 1, "convergence.diverge_factor", "must be > 1 (a multiple of the best value)")
         _require(0 < self.lr_drop_factor < 1, "convergence.lr_drop_factor", "must be in (0, 1)")
         _require(0 <= self.max_lr_drops <= 10, "convergence.max_lr_drops", "must be in [0, 10]")
 
