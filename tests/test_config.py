@@ -97,6 +97,7 @@ def test_training_settings_that_torch_would_refuse_later_are_refused_here(overri
     ("prepare.loudness_db=23", "prepare.loudness_db"),  # -23 with the sign slipped: silently peak-normalized
     ("prepare.loudness_db=1e9", "prepare.loudness_db"),  # OverflowError: every file 'failed', a bundle's traceback
     ("prepare.trim_top_db=0", "prepare.trim_top_db"), ("prepare.trim_top_db=-40", "prepare.trim_top_db"),
+    ("prepare.max_seconds=1e308", "prepare.max_seconds"),  # inf samples: every file 'failed' (OverflowError)
 ])
 def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     with pytest.raises(UserError, match=f"setting {key}"):

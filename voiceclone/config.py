@@ -73,6 +73,9 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _require(self.min_seconds > 0, "prepare.min_seconds", "must be positive")
         _require(self.max_seconds > 2 * self.min_seconds, "prepare.max_seconds", "must exceed 2 * min_seconds")
+        # in samples it must be a number: 1e308 s times the rate is inf, and every file 'failed' with an
+        # OverflowError; a day is longer than any recording prepare reads whole
+        _require(self.max_seconds <= 86400, "prepare.max_seconds", "must be at most 86400 (a day)")
         # an RMS level above 0 dBFS needs a peak above full scale: the peak limit silently wins (23 for -23 made
         # a peak-normalized dataset), and 10 ** (huge / 20) overflows (every file 'failed')
         _require(-70 <= self.loudness_db <= 0, "prepare.loudness_db", "must be in [-70, 0] dBFS")
