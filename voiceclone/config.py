@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from voiceclone.errors import UserError
+from voiceclone.melscale import mel_filterbank
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped with the package (package data)
 
@@ -52,6 +53,13 @@ class AudioConfig:
         # is below any voice, vocal fry included
         _require(20 <= self.f0_min < self.f0_max, "audio.f0_min", "must be in [20, f0_max) Hz")
         _require(self.f0_max <= self.sample_rate / 2, "audio.f0_max", "must not exceed sample_rate / 2")
+        # a mel band narrower than the FFT's bin spacing may hold no bin: that feature is the log floor for every
+        # sound (fmin = 7999, fmax = 8000 gave a dataset of nothing but the floor, prepared without a word)
+        empty = int((mel_filterbank(self).max(axis=1) <= 0).sum())
+        _require(empty == 0, "audio.n_mels",
+                 f"= {self.n_mels} leaves {empty} mel bands between fmin {self.fmin:g} and fmax {self.fmax:g} Hz "
+                 f"without an FFT bin ({self.sample_rate / self.n_fft:g} Hz apart at n_fft {self.n_fft}): lower "
+                 f"audio.n_mels, raise audio.n_fft or widen fmin-fmax")
 
     @property
     def frame_rate(self) -> float:
