@@ -127,6 +127,9 @@ def test_level_settings_outside_what_audio_can_be_are_refused(override, key):
     # every plateau 1.01x above the best was 'diverged': early stopping ended the run there
     ("convergence.diverge_factor=1", "convergence.diverge_factor"),
     ("convergence.diverge_factor=0.5", "convergence.diverge_factor"),
+    ("convergence.min_delta=1e308", "convergence.min_delta"),  # no epoch could ever count as an improvement
+    ("acoustic.model.aam_scale=1e308", "acoustic.model.aam_scale"),  # inf logits: a NaN loss at epoch 2
+    ("acoustic.model.aam_margin=-5", "acoustic.model.aam_margin"),
     # mel bands with no FFT bin: those features were the log floor for every sound, prepared without a word
     ("audio.fmin=7999", "audio.n_mels"),  # all 80 bands within 1 Hz: a dataset of nothing but the floor
     ("audio.n_mels=512", "audio.n_mels"),  # 47 of the lowest bands narrower than the 15.6 Hz bins

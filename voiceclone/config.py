@@ -120,6 +120,10 @@ class AcousticModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.speaker_loss in ("softmax", "aam"), "acoustic.model.speaker_loss", "must be 'softmax' or 'aam'")
+        # a negative margin pulls classes together; a scale of 1e308 made every logit inf and the loss NaN,
+        # reported as a learning rate too high (speaker verifiers train with margins 0.1-0.5, scales 30-64)
+        _require(0 <= self.aam_margin < 1, "acoustic.model.aam_margin", "must be in [0, 1) (a cosine margin)")
+        _require(0 < self.aam_scale <= 100, "acoustic.model.aam_scale", "must be in (0, 100]")
         # far above any sensible model, far below what would exhaust a machine's memory: a typo or a
         # hostile bundle is refused before anything is allocated
         for key, top in (("hidden", 4096), ("content_dim", 1024), ("speaker_dim", 2048), ("encoder_layers", 64),
@@ -307,7 +311,8 @@ class ConvergenceConfig:
     def __post_init__(self) -> None:
         _require(self.window >= 2, "convergence.window", "must be >= 2")
         _require(self.patience >= 1, "convergence.patience", "must be >= 1")
-        _require(self.min_delta >= 0, "convergence.min_delta", "must be >= 0")
+        # relative: a positive loss cannot fall by its whole value, so at 1 or more no epoch would ever count
+        _require(0 <= self.min_delta < 1, "convergence.min_delta", "must be in [0, 1) (0.005 = 0.5%)")
         # "this far above its best": at 1 or below, any two epochs above the best that did not fall fast were
         # 'diverged', and early stopping ended a run on its first plateau, advising a lower learning rate
         _require(self.diverge_factor > 1, "convergence.diverge_factor", "must be > 1 (a multiple of the best value)")
