@@ -351,6 +351,23 @@ def store_frames(st, a, b):
     return read_frames(st.folder, st.headers(), a, b, st.hop)
 
 
+@pytest.mark.parametrize("edit", [{"hop": 128}, {"n_mels": 40}, {"hop": 0}, {"committed": None}, {"committed": "all"}])
+def test_a_damaged_store_json_is_not_used_and_the_dataset_is_rebuilt(tmp_path, edit):
+    """features/store.json was trusted: another hop cut audio.npy to half its frames (the dataset lost, then a
+    ValueError traceback), a hop of 0 divided by zero, a 'committed' that is no count was a TypeError."""
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
+    out = tmp_path / "ds"
+    run(corpus, out)
+    meta_path = out / "features" / "store.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **edit}))
+    f = sorted(corpus.rglob("*.wav"))[0]
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # a change, so the store is opened
+    summary, _ = run(corpus, out)
+    assert summary["processed"] == 6  # rebuilt from the recordings, not appended to a store it misreads
+    ds = Dataset.open(out)
+    assert len(ds.manifest) == 6 and ds.split("train").read(0)["audio"].size > 0
+
+
 def test_an_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypatch):
     corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
     out = tmp_path / "ds"

@@ -261,7 +261,7 @@ def _open_store(out: Path, fhash: str, cfg: Recipe) -> tuple[FeatureStore, int]:
     cannot be appended to safely (a journal shorter than what its headers declare) is never reused.
     """
     for folder in (out / FEATURES, out / STORE_DIR):
-        found = FeatureStore.open(folder) if (folder / store.STORE_META).is_file() else None
+        found = FeatureStore.open(folder, cfg.audio) if (folder / store.STORE_META).is_file() else None
         if found is not None and found.meta.get("features_hash") == fhash:
             return found, found.meta.get("committed", 0) if folder.name == FEATURES else 0
     shutil.rmtree(out / STORE_DIR, ignore_errors=True)

@@ -358,15 +358,21 @@ class FeatureStore:
         return cls(folder, meta, [], 0)
 
     @classmethod
-    def open(cls, folder: Path) -> "FeatureStore | None":
-        """The store in `folder` with its journaled entries, or None when there is none to use."""
+    def open(cls, folder: Path, cfg: AudioConfig | None = None) -> "FeatureStore | None":
+        """The store in `folder` with its journaled entries, or None when there is none to use. cfg: the audio
+        settings its features hash stands for; a store.json that disagrees with them is not used."""
         try:
             meta = json.loads((folder / STORE_META).read_text(encoding="utf-8"))
             raw = (folder / JOURNAL).read_bytes()
             sizes = {k: (folder / f"{k}.npy").stat().st_size for k in ARRAYS}
-            hop, n_mels = int(meta["hop"]), int(meta["n_mels"])
+            hop, n_mels = meta["hop"], meta["n_mels"]
             declared = _npy_header(folder / "f0.npy")[0][0]
         except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        # an edited or damaged store.json: a hop of 0 divided by zero, another hop or n_mels cut the arrays below
+        # at the wrong sizes (the dataset they hold was lost), a 'committed' that is not a count was a TypeError
+        if (not all(_count(v) and v > 0 for v in (hop, n_mels)) or not _count(meta.get("committed", 0))
+                or (cfg is not None and (hop, n_mels) != (cfg.hop_length, cfg.n_mels))):
             return None
         row_bytes = {"mel": 2 * n_mels, "f0": 4, "energy": 4, "audio": 2 * hop}
         room = min((sizes[k] - HEADER_BYTES) // row_bytes[k] for k in ARRAYS)  # whole frames in every array
