@@ -74,6 +74,19 @@ def test_run_without_history_is_a_user_error(tmp_path):
         run_histories(tmp_path / "missing")
 
 
+def test_a_stage_config_json_that_is_not_utf8_is_one_line(tmp_path):
+    """`evaluate --run` reads each stage's config.json for its convergence settings: one saved in another
+    encoding (or damaged) was a UnicodeDecodeError traceback with exit code 1."""
+    from typer.testing import CliRunner
+
+    from helpers import one_line_error
+    from voiceclone.cli import app
+
+    write_history(tmp_path / "acoustic" / "history.jsonl", rows(3))
+    (tmp_path / "acoustic" / "config.json").write_bytes('{"name": "d\xe9mo"}'.encode("latin-1"))
+    one_line_error(CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path)]), "config.json")
+
+
 def test_plot_curves_writes_a_png(tmp_path):
     cfg = ConvergenceConfig()
     acoustic = rows(12)

@@ -578,6 +578,8 @@ def _release_preset(data: dict[str, Any], section: list[str], new_size: Any) -> 
 
 def read_recipe_json(path: Path) -> Recipe:
     try:
-        return recipe_from_dict(json.loads(Path(path).read_text()), source=str(path))
-    except (OSError, json.JSONDecodeError) as e:
+        # written as UTF-8 JSON; a file of other bytes (damaged, or saved in another encoding by an editor) was a
+        # UnicodeDecodeError traceback, and the locale's encoding must not decide how it reads
+        return recipe_from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: cannot read configuration ({e})") from None
