@@ -650,6 +650,40 @@ def test_valid_json_of_the_wrong_shape_in_a_dataset_is_one_line(prepared_dataset
         Dataset.open(tmp_path / "ds")
 
 
+@pytest.mark.parametrize("damage, where", [
+    ("speakers of another dataset", "speakers.json: names other speakers"),
+    ("speaker without counts", "speakers.json: the entry of 'spk001' is damaged"),
+    ("row without seconds", "manifest.jsonl: row 1 is damaged")])
+def test_dataset_metadata_its_readers_rely_on_is_checked_when_opened(prepared_dataset, tmp_path, damage, where):
+    """Each opened, then was a KeyError traceback when `prepare` ran again (its summary reads them), or, a
+    speakers.json copied from another dataset, recorded that dataset's speakers in every checkpoint."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    speakers = json.loads((ds / "speakers.json").read_text())
+    if damage == "speakers of another dataset":
+        speakers.pop("spk000")
+    elif damage == "speaker without counts":
+        speakers["spk001"].pop("utterances")
+    else:
+        rows = [json.loads(line) for line in (ds / "manifest.jsonl").read_text().splitlines()]
+        rows[0].pop("seconds")
+        (ds / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (ds / "speakers.json").write_text(json.dumps(speakers))
+    with pytest.raises(UserError, match=where):
+        Dataset.open(ds)
+
+
+@pytest.mark.parametrize("report", ["[1]", '{"skipped_by_reason": [1], "ignored_non_audio": "none"}'])
+def test_preparing_an_up_to_date_dataset_with_an_odd_report_json_says_so(prepared_dataset, synthetic_corpus,
+                                                                        tmp_path, report):
+    """report.json only informs; one of another shape was an AttributeError traceback on the next prepare."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    (ds / "report.json").write_text(report)
+    result = cli(str(synthetic_corpus), "--out", str(ds), "-j", "1")
+    assert result.exit_code == 0 and "up to date" in result.output, result.output
+
+
 @pytest.mark.parametrize("edit, where", [(lambda c: c.pop("fingerprint"), "'fingerprint'"),
                                          (lambda c: c.pop("recipe"), "'recipe'"),
                                          (lambda c: c.update(store=[1]), "'store'"),

@@ -46,7 +46,7 @@ FORMAT = "voiceclone-dataset"
 FORMAT_VERSION = 2
 SPLITS = ("train", "val", "unseen")
 CONFIG, MANIFEST, SPEAKERS, REPORT = "config.json", "manifest.jsonl", "speakers.json", "report.json"
-ROW_KEYS = frozenset({"id", "speaker", "split", "frames"})  # what the readers of a manifest row rely on
+ROW_KEYS = frozenset({"id", "speaker", "split", "frames", "seconds"})  # what the readers of a manifest row rely on
 FEATURES, STORE_META, JOURNAL, SPANS = "features", "store.json", "journal.jsonl", "spans.npy"
 ARRAYS = ("mel", "f0", "energy", "audio")
 HEADER_BYTES = 128  # fixed .npy header size, so a growing store's header is rewritten in place
@@ -229,9 +229,22 @@ class Dataset:
             raise UserError(f"{path / SPEAKERS}: damaged (expected an object of speakers, got "
                             f"{type(speakers).__name__})")
         for n, row in enumerate(manifest, 1):
-            if not isinstance(row, dict) or not ROW_KEYS <= row.keys() or row["split"] not in SPLITS:
+            if (not isinstance(row, dict) or not ROW_KEYS <= row.keys() or row["split"] not in SPLITS
+                    or isinstance(row["seconds"], bool) or not isinstance(row["seconds"], (int, float))):
                 raise UserError(f"{path / MANIFEST}: row {n} is damaged (expected an object with "
                                 f"{', '.join(sorted(ROW_KEYS))} and a split of {', '.join(SPLITS)})")
+        # speakers.json is read by name (the summary's utterance counts, the speakers a checkpoint records for
+        # resume): an entry without its counts was a KeyError traceback when `prepare` ran again, and one copied
+        # from another dataset recorded that dataset's speakers in every checkpoint
+        named = {str(row["speaker"]) for row in manifest}
+        if set(speakers) != named:
+            raise UserError(f"{path / SPEAKERS}: names other speakers than {MANIFEST} ({len(speakers)} vs "
+                            f"{len(named)}; from another dataset?); prepare the dataset again")
+        bad = next((k for k, v in speakers.items() if v.get("split") not in ("train", "unseen")
+                    or not _count(v.get("utterances"))), None)
+        if bad is not None:
+            raise UserError(f"{path / SPEAKERS}: the entry of {bad!r} is damaged (expected a split of train or "
+                            "unseen and a whole number of utterances); prepare the dataset again")
         _check_arrays(path, config, recipe.audio)
         _check_spans(path, config["store"]["frames"], manifest)
         return cls(path, config, recipe, speakers, manifest)

@@ -14,7 +14,9 @@ from voiceclone.errors import first_few
 
 
 def summary_of(ds: Dataset, started: float, up_to_date: bool, report: dict | None = None) -> dict[str, Any]:
-    report = report if report is not None else (store.read_json(ds.path / store.REPORT) or {})
+    report = report if report is not None else store.read_json(ds.path / store.REPORT)
+    if not isinstance(report, dict):  # report.json only informs: one of another shape is as good as none
+        report = {}
     splits = {}
     for name in SPLITS:
         rows = ds.split(name).rows
@@ -24,12 +26,18 @@ def summary_of(ds: Dataset, started: float, up_to_date: bool, report: dict | Non
             "files": report.get("files", 0), "used": report.get("used", 0),
             "processed": 0 if up_to_date else report.get("processed", 0),
             "reused": report.get("reused_from_dataset", 0), "resumed": report.get("resumed_from_cache", 0),
-            "skipped": report.get("skipped_by_reason", {}), "ignored_non_audio": report.get("ignored_non_audio", {}),
+            "skipped": _mapping(report.get("skipped_by_reason")),
+            "ignored_non_audio": _mapping(report.get("ignored_non_audio")),
             "speakers": len(ds.speakers), "splits": splits,
             "hours": round(sum(v["hours"] for v in splits.values()), 4),
             "single_utterance_speakers": sorted(k for k, v in ds.speakers.items() if v["utterances"] == 1),
             "speed": {"files": 0, "hours": 0.0, "seconds": 0.0, "workers": 0, "x_real_time": 0.0},
             "wall_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _mapping(value: Any) -> dict:
+    """A table of counts from report.json, or none (an edited or damaged one was an AttributeError traceback)."""
+    return value if isinstance(value, dict) else {}
 
 
 def warn_single_utterance_speakers(summary: dict, console: Console) -> None:
