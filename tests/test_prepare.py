@@ -700,6 +700,21 @@ def test_a_config_json_of_the_wrong_shape_is_one_line(prepared_dataset, tmp_path
         Dataset.open(tmp_path / "ds")
 
 
+def test_a_recipe_edited_in_config_json_after_its_features_is_refused(prepared_dataset, tmp_path):
+    """A sample rate edited into config.json opened, and trained a '22050 Hz' model on 16 kHz features without a
+    word: its output played at the wrong speed and pitch. Settings the features do not depend on may change."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared_dataset, ds)
+    config = json.loads((ds / "config.json").read_text())
+    config["recipe"]["acoustic"]["train"]["lr"] = 1e-4
+    (ds / "config.json").write_text(json.dumps(config))
+    assert Dataset.open(ds).recipe.acoustic.train.lr == 1e-4
+    config["recipe"]["audio"]["sample_rate"] = 22050
+    (ds / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="config.json: its recipe's audio or prepare settings are not the ones"):
+        Dataset.open(ds)
+
+
 @pytest.mark.parametrize("damage", ["past the end", "reversed", "row frames", "row dropped"])
 def test_spans_that_disagree_with_the_store_or_manifest_are_one_line(prepared_dataset, tmp_path, damage):
     """A span past the store's end read silently short features; a reversed one, or a row whose frames are

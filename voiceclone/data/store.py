@@ -211,6 +211,7 @@ class Dataset:
                             f"{FORMAT_VERSION}; prepare it again with this version")
         _check_config(config_path, config)
         recipe = recipe_from_dict(config["recipe"], source=str(config_path))
+        _check_features_hash(config_path, config, recipe)
         try:
             speakers = json.loads((path / SPEAKERS).read_text(encoding="utf-8"))
             lines = (path / MANIFEST).read_text(encoding="utf-8").splitlines()
@@ -281,6 +282,17 @@ def _check_config(config_path: Path, config: dict[str, Any]) -> None:
                      if not isinstance(splits.get(name), dict) or not _count(splits[name].get("utterances"))), None))
     if problem:
         raise UserError(f"{config_path}: damaged ({problem}); prepare the dataset again")
+
+
+def _check_features_hash(config_path: Path, config: dict[str, Any], recipe: Recipe) -> None:
+    """The recipe's audio and prepare settings are the ones the features were computed with: a sample rate
+    edited into config.json trained a '22050 Hz' model on 16 kHz features, silently (its output played at the
+    wrong speed and pitch). Hashed with the dataset's own feature code version, so a newer one still opens it."""
+    from voiceclone.data.worker import features_hash  # imports torch: only here, where a dataset is opened
+
+    if config.get("features_hash") != features_hash(recipe, config.get("features_version")):
+        raise UserError(f"{config_path}: its recipe's audio or prepare settings are not the ones its features were "
+                        "computed with (edited by hand?); run `voiceclone prepare` on it again to recompute them")
 
 
 def _check_arrays(path: Path, config: dict[str, Any], cfg: AudioConfig) -> None:

@@ -130,8 +130,8 @@ def _piece_meta(start: int, f: A.Features, cfg: AudioConfig) -> dict:
             "logf0_std": round(float(logf.std()), 5) if voiced.size else 0.0}
 
 
-def features_hash(cfg: Recipe) -> str:
-    """Hash of everything the stored features depend on."""
+def features_hash(cfg: Recipe, version: Any = FEATURES_VERSION) -> str:
+    """Hash of everything the stored features depend on (version: of the feature code, this one's by default)."""
     data = {"audio": dataclasses.asdict(cfg.audio), "prepare": {k: getattr(cfg.prepare, k) for k in PREPARE_KEYS},
-            "version": FEATURES_VERSION}
+            "version": version}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
