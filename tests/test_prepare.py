@@ -368,6 +368,23 @@ def test_a_damaged_store_json_is_not_used_and_the_dataset_is_rebuilt(tmp_path, e
     assert len(ds.manifest) == 6 and ds.split("train").read(0)["audio"].size > 0
 
 
+def test_a_journal_entry_without_a_pieces_numbers_is_redone(tmp_path):
+    """An entry whose piece lost its seconds was a KeyError traceback when the dataset was assembled again."""
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
+    out = tmp_path / "ds"
+    run(corpus, out)
+    journal = out / "features" / "journal.jsonl"
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    entries[0]["pieces"][0].pop("seconds")
+    journal.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    f = sorted(corpus.rglob("*.wav"))[-1]
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # a change, so the store is opened
+    summary, _ = run(corpus, out)
+    assert summary["processed"] == 2  # the damaged entry's file and the changed one
+    ds = Dataset.open(out)
+    assert len(ds.manifest) == 6 and all(row["seconds"] > 0 for row in ds.manifest)
+
+
 def test_an_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypatch):
     corpus = small_corpus(tmp_path / "c", speakers=3, utterances=3)
     out = tmp_path / "ds"

@@ -24,6 +24,8 @@ from voiceclone.config import AudioConfig, PrepareConfig, Recipe
 # Bump when voiceclone.audio changes what it computes: feature stores and datasets of other versions then rebuild.
 FEATURES_VERSION = 1
 PREPARE_KEYS = ("max_seconds", "min_seconds", "trim_top_db", "loudness_db")  # the settings features depend on
+PIECE_KEYS = ("start", "end", "frames", "seconds", "voiced_frames", "voiced", "f0_median", "logf0_mean",
+              "logf0_std")  # what a journal entry keeps of each utterance: _piece_meta writes them
 
 
 def init_worker() -> None:
@@ -79,7 +81,17 @@ class FileState:
         """An entry as written by to_json; None for anything else (an old or damaged entry is redone)."""
         if not isinstance(data, dict) or set(data) - {f.name for f in dataclasses.fields(cls)} or "key" not in data:
             return None
+        # each piece's numbers become manifest rows and speaker statistics: one without them was a KeyError
+        # traceback when the dataset was assembled again
+        pieces = data.get("pieces", [])
+        if not isinstance(pieces, list) or not all(isinstance(p, dict) and all(_number(p.get(k)) for k in PIECE_KEYS)
+                                                   for p in pieces):
+            return None
         return cls(**data)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def process_file(path: str, key: str, audio_cfg: AudioConfig,
