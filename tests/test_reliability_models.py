@@ -226,6 +226,12 @@ def test_malformed_bundle_metadata_is_one_line(model, tmp_path, meta):
     one_line_error(synth(model, bad, tmp_path / "o.wav"), "bad.safetensors")
 
 
+def test_a_format_version_of_superscript_digits_is_named_as_such(model, tmp_path):
+    """'²' is a digit to str.isdigit, not to int: it was reported as a safetensors error."""
+    bad = rewrite_bundle(model["bundle"], tmp_path / "bad.safetensors", meta={"format_version": "²"})
+    one_line_error(synth(model, bad, tmp_path / "o.wav"), "format_version")
+
+
 @pytest.mark.parametrize("f0", ["abc", [1, 2], -100.0, 0, 1e30])
 def test_a_damaged_fine_tuned_voice_register_is_one_line(model, tmp_path, f0):
     """A hand-edited voice_f0_median was a TypeError traceback (a string) or a NaN or +1109 st shift."""

@@ -61,7 +61,8 @@ def test_an_absurd_omp_num_threads_is_one_line_not_a_segfault(machine, monkeypat
         with pytest.raises(UserError, match=f"OMP_NUM_THREADS=99999: expected 1 to {T.MAX_THREADS}"):
             choose(0)
     assert T.choose_threads(2) == 2 and T.render_workers(1) == 1  # --threads wins over the environment
-    for ignored in ("abc", "0", "-1", ""):  # not a count: unset, as OpenMP itself reads it
+    for ignored in ("abc", "0", "-1", "", "²"):  # not a count: unset, as OpenMP itself reads it ("²": a
+        # digit to str.isdigit, a ValueError traceback from int)
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
         assert T.render_workers(0) == 2
 

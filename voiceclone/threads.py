@@ -130,7 +130,7 @@ def explicit_threads(requested: int) -> int:
     if requested > 0:
         return requested
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    n = int(env) if env.isdigit() else 0  # not a count (abc, -1): unset, as OpenMP itself reads it
+    n = int(env) if env.isdecimal() else 0  # not a count (abc, -1, ²): unset, as OpenMP itself reads it
     if n > MAX_THREADS:  # as many torch threads crash libgomp, as --threads would (MAX_THREADS)
         raise UserError(f"OMP_NUM_THREADS={env}: expected 1 to {MAX_THREADS} threads (or unset it, or pass --threads)")
     return n

@@ -188,7 +188,7 @@ def _bundle_metadata(header: dict[str, str], path: Path) -> tuple[Recipe, dict[s
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not a voiceclone model bundle (no '{FORMAT}' metadata)")
     version = header.get("format_version", "0")
-    if not str(version).isdigit():
+    if not str(version).isdecimal():
         raise UserError(f"{path}: damaged bundle metadata (format_version {version!r} is not a whole number)")
     if int(version) > FORMAT_VERSION:
         raise UserError(f"{path}: bundle format {version} is newer than this voiceclone understands "

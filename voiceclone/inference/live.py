@@ -60,8 +60,8 @@ def pick(found: list[dict], wanted: str | None, kind: str, default: Any) -> dict
         raise UserError(f"voiceclone live: no audio {what} device found (PortAudio lists {listed}); connect one, "
                         "or see `voiceclone live --list-devices`")
     if wanted is not None:
-        matches = [d for d in usable if (wanted.isdigit() and d["index"] == int(wanted))
-                   or (not wanted.isdigit() and wanted.lower() in d["name"].lower())]
+        matches = [d for d in usable if (wanted.isdecimal() and d["index"] == int(wanted))
+                   or (not wanted.isdecimal() and wanted.lower() in d["name"].lower())]
         if not matches:
             raise UserError(f"--{what}-device {wanted}: no such {what} device (see `voiceclone live --list-devices`)")
         return matches[0]
