@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         "its magnitude with Griffin-Lim phase": griffin_lim(y, cfg),
                         "copy synthesis (the run's vocoder)": copy,
                         "copy synthesis fitted back to its mel in every band (3 passes)":
-                            melfit.fit_to_mel(torch.from_numpy(copy)[None], mel[None], cfg, from_hz=0.0)[0].numpy()}
+                            melfit.fit_to_mel(torch.from_numpy(copy)[None], mel[None], cfg, from_hz=0.0,
+                                              passes=3)[0].numpy()}
             for name, out in versions.items():
                 out = np.clip(out, -1, 1).astype(np.float32)
                 r = rows[name]
