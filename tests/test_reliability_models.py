@@ -226,6 +226,20 @@ def test_malformed_bundle_metadata_is_one_line(model, tmp_path, meta):
     one_line_error(synth(model, bad, tmp_path / "o.wav"), "bad.safetensors")
 
 
+@pytest.mark.parametrize("key, value", [("hop_length", 128), ("sample_rate", 22050)])
+def test_audio_settings_edited_into_a_bundle_are_refused(model, tmp_path, key, value):
+    """The networks' tensors fit any frame rate: an edited hop or rate synthesized at the wrong speed and pitch."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    recipe = json.loads(header["recipe"])
+    recipe["audio"][key] = value
+    bad = rewrite_bundle(model["bundle"], tmp_path / "edited.safetensors", meta={"recipe": json.dumps(recipe)})
+    one_line_error(synth(model, bad, tmp_path / "o.wav"), "edited.safetensors", "audio settings")
+    older = {k: v for k, v in header.items() if k != "audio_sha256"}  # exported before the digest: loads
+    save_file(load_file(str(model["bundle"])), str(tmp_path / "older.safetensors"), metadata=older)
+    assert synth(model, tmp_path / "older.safetensors", tmp_path / "o.wav").exit_code == 0
+
+
 def test_a_format_version_of_superscript_digits_is_named_as_such(model, tmp_path):
     """'²' is a digit to str.isdigit, not to int: it was reported as a safetensors error."""
     bad = rewrite_bundle(model["bundle"], tmp_path / "bad.safetensors", meta={"format_version": "²"})

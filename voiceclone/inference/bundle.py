@@ -11,6 +11,7 @@ the type the network expects and finite values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -201,12 +202,23 @@ def _bundle_metadata(header: dict[str, str], path: Path) -> tuple[Recipe, dict[s
     if not isinstance(meta, dict):
         raise UserError(f"{path}: damaged bundle metadata ('meta' must be a JSON object, got {type(meta).__name__})")
     recipe = recipe_from_dict(recipe_data, source=str(path))  # bounds every size the networks are built with
+    # the networks' tensors fit any frame rate, so a hop or sample rate edited into the recipe still loaded and
+    # synthesized at the wrong speed and pitch; bundles exported before the digest existed have none to check
+    digest = header.get("audio_sha256")
+    if digest is not None and digest != audio_digest(recipe):
+        raise UserError(f"{path}: its recipe's audio settings are not the ones it was exported with (edited by "
+                        "hand?); the networks work only at those")
     if "acoustic" not in meta:
         raise UserError(f"{path}: damaged bundle metadata (no 'acoustic' entry in 'meta')")
     check_meta(meta["acoustic"], f"{path} (acoustic metadata)", acoustic=True)
     if "vocoder" in meta:
         check_meta(meta["vocoder"], f"{path} (vocoder metadata)")
     return recipe, meta
+
+
+def audio_digest(recipe: Recipe) -> str:
+    """SHA-256 of the audio settings, as the bundle's recipe JSON writes them."""
+    return hashlib.sha256(json.dumps(recipe.to_dict()["audio"], sort_keys=True).encode()).hexdigest()
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -223,7 +235,8 @@ def export(run: Path | str, out: Path | str) -> Path:
     tensors = {f"acoustic.{k}": v.contiguous() for k, v in model.acoustic.state_dict().items()}
     tensors.update({f"vocoder.{k}": v.contiguous() for k, v in model.vocoder.state_dict().items()})
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "voiceclone_version": __version__,
-              "recipe": model.recipe.to_json(), "meta": json.dumps(model.meta),
+              "recipe": model.recipe.to_json(), "audio_sha256": audio_digest(model.recipe),
+              "meta": json.dumps(model.meta),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source_run": str(run)}
     data = save(tensors, metadata=header)  # in memory: a full disk then fails our write, with its errno
     with writing(out):
