@@ -467,6 +467,18 @@ def test_stage_all_beside_a_busy_neighbour_starts_the_vocoder_once_two_cores_are
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("stage", ["acoustic", "vocoder"])
+def test_segments_mostly_of_padding_are_refused_before_training(dataset, tmp_path, stage):
+    """vocoder.train.segment_frames = 8192 was within the recipe's bounds and had the process killed for want
+    of memory: a segment over twice the longest utterance is refused, naming the longest."""
+    from voiceclone.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^{stage}.train.segment_frames = 8192 .* is over twice the longest"):
+        train(dataset, tmp_path / "run", stage=stage, overrides=FAST + [f"{stage}.train.segment_frames=8192"],
+              epochs=1, console=QUIET)
+    assert not (tmp_path / "run" / stage / "last.pt").exists()
+
+
 def _raises_user_error(console):
     from voiceclone.errors import UserError
 

@@ -392,8 +392,22 @@ def _check_stage(req: TrainRequest, dataset: Dataset, stage: str) -> Checked:
     """Everything that can refuse a stage before it trains: splits, the other stage's audio settings, resume."""
     recipe = _finetune_recipe(req.recipe, stage) if req.finetuning else req.recipe
     check_splits(dataset, stage, need_unseen=not req.finetuning)
+    _check_segment_length(dataset, stage, recipe)
     _check_other_stage(req, dataset, stage, recipe)
     return recipe, _resume_state(req, dataset, stage, recipe)
+
+
+def _check_segment_length(dataset: Dataset, stage: str, recipe: Recipe) -> None:
+    """A training segment longer than twice the longest utterance is mostly padding, and its memory grows with
+    it: vocoder.train.segment_frames = 8192 (131 s on 6 s clips) had the process killed for want of memory."""
+    frames = getattr(recipe, stage).train.segment_frames
+    train = dataset.split("train")
+    longest = max(train.n_frames(i) for i in range(len(train)))
+    if frames > 2 * longest:
+        rate = recipe.audio.frame_rate
+        raise UserError(f"{stage}.train.segment_frames = {frames} ({frames / rate:.1f} s) is over twice the longest "
+                        f"training utterance of {dataset.path} ({longest} frames, {longest / rate:.1f} s): its "
+                        f"segments would be mostly padding; use at most {longest}")
 
 
 def _train_stage(req: TrainRequest, dataset: Dataset, stage: str, checked: Checked | None = None) -> dict[str, Any]:
