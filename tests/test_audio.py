@@ -280,6 +280,22 @@ def test_trim_bounds_finds_the_signal():
     assert A.trim_bounds(np.zeros(100, np.float32), 40.0) in ((0, 0), (0, 100))
 
 
+def test_empty_bands_are_those_the_filter_bank_leaves_without_a_bin():
+    from voiceclone.melscale import empty_bands
+
+    counts = []
+    for sr, n_fft, n_mels, fmin, fmax in [(16000, 1024, 80, 0.0, 8000.0), (16000, 1024, 512, 0.0, 8000.0),
+                                          (16000, 1024, 80, 7999.0, 8000.0), (22050, 256, 128, 40.0, 11025.0),
+                                          (44100, 2048, 200, 0.0, 22050.0), (8000, 64, 40, 100.0, 3000.0)]:
+        cfg = object.__new__(AudioConfig)  # past the config's own check, which uses what is tested here
+        for k, v in dict(sample_rate=sr, n_fft=n_fft, win_length=n_fft, hop_length=n_fft // 4, n_mels=n_mels,
+                         fmin=fmin, fmax=fmax).items():
+            object.__setattr__(cfg, k, v)
+        counts.append(empty_bands(cfg))
+        assert counts[-1] == int((A.mel_filterbank(cfg).max(axis=1) <= 0).sum())
+    assert counts[0] == 0 and counts[2] == 80 and counts[1] > 0
+
+
 def test_mel_filterbank_is_librosas_slaney_basis():
     import librosa.filters  # slow to import, which is why audio.py has its own copy
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from voiceclone.errors import UserError
-from voiceclone.melscale import mel_filterbank
+from voiceclone.melscale import empty_bands
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped with the package (package data)
 
@@ -55,7 +55,7 @@ class AudioConfig:
         _require(self.f0_max <= self.sample_rate / 2, "audio.f0_max", "must not exceed sample_rate / 2")
         # a mel band narrower than the FFT's bin spacing may hold no bin: that feature is the log floor for every
         # sound (fmin = 7999, fmax = 8000 gave a dataset of nothing but the floor, prepared without a word)
-        empty = int((mel_filterbank(self).max(axis=1) <= 0).sum())
+        empty = empty_bands(self)
         _require(empty == 0, "audio.n_mels",
                  f"= {self.n_mels} leaves {empty} mel bands between fmin {self.fmin:g} and fmax {self.fmax:g} Hz "
                  f"without an FFT bin ({self.sample_rate / self.n_fft:g} Hz apart at n_fft {self.n_fft}): lower "

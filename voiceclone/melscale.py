@@ -41,3 +41,15 @@ def mel_filterbank(cfg: AudioConfig) -> np.ndarray:
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
     return weights.astype(np.float32)
+
+
+def empty_bands(cfg: "AudioConfig") -> int:
+    """How many bands hold no FFT bin: their mel is the log floor for every sound. A bin has weight in band k
+    when it lies strictly between the band's outer edges; counted without building the filter bank, which
+    at the largest sizes the config allows is 512 x 8193."""
+    freqs = np.linspace(0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)
+    edges = mel_band_edges(cfg)
+    first = np.searchsorted(freqs, edges[:-2], side="right")  # each band's first bin above its lower edge
+    inside = (first < len(freqs)) & (freqs[np.minimum(first, len(freqs) - 1)] < edges[2:])
+    return int((~inside).sum())
+

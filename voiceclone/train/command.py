@@ -236,7 +236,8 @@ class _VocoderWorker:
         # checkpoint, not worth sending through a pipe) and prints what it finds
         _check_stage(dataclasses.replace(req, console=Console(quiet=True)), dataset, "vocoder")
         worker = cls(req, checked)
-        time.sleep(max(0.0, DECIDE_WINDOW - (time.monotonic() - since.at)))
+        if not explicit_threads(req.threads):  # a count the user fixed is not measured
+            time.sleep(max(0.0, DECIDE_WINDOW - (time.monotonic() - since.at)))
         threads = choose_threads(req.threads, since)
         if threads >= 2:
             worker.start(threads)
