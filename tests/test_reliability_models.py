@@ -184,6 +184,21 @@ def test_a_full_disk_when_writing_audio_or_a_bundle_is_one_line(model, tmp_path)
         assert not (fs / "o.wav").exists() and not list(fs.glob(".*"))
 
 
+def test_outputs_named_near_the_name_limit_are_written(model, tmp_path):
+    """A file name may be 255 bytes, but each output was written through `.NAME.part` (or `.NAME.tmp`) beside
+    it: an output named 250-255 bytes was "name too long", exit 2, and in a folder it stopped the run."""
+    wav = tmp_path / ("v" * 251 + ".wav")
+    r = synth(model, model["bundle"], wav)
+    assert r.exit_code == 0, r.output
+    r = synth(model, model["bundle"], tmp_path / ("s" * 251 + ".wav"), "--stream")
+    assert r.exit_code == 0, r.output
+    bundle = tmp_path / ("m" * 240 + ".safetensors")
+    r = runner.invoke(app, ["export", str(model["run"]), "--out", str(bundle)])
+    assert r.exit_code == 0, r.output
+    assert sf.info(str(wav)).frames > 0 and bundle.stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_unwritable_stream_outputs_are_one_line_and_leave_nothing(model, tmp_path):
     (tmp_path / "folder.wav").mkdir()
     (tmp_path / "file").write_text("x")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +17,17 @@ from typing import IO, Iterator
 from voiceclone.errors import UserError
 
 TMP_SUFFIX = ".tmp"  # of a file being written: .<name>.<random>.tmp (or a name the caller gives) beside it
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def tmp_beside(path: Path, suffix: str = TMP_SUFFIX) -> Path:
+    """The temporary file `path` is written through and renamed from: `.NAME<suffix>` beside it. An output
+    may be named up to NAME_MAX bytes, but then that temporary name is too long ("name too long", exit 2, and
+    a folder of sources stopped there): such a name stands in by its hash, still one per output."""
+    name = f".{path.name}{suffix}"
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return path.with_name(name)
+    return path.with_name(f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:32]}{suffix}")
 
 
 def stored_config(folder: Path, fmt: str) -> dict | None:

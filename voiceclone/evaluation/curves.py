@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from voiceclone.errors import writing
 from voiceclone.evaluation.convergence import Assessment
-from voiceclone.files import write_atomic
+from voiceclone.files import tmp_beside, write_atomic
 
 CURVES = (("train_loss", "train", "tab:blue"), ("val_loss", "val (seen speakers)", "tab:orange"),
           ("unseen_loss", "unseen speakers", "tab:green"))
@@ -73,7 +73,7 @@ def plot_curves(histories: Mapping[str, list[dict[str, Any]]], assessments: Mapp
     fig.savefig(buffer, format="png", dpi=100)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, buffer.getbuffer(), path.with_name(f".{path.name}.tmp"))
+        write_atomic(path, buffer.getbuffer(), tmp_beside(path))
     return path
 
 

@@ -21,7 +21,7 @@ from voiceclone import audio as A
 from voiceclone.config import AudioConfig, differences
 from voiceclone.data.store import Split
 from voiceclone.errors import UserError, writing
-from voiceclone.files import write_atomic
+from voiceclone.files import tmp_beside, write_atomic
 from voiceclone.evaluation import metrics
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model
@@ -75,7 +75,7 @@ def write_report(report: Mapping[str, Any], path: Path | str) -> Path:
     data = (json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n").encode()
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data, path.with_name(f".{path.name}.tmp"))
+        write_atomic(path, data, tmp_beside(path))
     return path
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from voiceclone import __version__
 from voiceclone.config import Recipe, recipe_from_dict
 from voiceclone.errors import UserError, check_output, parse_device, writing
-from voiceclone.files import TMP_SUFFIX, write_atomic
+from voiceclone.files import tmp_beside, write_atomic
 from voiceclone.inference import melfit
 from voiceclone.models.acoustic import AcousticModel
 from voiceclone.models.vocoder import Vocoder
@@ -241,5 +241,5 @@ def export(run: Path | str, out: Path | str) -> Path:
     data = save(tensors, metadata=header)  # in memory: a full disk then fails our write, with its errno
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, data, tmp=out.with_name(f".{out.name}{TMP_SUFFIX}"))
+        write_atomic(out, data, tmp=tmp_beside(out))
     return out

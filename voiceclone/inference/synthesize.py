@@ -36,6 +36,7 @@ from voiceclone.config import AudioConfig
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import UserError, check_output, first_few, stderr_console, writing
+from voiceclone.files import tmp_beside
 from voiceclone.threads import ordered_map, torch_threads
 
 MIN_REFERENCE_SECONDS = 1.0
@@ -404,7 +405,7 @@ def write_wav(out: Path, blocks: Iterable[np.ndarray], rate: int, subtype: str =
     unwritable path: one line naming `out`) never leaves a half-written file under the final name."""
     with writing(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
+    tmp = tmp_beside(out, ".part")
     try:
         with writing(out):  # opened here first: libsndfile reports every failed open as "System error"
             tmp.open("wb").close()
