@@ -420,6 +420,21 @@ def test_an_output_onto_an_input_is_refused_and_the_input_kept(model, tmp_path):
     assert sorted(p.name for p in folder.rglob("*")) == ["a.wav", "a.wav", "out"]
 
 
+def test_a_folder_output_onto_a_reference_is_refused_and_the_reference_kept(model, tmp_path):
+    """A --reference inside the output folder, named as a source's output (takes/voice.wav -> out/voice.wav),
+    was replaced by that source's conversion, exit 0."""
+    takes, out = tmp_path / "takes", tmp_path / "out"
+    takes.mkdir()
+    out.mkdir()
+    (takes / "voice.wav").write_bytes(Path(model["src"]).read_bytes())
+    ref = out / "voice.wav"
+    ref.write_bytes(Path(model["ref"]).read_bytes())
+    before = ref.read_bytes()
+    one_line_error(synth(model, model["bundle"], out, "--source", str(takes), "--reference", str(ref)),
+                   "would overwrite the --reference", str(ref))
+    assert ref.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["voice.wav"]
+
+
 @pytest.mark.parametrize("name", ["voice.mp3", "voice.flac"])
 def test_an_output_named_for_another_format_is_one_line(model, tmp_path, name):
     """The output is WAV: an --out of voice.mp3 got WAV data under that name, exit 0."""

@@ -498,6 +498,12 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
             if t.resolve() in inputs:
                 raise UserError(f"{out}: converting {source} here would overwrite its file {inputs[t.resolve()]}; "
                                 "choose another --out")
+            # a --reference inside --out, named as a source's output (takes/v.wav -> out/v.wav), was replaced
+            # by that conversion; realpath: the references were read, but Path.resolve raises on odd links
+            for r in references:
+                if os.path.realpath(r) == os.path.realpath(t):
+                    raise UserError(f"{out}: converting {source} here would overwrite the --reference {r}; "
+                                    "choose another --out")
         with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as bar:
             task = bar.add_task("convert", total=len(files))
