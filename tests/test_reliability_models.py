@@ -372,6 +372,23 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     assert not (tmp_path / "s.wav").exists()
 
 
+def test_an_output_of_a_folder_that_cannot_be_written_is_skipped_and_the_rest_converted(model, tmp_path):
+    """An output path taken by a folder (out/a.wav/) or below a file (out/sub as a file) stopped the run at
+    that file, exit 2, the sources after it never converted."""
+    folder, out = tmp_path / "sources", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.wav", "sub/b.wav", "z.wav"):
+        (folder / name).write_bytes(Path(model["src"]).read_bytes())
+    (out / "a.wav").mkdir(parents=True)
+    (out / "sub").write_text("not a folder")
+    r = synth(model, model["bundle"], out, "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and r.output.count("skipped") == 2, r.output
+    assert (out / "z.wav").is_file() and sf.info(str(out / "z.wav")).frames > 0
+    assert (out / "a.wav").is_dir() and (out / "sub").read_text() == "not a folder"
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "sub", "z.wav"]  # no temporary file left
+
+
 def test_a_broken_link_in_a_source_folder_is_said_and_the_rest_converted(model, tmp_path):
     """It was passed over without a word, where prepare lists it as missing."""
     folder = tmp_path / "sources"

@@ -35,7 +35,7 @@ from voiceclone import audio as A
 from voiceclone.config import AudioConfig
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import UserError, check_output, first_few, stderr_console, writing
+from voiceclone.errors import FileWriteError, UserError, check_output, first_few, stderr_console, writing
 from voiceclone.files import tmp_beside
 from voiceclone.threads import ordered_map, torch_threads
 
@@ -50,6 +50,10 @@ REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound
 MAX_TRANSPOSE = 48.0  # semitones: four octaves, more than any voice spans
 MAX_CHUNK_SECONDS = 3600.0
 OUTPUT_RATES = (8000, 192000)  # --sample-rate: the range of the recipes' own audio.sample_rate
+# why one output of a folder cannot be written that leaves the others writable (its path is taken by a folder
+# or lies below a file, its name is too long, its subfolder is read-only): that file is skipped. A full disk
+# stops the run: every later file would fail the same way.
+ONE_OUTPUT_ERRNOS = (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM)
 
 
 def check_transpose(transpose: float) -> None:
@@ -512,6 +516,11 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                     try:
                         results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
                     except A.AudioError as e:
+                        failed.append(str(e))
+                        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+                    except FileWriteError as e:
+                        if e.errno not in ONE_OUTPUT_ERRNOS:
+                            raise
                         failed.append(str(e))
                         console.print(f"[yellow]skipped[/] {e}", highlight=False)
                     bar.advance(task)
