@@ -372,6 +372,17 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     assert not (tmp_path / "s.wav").exists()
 
 
+def test_a_skipped_file_is_named_as_it_is_even_with_square_brackets(model, tmp_path):
+    """The skipped lines went through rich markup: '[bold]take.wav' was named 'take.wav', another file."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    (folder / "ok.wav").write_bytes(Path(model["src"]).read_bytes())
+    (folder / "[bold]take.wav").write_text("not audio")
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "[bold]take.wav" in r.output.replace("\n", ""), r.output  # rich wraps at 80 columns
+
+
 def test_an_output_of_a_folder_that_cannot_be_written_is_skipped_and_the_rest_converted(model, tmp_path):
     """An output path taken by a folder (out/a.wav/) or below a file (out/sub as a file) stopped the run at
     that file, exit 2, the sources after it never converted."""

@@ -28,6 +28,7 @@ import soundfile as sf
 import soxr
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -495,7 +496,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                     A.check_file(p)
                 except A.AudioError as e:
                     failed.append(str(e))
-                    console.print(f"[yellow]skipped[/] {e}", highlight=False)
+                    console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
         targets = _folder_targets(source, files, out)
         inputs = {f.resolve(): f for f in files}
         for t in targets.values():  # --out inside --source: an output may land on a source file
@@ -517,12 +518,12 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                         results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
                     except A.AudioError as e:
                         failed.append(str(e))
-                        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+                        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
                     except FileWriteError as e:
                         if e.errno not in ONE_OUTPUT_ERRNOS:
                             raise
                         failed.append(str(e))
-                        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+                        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
                     bar.advance(task)
             except KeyboardInterrupt:  # Ctrl-C: say what is done (each output is whole: write_wav renames)
                 bar.stop()
