@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -259,6 +261,30 @@ def envelope(mel: np.ndarray, f0: np.ndarray) -> np.ndarray | None:
     return (env - env.mean()).astype(np.float32)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """What `voiceclone synthesize` refuses before any work, refused here too: --out a folder or named for
+    another format (soundfile's traceback after the whole conversion), a --transpose or --timbre out of
+    range or NaN (an OverflowError traceback, or a wrong wav with exit 0: a NaN F0 reads as unvoiced)."""
+    if args.out.is_dir():
+        raise ValueError(f"{args.out}: is a folder; name the wav file to write")
+    if args.out.suffix and args.out.suffix.lower() != ".wav":
+        raise ValueError(f"{args.out}: the file is written as WAV; name it .wav")
+    if not (math.isfinite(args.transpose) and -48 <= args.transpose <= 48):
+        raise ValueError(f"--transpose {args.transpose:g}: expected -48 to 48 semitones")
+    if not (math.isfinite(args.timbre) and 0 <= args.timbre <= 2):
+        raise ValueError(f"--timbre {args.timbre:g}: expected 0-2")
+
+
+def write_wav(path: Path, wav: np.ndarray, rate: int) -> None:
+    """Written beside its name and renamed over it: a failure never leaves half a wav under the name."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        sf.write(str(tmp), wav, rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the output of `voiceclone export RUN --onnx DIR`")
@@ -271,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timbre", type=float, default=1.0, help="0 = the model's own timbre, 1 = the reference's")
     args = parser.parse_args(argv)
     try:
+        check_options(args)
         voice = OnnxVoice(args.folder)
         if args.reference:
             speaker, ref_f0, env = voice.embed([voice.clean(voice.load(p)) for p in args.reference])
@@ -282,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("at least one --reference is needed")
         wav = voice.convert(voice.clean(voice.load(args.source)), speaker, ref_f0, args.keep_pitch, args.transpose,
                             reference_envelope=env, timbre=args.timbre)
+        write_wav(args.out, wav, voice.sr)
     except (OSError, ValueError, RuntimeError) as e:  # a missing or unreadable file, a wrong folder
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sf.write(str(args.out), wav, voice.sr, subtype="PCM_16")
     print(f"wrote {args.out} ({len(wav) / voice.sr:.2f} s)")
     return 0
 

@@ -164,3 +164,23 @@ def test_onnx_export_errors_are_one_line(tiny_run, tmp_path):
         r = runner.invoke(app, ["export", *args])
         assert r.exit_code == 2 and message in r.output, r.output
         assert "Traceback" not in r.output
+
+
+def test_the_example_scripts_bad_options_and_outputs_are_one_line(exported, tmp_path, capsys):
+    """--out naming a folder or an .mp3 was a soundfile traceback (exit 1) after the whole conversion;
+    --transpose 1e6 an OverflowError traceback; --transpose nan and --timbre nan wrote a wrong wav, exit 0."""
+    import onnx_convert
+
+    (tmp_path / "taken").mkdir()
+    base = [str(exported["folder"]), "--reference", str(exported["ref_path"]), "--source", str(exported["src_path"])]
+    for extra, words in ((["--out", str(tmp_path / "taken")], ["taken", "folder"]),
+                         (["--out", str(tmp_path / "o.mp3")], ["o.mp3", "WAV"]),
+                         (["--out", str(tmp_path / "o.wav"), "--transpose", "1e6"], ["--transpose"]),
+                         (["--out", str(tmp_path / "o.wav"), "--transpose", "nan"], ["--transpose"]),
+                         (["--out", str(tmp_path / "o.wav"), "--timbre", "nan"], ["--timbre"])):
+        assert onnx_convert.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and all(w in err for w in words), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any((tmp_path / "taken").iterdir())
+    assert onnx_convert.main(base + ["--out", str(tmp_path / "o.wav")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav", "taken"]  # written beside, then renamed
