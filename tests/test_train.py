@@ -25,7 +25,7 @@ from voiceclone.data.store import Dataset
 from voiceclone.run import load_checkpoint
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.command import train
-from voiceclone.train.loop import lr_factor
+from voiceclone.train.loop import Trainer, lr_factor
 from helpers import history
 
 QUIET = Console(quiet=True)
@@ -128,6 +128,30 @@ def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(dataset, tmp_pa
     for ra, rb in zip(a, b):
         for key in ("train_loss", "val_loss", "unseen_loss", "step"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (key, ra["epoch"])
+
+
+def test_resume_mid_epoch_with_augmentation_equals_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
+    # the augmentation draws from torch's generator: the resumed run must not draw once more than the stopped
+    # one did (the data loader takes its workers' seed from it when an epoch's batches begin)
+    overrides = FAST + ["acoustic.augment=true"]
+    train(dataset, tmp_path / "a", overrides=overrides, epochs=2, early_stop=False, console=QUIET)
+    original, fired = Trainer._train_step, []
+
+    def step(self, batch):
+        out = original(self, batch)
+        if self.progress.step == self.steps_per_epoch + 1 and not fired:  # one step into epoch 2
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    r = train(dataset, tmp_path / "b", overrides=overrides, epochs=2, early_stop=False, console=QUIET)
+    assert fired and r["acoustic"]["interrupted"] and r["acoustic"]["epochs"] == 1
+    train(dataset, tmp_path / "b", overrides=overrides, epochs=2, resume=True, early_stop=False, console=QUIET)
+    a, b = history(tmp_path / "a"), history(tmp_path / "b")
+    assert [r["epoch"] for r in b] == [1, 2]
+    for key in ("train_loss", "val_loss", "unseen_loss", "step"):
+        assert a[1][key] == pytest.approx(b[1][key], rel=1e-6, abs=1e-7), key
 
 
 def test_early_stopping_on_a_plateau_restores_the_best(dataset, tmp_path):

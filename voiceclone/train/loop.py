@@ -272,7 +272,13 @@ class Trainer:
                 self.sampler.set_epoch(epoch, skip=p.batch_in_epoch)
                 started = time.time()
                 sums, seen = (dict(p.epoch_sums), p.epoch_seen) if p.batch_in_epoch else ({}, 0)
-                for batch in self.loader:
+                rng = torch.get_rng_state() if p.batch_in_epoch else None
+                batches = iter(self.loader)  # draws its workers' base seed from torch's generator
+                if rng is not None:
+                    # resumed mid-epoch: the stopped run drew that seed at the start of this epoch, before the
+                    # state it saved; a second draw would shift every later random number (the augmentation)
+                    torch.set_rng_state(rng)
+                for batch in batches:
                     p.step += 1
                     lr = self._set_lr()
                     values = self._train_step(self._to_device(batch))
