@@ -160,3 +160,35 @@ def test_bad_finetune_inputs(setup, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "d"), "--init-from",
                             str(setup["base"])])
     assert r.exit_code == 2 and "--finetune" in r.output
+
+
+def test_a_vocoder_fine_tune_stopped_before_its_first_epoch_keeps_the_adopted_vocoder(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from voiceclone.train.loop import Trainer
+
+    run = tmp_path / "ft"
+    train(setup["voice_ds"], run, stage="acoustic", init_from=setup["base"], finetune=True,
+          overrides=["finetune.epochs=1"], console=QUIET)
+    assert load_checkpoint(run / "vocoder/best.pt")["meta"].get("from_base")  # speaks through the base's vocoder
+    original, fired = Trainer._train_step, []
+
+    def step(self, batch):
+        out = original(self, batch)
+        if not fired:  # a Ctrl-C in the vocoder's first step, before any epoch of its own
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    overrides = ["finetune.epochs=1", "vocoder.train.batch_size=2"]  # several steps an epoch
+    r = train(setup["voice_ds"], run, stage="vocoder", init_from=setup["base"], finetune=True, overrides=overrides,
+              console=QUIET)
+    assert fired and r["vocoder"]["interrupted"] and r["vocoder"]["epochs"] == 0
+    assert load_checkpoint(run / "vocoder/best.pt")["meta"].get("from_base")  # the run still speaks
+    assert load_model(run).vocoder is not None
+    # resumed, its first epoch's best replaces the base's
+    train(setup["voice_ds"], run, stage="vocoder", init_from=setup["base"], finetune=True, overrides=overrides,
+          resume=True, console=QUIET)
+    assert not load_checkpoint(run / "vocoder/best.pt")["meta"].get("from_base")

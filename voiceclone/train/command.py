@@ -314,10 +314,11 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
     """The stage's last checkpoint when resuming (its fixed settings and speakers must match), None for a
     fresh start. Never a fresh start over a best model or a history: that would replace them unasked."""
     last, best, folder = R.last_path(req.run, stage), R.best_path(req.run, stage), R.stage_dir(req.run, stage)
-    if stage == "vocoder" and best.is_file() and not last.is_file() and not R.has_history(folder):
-        if _from_base(best):
-            best.unlink()  # the base's vocoder, adopted by a fine-tune: a vocoder trained here replaces it
-    if req.resume and not last.is_file() and (best.is_file() or R.has_history(folder)):
+    # the base's vocoder, adopted by a fine-tune: not trained here, so a vocoder trained here starts fresh and
+    # its first best replaces it; kept till then, or a stop or failure before that left the run unable to speak
+    adopted = (stage == "vocoder" and best.is_file() and not last.is_file() and not R.has_history(folder)
+               and _from_base(best))
+    if req.resume and not last.is_file() and ((best.is_file() and not adopted) or R.has_history(folder)):
         raise UserError(f"{last}: missing, so the run cannot be resumed from where it stopped; {best.name} is "
                         "kept; start a new --run (optionally --init-from this one with --finetune)")
     if req.resume and last.is_file():
@@ -349,7 +350,8 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
             raise UserError(f"{last}: the run was made with other settings ({'; '.join(diff[:4])}); "
                             "resume without changing them, or start a new --run")
         return state
-    found = [p.name for p in (last, best, R.history_path(req.run, stage)) if p.is_file()]
+    found = [p.name for p in (last, best, R.history_path(req.run, stage))
+             if p.is_file() and not (p == best and adopted)]
     if found and not req.resume:
         raise UserError(f"{folder}: a run is already here ({', '.join(found)}); continue it with --resume or "
                         "choose another --run")
