@@ -503,6 +503,18 @@ def test_segments_mostly_of_padding_are_refused_before_training(dataset, tmp_pat
     assert not (tmp_path / "run" / stage / "last.pt").exists()
 
 
+def test_stage_all_one_after_the_other_refuses_a_bad_vocoder_setting_before_the_acoustic_model_trains(
+        dataset, tmp_path):
+    # threads=None: the stages train one after the other, as on a GPU; the refusal once came after the whole
+    # acoustic training
+    from voiceclone.errors import UserError
+
+    with pytest.raises(UserError, match=r"^vocoder.train.segment_frames = 8192 .* is over twice the longest"):
+        train(dataset, tmp_path / "run", stage="all", overrides=FAST + ["vocoder.train.segment_frames=8192"],
+              epochs=1, console=QUIET)
+    assert not (tmp_path / "run" / "acoustic" / "last.pt").exists()
+
+
 def _raises_user_error(console):
     from voiceclone.errors import UserError
 

@@ -163,11 +163,17 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     results: dict[str, dict[str, Any]] = {}
     with R.locked(run) if dist_info.main else contextlib.nullcontext():
         worker = _VocoderWorker.plan(request, dataset, since) if stage == "all" else None
+        checked: dict[str, Checked] = {}
+        if stage == "all" and worker is None:
+            # one after the other (a GPU, torchrun, a fine-tune, one thread): both stages are checked first here
+            # too, or a setting the vocoder refuses stopped the command only after the whole acoustic training
+            checked["acoustic"] = _check_stage(request, dataset, "acoustic")
+            _check_stage(dataclasses.replace(request, console=Console(quiet=True)), dataset, "vocoder")
         todo = list(R.STAGES if stage == "all" else (stage,))
         if worker is not None:
             todo = _train_beside(request, dataset, worker, results)
         for s in todo:
-            results[s] = _train_stage(request, dataset, s)
+            results[s] = _train_stage(request, dataset, s, checked.get(s))
             if results[s]["interrupted"]:
                 break
             _check_finite(results[s])
