@@ -141,6 +141,26 @@ def test_finetuning_stops_early_when_the_held_out_loss_turns_up(setup, tmp_path)
     assert r["best_epoch"] < r["epochs"]
 
 
+def test_a_fine_tune_resumed_without_its_base_or_a_run_resumed_as_one_is_refused(setup, tmp_path):
+    """A fine-tuned vocoder resumed with a plain --resume trained on as a new model: the recipe's learning rate
+    and epochs instead of [finetune]'s, and its checkpoints forgot whose fine-tune they were."""
+    import shutil
+
+    from voiceclone.errors import UserError
+
+    run = tmp_path / "ft"
+    train(setup["voice_ds"], run, stage="vocoder", init_from=setup["base"], finetune=True,
+          overrides=["finetune.epochs=1"], console=QUIET)
+    with pytest.raises(UserError, match=r"vocoder/last.pt: a fine-tune of .* resume it with --init-from .* --finetune"):
+        train(setup["voice_ds"], run, stage="vocoder", resume=True, epochs=2, console=QUIET)
+    assert load_checkpoint(run / "vocoder/last.pt")["meta"]["finetuned_from"] == str(setup["base"])
+    zero_shot = tmp_path / "base"
+    shutil.copytree(setup["base"], zero_shot)
+    with pytest.raises(UserError, match=r"acoustic/last.pt: not a fine-tune; resume it without --init-from"):
+        train(setup["voice_ds"], zero_shot, stage="acoustic", init_from=setup["base"], finetune=True, resume=True,
+              console=QUIET)
+
+
 def test_bad_finetune_inputs(setup, tmp_path):
     runner = CliRunner()
     # a voice dataset prepared with another audio config than the base model's

@@ -333,6 +333,13 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         if wrong:
             raise UserError(f"{last}: not a voiceclone resume checkpoint ({', '.join(wrong)} not a mapping)")
         check_meta(state["meta"], str(last), acoustic=stage == "acoustic")
+        base = state["meta"].get("finetuned_from")
+        if base and not req.finetuning:
+            # without them a fine-tuned vocoder trained on as a new model: the recipe's rate and epochs, and its
+            # checkpoints no longer said whose fine-tune they are
+            raise UserError(f"{last}: a fine-tune of {base}; resume it with --init-from {base} --finetune")
+        if req.finetuning and not base:
+            raise UserError(f"{last}: not a fine-tune; resume it without --init-from and --finetune")
         was = bool(state["meta"].get("finetuned_on_acoustic", False))
         if stage == "vocoder" and was != req.finetune_on_acoustic:
             # its best validation loss was measured on other input mels: the new epochs could never beat it,
