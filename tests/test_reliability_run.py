@@ -199,6 +199,8 @@ def test_train_loss_of_an_epoch_resumed_mid_way_is_the_whole_epochs(prepared_dat
     cut = tmp_path / "cut"
     r = train_cli(prepared_dataset, cut, "--epochs", "2")
     assert r.exit_code == 130 and fired, r.output
+    r = train_cli(prepared_dataset, cut, "--epochs", "1", "--resume")  # exit 0 and no word, before
+    assert r.exit_code == 0 and "1 epochs and part of the next are trained already" in " ".join(r.output.split())
     r = train_cli(prepared_dataset, cut, "--epochs", "2", "--resume")
     assert r.exit_code == 0, r.output
     a, b = history(whole), history(cut)

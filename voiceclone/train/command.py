@@ -449,10 +449,11 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str, checked: Check
                             f"({first[:200]})") from None
         if req.dist.main:
             req.console.print(f"Resuming {stage} from epoch {trainer.progress.epoch}, step {trainer.progress.step}.")
-            if trainer.progress.epoch >= trainer.epochs and not trainer.progress.batch_in_epoch:
+            if trainer.progress.epoch >= trainer.epochs:  # stopped mid-epoch too: that epoch is not trained on
                 asked = f"--epochs {req.epochs}" if req.epochs else f"the recipe's {stage}.train.epochs"
-                req.console.print(f"{stage}: {trainer.progress.epoch} epochs are trained already, and {asked} asks "
-                                  f"for {trainer.epochs}: nothing to train; give a larger --epochs to go on.",
+                part = " and part of the next" if trainer.progress.batch_in_epoch else ""
+                req.console.print(f"{stage}: {trainer.progress.epoch} epochs{part} are trained already, and {asked} "
+                                  f"asks for {trainer.epochs}: nothing to train; give a larger --epochs to go on.",
                                   highlight=False)
     baseline = None
     if req.finetuning and state is None and trainer.val_data["val"] is not None:
