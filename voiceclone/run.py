@@ -55,9 +55,12 @@ def has_history(folder: Path | str) -> bool:
 
 def write_stage_config(run: Path | str, stage: str, recipe_json: str) -> None:
     folder = stage_dir(run, stage)
-    with writing(folder / CONFIG_FILE):
+    path = folder / CONFIG_FILE
+    with writing(path):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_FILE).write_text(recipe_json)
+        # whole or not at all: `evaluate --run` may read it while this run trains, and a full disk must not
+        # leave it empty
+        write_atomic(path, recipe_json.encode(), tmp=path.with_name(f".{path.name}{TMP_SUFFIX}"))
 
 
 @contextlib.contextmanager
