@@ -69,22 +69,11 @@ def make_dataset(quiet):
 def interrupt_after_first_epoch(monkeypatch):
     """Make the next training run receive a real Ctrl-C (SIGINT) during the last step of its epoch 1,
     as a user interrupting a run at an epoch boundary would."""
-    import os
-    import signal
-
+    from helpers import ctrl_c_after_step
     from voiceclone.train.loop import Trainer
 
     original = Trainer._train_step
-    fired = []
-
-    def step(self, batch):
-        out = original(self, batch)
-        if self.progress.step == self.steps_per_epoch and not fired:  # once: the resumed run is left alone
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    ctrl_c_after_step(monkeypatch, lambda trainer: trainer.progress.step == trainer.steps_per_epoch)
     yield
     monkeypatch.setattr(Trainer, "_train_step", original)
 

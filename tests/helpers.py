@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,3 +49,23 @@ def one_line_error(r, *words: str) -> None:
 def set_options(overrides) -> list[str]:
     """Recipe overrides as command-line options: ["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
     return sum((["--set", o] for o in overrides), [])
+
+
+def ctrl_c_after_step(monkeypatch, when) -> list:
+    """A real Ctrl-C (SIGINT) to this process once, right after the first training step for which
+    `when(trainer)` holds, as a user pressing it would; returns a list that holds True once it fired (the
+    resumed run is left alone)."""
+    from voiceclone.train.loop import Trainer
+
+    original, fired = Trainer._train_step, []
+
+    def step(self, batch):
+        out = original(self, batch)
+        if not fired and when(self):
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    return fired
+

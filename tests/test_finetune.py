@@ -183,25 +183,13 @@ def test_bad_finetune_inputs(setup, tmp_path):
 
 
 def test_a_vocoder_fine_tune_stopped_before_its_first_epoch_keeps_the_adopted_vocoder(setup, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from voiceclone.train.loop import Trainer
+    from helpers import ctrl_c_after_step
 
     run = tmp_path / "ft"
     train(setup["voice_ds"], run, stage="acoustic", init_from=setup["base"], finetune=True,
           overrides=["finetune.epochs=1"], console=QUIET)
     assert load_checkpoint(run / "vocoder/best.pt")["meta"].get("from_base")  # speaks through the base's vocoder
-    original, fired = Trainer._train_step, []
-
-    def step(self, batch):
-        out = original(self, batch)
-        if not fired:  # a Ctrl-C in the vocoder's first step, before any epoch of its own
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    fired = ctrl_c_after_step(monkeypatch, lambda t: True)  # in the vocoder's first step, before any epoch of its own
     overrides = ["finetune.epochs=1", "vocoder.train.batch_size=2"]  # several steps an epoch
     r = train(setup["voice_ds"], run, stage="vocoder", init_from=setup["base"], finetune=True, overrides=overrides,
               console=QUIET)

@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 
 from voiceclone.cli import app
 from voiceclone.stages.tasks import AcousticTask
-from voiceclone.train.loop import Trainer
-from helpers import folder_size, history, one_line_error, set_options, small_filesystem
+from helpers import ctrl_c_after_step, folder_size, history, one_line_error, set_options, small_filesystem
 
 runner = CliRunner()
 FAST = ["acoustic.train.batch_size=4", "acoustic.train.segment_frames=48", "acoustic.train.warmup_steps=10",
@@ -185,17 +184,7 @@ def test_a_stage_for_other_audio_settings_than_the_runs_other_stage_is_refused(s
 def test_train_loss_of_an_epoch_resumed_mid_way_is_the_whole_epochs(prepared_dataset, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     assert train_cli(prepared_dataset, whole, "--epochs", "2").exit_code == 0
-    original = Trainer._train_step
-    fired = []
-
-    def step(self, batch):
-        out = original(self, batch)
-        if self.progress.step == self.steps_per_epoch + 2 and not fired:  # two steps into epoch 2
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    fired = ctrl_c_after_step(monkeypatch, lambda t: t.progress.step == t.steps_per_epoch + 2)  # 2 into epoch 2
     cut = tmp_path / "cut"
     r = train_cli(prepared_dataset, cut, "--epochs", "2")
     assert r.exit_code == 130 and fired, r.output

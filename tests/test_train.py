@@ -25,8 +25,8 @@ from voiceclone.data.store import Dataset
 from voiceclone.run import load_checkpoint
 from voiceclone.stages.tasks import AcousticTask
 from voiceclone.train.command import train
-from voiceclone.train.loop import Trainer, lr_factor
-from helpers import history
+from voiceclone.train.loop import lr_factor
+from helpers import ctrl_c_after_step, history
 
 QUIET = Console(quiet=True)
 TRAIN_THREADS = 2  # fixed, so the shared trained model is the same on every machine
@@ -135,16 +135,7 @@ def test_resume_mid_epoch_with_augmentation_equals_an_uninterrupted_run(dataset,
     # one did (the data loader takes its workers' seed from it when an epoch's batches begin)
     overrides = FAST + ["acoustic.augment=true"]
     train(dataset, tmp_path / "a", overrides=overrides, epochs=2, early_stop=False, console=QUIET)
-    original, fired = Trainer._train_step, []
-
-    def step(self, batch):
-        out = original(self, batch)
-        if self.progress.step == self.steps_per_epoch + 1 and not fired:  # one step into epoch 2
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    fired = ctrl_c_after_step(monkeypatch, lambda t: t.progress.step == t.steps_per_epoch + 1)  # 1 into epoch 2
     r = train(dataset, tmp_path / "b", overrides=overrides, epochs=2, early_stop=False, console=QUIET)
     assert fired and r["acoustic"]["interrupted"] and r["acoustic"]["epochs"] == 1
     train(dataset, tmp_path / "b", overrides=overrides, epochs=2, resume=True, early_stop=False, console=QUIET)
