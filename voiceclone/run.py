@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from voiceclone.config import ConvergenceConfig, read_recipe_json
 from voiceclone.errors import UserError, writing
-from voiceclone.files import TMP_SUFFIX, flocked, fsync_dir, write_atomic
+from voiceclone.files import TMP_SUFFIX, flocked, fsync_dir, tmp_beside, write_atomic
 
 STAGES = ("acoustic", "vocoder")  # in pipeline order; other stage folders (none today) sort after them
 CONFIG_FILE, LAST_FILE, BEST_FILE, HISTORY_FILE = "config.json", "last.pt", "best.pt", "history.jsonl"
@@ -60,7 +60,7 @@ def write_stage_config(run: Path | str, stage: str, recipe_json: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         # whole or not at all: `evaluate --run` may read it while this run trains, and a full disk must not
         # leave it empty
-        write_atomic(path, recipe_json.encode(), tmp=path.with_name(f".{path.name}{TMP_SUFFIX}"))
+        write_atomic(path, recipe_json.encode(), tmp=tmp_beside(path))
 
 
 @contextlib.contextmanager
@@ -204,8 +204,7 @@ def write_history(path: Path | str, rows: list[Mapping[str, Any]]) -> None:
     last line, rows of epochs redone after a kill)."""
     path = Path(path)
     with writing(path):
-        write_atomic(path, "".join(_history_line(r) for r in rows).encode(),
-                     tmp=path.with_name(f".{path.name}{TMP_SUFFIX}"))
+        write_atomic(path, "".join(_history_line(r) for r in rows).encode(), tmp=tmp_beside(path))
 
 
 def read_history(path: Path | str) -> list[dict[str, Any]]:

@@ -516,11 +516,8 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                 for f in files:
                     try:
                         results.append(synthesize_file(model, ref, f, targets[f], **kwargs))
-                    except A.AudioError as e:
-                        failed.append(str(e))
-                        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
-                    except FileWriteError as e:
-                        if e.errno not in ONE_OUTPUT_ERRNOS:
+                    except (A.AudioError, FileWriteError) as e:
+                        if isinstance(e, FileWriteError) and e.errno not in ONE_OUTPUT_ERRNOS:
                             raise
                         failed.append(str(e))
                         console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
