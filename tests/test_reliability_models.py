@@ -525,10 +525,11 @@ def test_a_symbolic_link_that_loops_is_one_line(model, tmp_path):
     for name in ("loop.wav", "loop.json"):
         os.symlink(name, tmp_path / name)
     one_line_error(synth(model, model["bundle"], tmp_path / "loop.wav"), "loop.wav", "loops")
+    # named as a link that does not resolve, not as a file that is not there
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--source", str(tmp_path / "loop.wav")),
-                   "loop.wav")
+                   "loop.wav", "does not resolve")
     one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(tmp_path / "loop.wav")),
-                   "loop.wav")
+                   "loop.wav", "does not resolve")
     one_line_error(runner.invoke(app, ["evaluate", "--run", str(model["run"]), "--out", str(tmp_path / "loop.json"),
                                        "--plot", str(tmp_path / "c.png")]), "loop.json", "loops")
     assert not (tmp_path / "o.wav").exists() and (tmp_path / "loop.wav").is_symlink()

@@ -158,6 +158,8 @@ def check_file(path: Path) -> None:
     if not path.is_file():
         if path.exists():
             raise AudioError(path, "not a regular file", "a pipe or a device; give a file")
+        if path.is_symlink():  # exists() follows it: a link to nothing, or to itself round a loop
+            raise AudioError(path, "missing", f"a link to {os.readlink(path)}, which does not resolve to a file")
         raise AudioError(path, "missing", "no such file")
 
 

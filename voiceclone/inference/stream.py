@@ -390,7 +390,7 @@ def synthesize_stream(model_path, references, source, out, block_ms: float = BLO
     if source.is_dir():
         raise UserError(f"{source}: --stream converts one file, not a folder")
     if not source.exists():
-        raise UserError(f"{source}: no such file")
+        A.check_file(source)  # missing, or a link that does not resolve: one line that says which
     check_sample_rate(sample_rate)
     check_out(out, source, references)
     model, ref = load_voice(model_path, references, device, console)

@@ -531,7 +531,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
             raise UserError(f"{source}: no file could be converted ({failed[0]})")
     else:
         if not source.exists():
-            raise UserError(f"{source}: no such file")
+            A.check_file(source)  # missing, or a link that does not resolve: one line that says which
         results.append(synthesize_file(model, ref, source, out, **kwargs))
     _print_summary(console, results)
     return results
