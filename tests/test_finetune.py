@@ -180,6 +180,9 @@ def test_bad_finetune_inputs(setup, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "d"), "--init-from",
                             str(setup["base"])])
     assert r.exit_code == 2 and "--finetune" in r.output
+    # one voice without either (a fine-tune resumed without them, too): both are named
+    r = runner.invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--finetune --init-from MODEL" in " ".join(r.output.split()), r.output
 
 
 def test_a_vocoder_fine_tune_stopped_before_its_first_epoch_keeps_the_adopted_vocoder(setup, tmp_path, monkeypatch):

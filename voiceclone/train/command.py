@@ -51,7 +51,8 @@ def check_splits(dataset: Dataset, stage: str, need_unseen: bool) -> None:
         speakers = {train.speaker(i) for i in range(len(train))}
         if len(speakers) < 2:
             raise UserError(f"{dataset.path}: {len(speakers)} training speaker(s); the zero-shot model needs at "
-                            "least 2 (use --finetune to adapt a trained model to one voice)")
+                            "least 2 (to adapt a trained model to one voice, or resume such a fine-tune: --finetune "
+                            "--init-from MODEL)")
         if len(dataset.split("unseen")) < 2:
             prep = dataset.recipe.prepare
             how = ("it was prepared with prepare.unseen_fraction = 0 and no --unseen-speakers; prepare it again "
