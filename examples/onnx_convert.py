@@ -63,8 +63,15 @@ class OnnxVoice:
         """Decode, mix to mono, resample: [T] float32 at the model's rate."""
         y, rate = sf.read(str(path), dtype="float32", always_2d=True)
         y = y.mean(axis=1)
+        # said here with the file's name: NaN read as silence, and a clip shorter than one analysis window
+        # failed in the STFT with numpy's words alone
+        if not np.isfinite(y).all():
+            raise ValueError(f"{path}: samples that are not numbers (NaN or infinity)")
         if rate != self.sr:
             y = soxr.resample(y, rate, self.sr, quality="HQ")
+        if len(y) < self.n_fft:
+            raise ValueError(f"{path}: {len(y) / self.sr:.3f} s of audio; at least one analysis window "
+                             f"({self.n_fft / self.sr:.3f} s) is needed")
         return np.ascontiguousarray(y, dtype=np.float32)
 
     def clean(self, y: np.ndarray) -> np.ndarray:
@@ -285,6 +292,15 @@ def write_wav(path: Path, wav: np.ndarray, rate: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _read(voice: OnnxVoice, path: Path) -> np.ndarray:
+    """A file decoded and cleaned; what makes it unusable is said with its name ("silent audio" alone did not)."""
+    y = voice.load(path)
+    try:
+        return voice.clean(y)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the output of `voiceclone export RUN --onnx DIR`")
@@ -300,14 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         check_options(args)
         voice = OnnxVoice(args.folder)
         if args.reference:
-            speaker, ref_f0, env = voice.embed([voice.clean(voice.load(p)) for p in args.reference])
+            speaker, ref_f0, env = voice.embed([_read(voice, p) for p in args.reference])
         elif voice.config.get("voice") is not None:  # a fine-tuned model's own voice
             stored = voice.config.get("voice_envelope")
             speaker, ref_f0 = np.asarray(voice.config["voice"], np.float32), None
             env = np.asarray(stored, np.float32) if stored is not None else None
         else:
             raise ValueError("at least one --reference is needed")
-        wav = voice.convert(voice.clean(voice.load(args.source)), speaker, ref_f0, args.keep_pitch, args.transpose,
+        wav = voice.convert(_read(voice, args.source), speaker, ref_f0, args.keep_pitch, args.transpose,
                             reference_envelope=env, timbre=args.timbre)
         write_wav(args.out, wav, voice.sr)
     except (OSError, ValueError, RuntimeError) as e:  # a missing or unreadable file, a wrong folder

@@ -184,3 +184,23 @@ def test_the_example_scripts_bad_options_and_outputs_are_one_line(exported, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any((tmp_path / "taken").iterdir())
     assert onnx_convert.main(base + ["--out", str(tmp_path / "o.wav")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav", "taken"]  # written beside, then renamed
+
+
+
+def test_the_example_script_names_an_unusable_source_with_its_reason(exported, tmp_path, capsys):
+    """A clip shorter than one analysis window failed with numpy's words alone, an empty one printed a numpy
+    warning first, and NaN samples read as 'silent audio', none naming the file."""
+    import soundfile as sf
+
+    import onnx_convert
+
+    rate = 16000
+    sources = {"short.wav": np.full(160, 0.1, np.float32), "empty.wav": np.zeros(0, np.float32),
+               "nan.wav": np.full(rate, np.nan, np.float32)}
+    for (name, y), why in zip(sources.items(), ("analysis window", "analysis window", "not numbers")):
+        sf.write(str(tmp_path / name), y, rate, subtype="FLOAT")
+        args = [str(exported["folder"]), "--reference", str(exported["ref_path"]), "--source", str(tmp_path / name),
+                "--out", str(tmp_path / "o.wav")]
+        assert onnx_convert.main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and name in err and why in err, err
