@@ -47,6 +47,14 @@ def _bin_weights(cfg: AudioConfig, from_hz: float) -> Tensor:
     return (weights * (centres >= from_hz).to(weights.dtype)[:, None]).T.contiguous()
 
 
+@functools.lru_cache(maxsize=8)
+def _istft(cfg: AudioConfig, device: str) -> ISTFT:
+    """One inverse STFT per config and device: the stream renders a block every few hundred ms, and each new
+    module would build its window and copy it to the device again."""
+    with torch.inference_mode(False):  # a normal tensor even when first asked for under inference_mode
+        return ISTFT(cfg.n_fft, cfg.hop_length, cfg.win_length).to(device)
+
+
 def fit_to_mel(audio: Tensor, mel: Tensor, cfg: AudioConfig, from_hz: float = FIT_FROM_HZ,
                passes: int = PASSES) -> Tensor:
     """audio [B, T * hop] (the vocoder's), mel [B, n_mels, T] (what it was given) -> audio [B, T * hop]."""
@@ -54,7 +62,7 @@ def fit_to_mel(audio: Tensor, mel: Tensor, cfg: AudioConfig, from_hz: float = FI
     if frames == 0 or passes <= 0 or from_hz >= cfg.sample_rate / 2:
         return audio
     weights = _bin_weights(cfg, from_hz).to(audio.device)
-    istft = ISTFT(cfg.n_fft, cfg.hop_length, cfg.win_length).to(audio.device)
+    istft = _istft(cfg, str(audio.device))
     x, wanted = audio.float(), mel.float()
     total = torch.zeros_like(wanted)  # each band's gain so far, held within GAIN_LIMIT over all passes
     for _ in range(passes):
