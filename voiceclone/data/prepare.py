@@ -52,6 +52,7 @@ from voiceclone.threads import allowed_cores, check_count
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
 COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
 NO_USABLE = "no usable audio"
+STOP_POLL = 0.2  # seconds between looks for a stop asked (Ctrl-C, SIGTERM) while the workers compute
 
 
 def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ()) -> Recipe:
@@ -360,25 +361,37 @@ def _run_pool(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], 
     # torch is safe here because each worker drops to one intra-op thread before it computes anything.
     # Elsewhere fork is unsafe (macOS system libraries), so workers are spawned.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
+    # a KeyboardInterrupt raised by a signal inside submit() can leave the executor's internal locks held, and
+    # shutdown then waited forever (a SIGTERM'd prepare hung): a stop is asked for here, as training asks
+    # (Ctrl-C, SIGTERM, a hang-up; a second Ctrl-C means now), and raised between the executor's calls
+    from voiceclone.train.distributed import StopRequest
+
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context(method), initializer=init_worker)
     try:
-        pool.submit(int).result()  # start the workers before the progress display starts its thread
-        with progress:
-            pending = set()
-            it = iter(jobs)
-            window = 4 * n_workers  # bounded, so the parent never holds the whole corpus's futures
-            for job in it:
-                pending.add(pool.submit(process_file, *job))
-                if len(pending) >= window:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        done(f.result())
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    done(f.result())
+        with StopRequest() as stop:
+            pool.submit(int).result()  # start the workers before the progress display starts its thread
+            with progress:
+                pending: set = set()
+                window = 4 * n_workers  # bounded, so the parent never holds the whole corpus's futures
+                for job in jobs:
+                    pending.add(pool.submit(process_file, *job))
+                    pending = _collect(pending, window, done, stop)
+                _collect(pending, 1, done, stop)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(pending: set, most: int, done: Callable[[tuple], None], stop: Any) -> set:
+    """Hand finished results to `done` until fewer than `most` futures are pending; a stop asked meanwhile is
+    raised here, as KeyboardInterrupt, never inside the executor."""
+    while True:
+        if stop.requested:
+            raise KeyboardInterrupt
+        if len(pending) < most:
+            return pending
+        finished, pending = wait(pending, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+        for f in finished:
+            done(f.result())
 
 
 def _skip_line(rec: dict | FileState) -> str:
