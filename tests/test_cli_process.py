@@ -25,6 +25,19 @@ def test_a_short_command_keeps_its_exit_code_and_its_one_error_line(tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("voiceclone ")
 
 
+def test_a_mistyped_option_or_value_is_one_error_line_naming_it():
+    """Typer's own usage errors were a usage line, a hint and a box of four lines."""
+    for args, words in [(["train", "--data", "d", "--run", "r", "--epochs", "many"], ["--epochs", "integer"]),
+                        (["synthesize", "--no-such-option"], ["--no-such-option", "synthesize --help"]),
+                        (["train"], ["--data"]), (["no-such-command"], ["no-such-command"])]:
+        done = voiceclone(*args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
+        assert all(w in lines[0] for w in words), (args, done.stderr)
+    done = voiceclone()
+    assert done.returncode == 2 and "Commands" in done.stdout + done.stderr  # no arguments: the help
+
+
 def test_every_option_help_is_printed_whole():
     """Typer renders help as rich markup: an unescaped `[finetune]` vanished from `train --help`."""
     import typer

@@ -13,14 +13,42 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, TIMBRE_STRENGTH
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
 console = stderr_console()
+
+
+# click's base error, found through a public class: typer >= 0.29 carries its own copy of click
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The command group, with a mistyped option or value reported as one line on stderr (exit code 2), as
+    every other bad input is, instead of typer's usage line, hint and boxed message."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help has been printed already
+                sys.exit(e.exit_code)
+            ctx = getattr(e, "ctx", None)
+            where, hint = (f"{ctx.command_path}: ", f" (see {ctx.command_path} --help)") if ctx else ("", "")
+            console.print(f"[bold red]error:[/] {escape(_one_line(where + e.format_message()) + hint)}",
+                          highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Zero-shot voice cloning: prepare a dataset, train, synthesize, evaluate.")
 
 
 def user_errors(fn):
