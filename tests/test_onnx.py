@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,19 @@ def test_the_example_script_names_an_unusable_source_with_its_reason(exported, t
         assert onnx_convert.main(args) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and name in err and why in err, err
+
+
+def test_an_export_that_fails_leaves_no_config_json_even_over_an_earlier_one(exported, tiny_run, tmp_path,
+                                                                             monkeypatch):
+    """Graphs were written in place and config.json beside them before the parity check: an export that
+    failed or was stopped left a folder that looked whole, its graphs from two exports."""
+    from voiceclone.errors import UserError
+    from voiceclone.inference import onnx_export
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported["folder"], folder)
+    monkeypatch.setattr(onnx_export, "check_parity", lambda model, out: {"vocoder": 1.0})
+    with pytest.raises(UserError, match="disagrees"):
+        onnx_export.export_onnx(tiny_run["run"], folder)
+    names = sorted(p.name for p in folder.iterdir())
+    assert "config.json" not in names and not [n for n in names if n.endswith(".tmp")], names

@@ -26,6 +26,7 @@ took 20x longer for the same graphs. The graphs are checked against torch with o
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -39,7 +40,7 @@ from voiceclone import audio as A
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.inference import melfit
 from voiceclone.errors import UserError, check_output, first_few
-from voiceclone.files import stored_config
+from voiceclone.files import fsync_dir, stored_config, write_atomic
 from voiceclone.inference.stream import content_code
 from voiceclone.models.acoustic import INSTANCE_NORM_EPS
 from voiceclone.models.modules import F0_REF_HZ, pitch_features
@@ -143,22 +144,29 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     _check_folder(out)
     model = load_model(model_path, need_vocoder=True)
     out.mkdir(parents=True, exist_ok=True)
+    # config.json is written last and only once the graphs agree with torch: a folder that has it holds one
+    # whole export, and an interrupted or failed export (even over an earlier one) leaves a folder without it
+    (out / "config.json").unlink(missing_ok=True)
     files = []
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
         for name, (module, inputs, outputs, axes) in _graphs(model).items():
-            path = out / f"{name}.onnx"
-            torch.onnx.export(module.eval(), tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
+            graph = io.BytesIO()
+            torch.onnx.export(module.eval(), tuple(inputs.values()), graph, dynamo=False, opset_version=OPSET,
                               input_names=list(inputs), output_names=outputs, dynamic_axes=axes)
-            files.append(path)
-    np.save(out / "mel_basis.npy", A.mel_filterbank(model.recipe.audio), allow_pickle=False)
+            files.append(out / f"{name}.onnx")
+            write_atomic(files[-1], graph.getbuffer())
+    basis = io.BytesIO()
+    np.save(basis, A.mel_filterbank(model.recipe.audio), allow_pickle=False)
     files.append(out / "mel_basis.npy")
-    (out / "config.json").write_text(json.dumps(_config(model), indent=2))
-    files.append(out / "config.json")
+    write_atomic(files[-1], basis.getbuffer())
     parity = check_parity(model, out) if check and _have_onnxruntime() else {}
     bad = {k: v for k, v in parity.items() if v > TOLERANCE}
     if bad:
         raise UserError(f"{out}: onnxruntime disagrees with torch beyond {TOLERANCE:g} on {bad}")
+    files.append(out / "config.json")
+    write_atomic(files[-1], json.dumps(_config(model), indent=2).encode())
+    fsync_dir(out)
     return {"files": [str(f) for f in files], "parity": parity}
 
 
