@@ -37,6 +37,8 @@ class OnnxVoice:
 
     def __init__(self, folder: Path | str) -> None:
         folder = Path(folder)
+        if folder.is_dir() and not (folder / "config.json").exists():  # the export writes it last
+            raise ValueError(f"{folder}: no config.json: not an export, or one that did not finish")
         self.config = json.loads((folder / "config.json").read_text())
         if self.config.get("format") != "voiceclone-onnx":
             raise ValueError(f"{folder}: not a voiceclone ONNX export")

@@ -221,3 +221,7 @@ def test_an_export_that_fails_leaves_no_config_json_even_over_an_earlier_one(exp
         onnx_export.export_onnx(tiny_run["run"], folder)
     names = sorted(p.name for p in folder.iterdir())
     assert "config.json" not in names and not [n for n in names if n.endswith(".tmp")], names
+    import onnx_convert
+
+    with pytest.raises(ValueError, match="did not finish"):
+        onnx_convert.OnnxVoice(folder)
