@@ -144,8 +144,13 @@ def test_named_unseen_speakers(prepared_dataset, tmp_path):
     assert {s for s, i in ds.speakers.items() if i["split"] == "unseen"} == {"spk001", "spk004"}
     assert ds.recipe.prepare.unseen_speakers == ("spk001", "spk004")
     assert summary["splits"]["unseen"]["speakers"] == 2
+    assert "train split holds" not in text
     with pytest.raises(UserError, match="spk999"):
         run(Path(ds.manifest[0]["source"]).parent.parent, out, unseen_speakers=["spk999"])
+    # every voice named unseen: the dataset is written (it can be evaluated on), with word that it cannot train
+    summary, text = run(Path(ds.manifest[0]["source"]).parent.parent, out, unseen_speakers=sorted(ds.speakers))
+    assert summary["splits"]["train"]["speakers"] == 0
+    assert "the train split holds 0 speaker(s)" in " ".join(text.split()), text
 
 
 def ids_for(n_speakers: int, n_utts: int, offset: int = 0) -> dict[str, list[str]]:

@@ -42,7 +42,7 @@ from voiceclone.data import store
 from voiceclone.data.store import FEATURES, SPLITS, Dataset, FeatureStore
 from voiceclone.data.discover import Source, discover, skip_record, speaker_name
 from voiceclone.data.splits import assign_splits, split_settings
-from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers
+from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers, warn_untrainable
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import (DISK_FULL, FileWriteError, UserError, check_output, file_error, stderr_console,
                                writing)
@@ -207,6 +207,7 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
     summary = summary_of(Dataset.open(out), started, up_to_date=False, report=report)
     summary["speed"] = {**speed, "x_real_time": round(speed["hours"] * 3600 / max(speed["seconds"], 1e-9), 1)}
     warn_single_utterance_speakers(summary, console)
+    warn_untrainable(summary, console)
     if speed["files"]:
         console.print(f"processed {speed['files']} files ({speed['hours']:.3f} h of audio) in {speed['seconds']:.1f} s "
                       f"with {speed['workers']} worker(s): {summary['speed']['x_real_time']:.0f}x real time",

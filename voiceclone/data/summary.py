@@ -50,6 +50,16 @@ def warn_single_utterance_speakers(summary: dict, console: Console) -> None:
                       style="yellow", highlight=False)
 
 
+def warn_untrainable(summary: dict, console: Console) -> None:
+    """Said when the dataset is written, not later by `train`: a train split left with fewer than two voices
+    (everyone named in --unseen-speakers, say) can be evaluated on, but trains no zero-shot model."""
+    voices = summary["splits"].get("train", {}).get("speakers", 0)
+    if voices < 2:
+        console.print(f"the train split holds {voices} speaker(s): a zero-shot model needs at least 2 (check "
+                      f"--unseen-speakers); one voice can fine-tune a trained model (train --finetune --init-from "
+                      f"MODEL), and any split can be evaluated on", style="yellow", highlight=False)
+
+
 def print_summary(summary: dict, console: Console) -> None:
     table = Table(title=f"dataset {summary['out']}", title_justify="left")
     for col in ("split", "speakers", "utterances", "hours"):
