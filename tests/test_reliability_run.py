@@ -307,6 +307,21 @@ def test_a_resume_checkpoint_with_the_keys_but_not_their_content_is_one_line(pre
     assert (run / "acoustic/best.pt").read_bytes() == best and len(history(run)) == 2
 
 
+@pytest.mark.parametrize("counter", [{"epoch": -5}, {"best_value": "x"}, {"step": 2.5}, {"lr_scale": float("nan")},
+                                     {"epoch_sums": {"mel": "x"}}])
+def test_a_resume_checkpoint_whose_counters_are_not_numbers_is_one_line(prepared_dataset, one_epoch, tmp_path,
+                                                                        counter):
+    """The counters were used only once training ran: a negative epoch, or a best value that was a string, was
+    a traceback (exit 1) after an epoch of training."""
+    run = copy_run(one_epoch, tmp_path)
+    state = load(run / "acoustic/last.pt")
+    torch.save({**state, "progress": {**state["progress"], **counter}}, run / "acoustic/last.pt")
+    best = (run / "acoustic/best.pt").read_bytes()
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "3", "--resume"), "last.pt",
+                   f"progress.{next(iter(counter))}")
+    assert (run / "acoustic/best.pt").read_bytes() == best and len(history(run)) == 2
+
+
 # --- 15. --epochs ----------------------------------------------------------------------------------
 
 

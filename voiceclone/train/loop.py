@@ -62,6 +62,29 @@ class Progression:
     epoch_sums: dict[str, float] = field(default_factory=dict)
     epoch_seen: int = 0
 
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> "Progression":
+        """The counters of a resume checkpoint, each checked: they are used only once training runs, so a
+        negative epoch or a best value that is a string stopped a resumed run with a traceback, one epoch
+        of work lost. ValueError or TypeError names the counter."""
+        progress = cls(**saved)  # an unknown counter: TypeError
+        for f in dataclasses.fields(cls):
+            value = getattr(progress, f.name)
+            if f.type == "int" and (type(value) is not int or value < 0):
+                raise ValueError(f"progress.{f.name} must be a whole number >= 0, got {value!r}")
+        if not _number(progress.best_value) or math.isnan(progress.best_value):
+            raise ValueError(f"progress.best_value must be a number, got {progress.best_value!r}")
+        if not _number(progress.lr_scale) or not 0 < progress.lr_scale <= 1:
+            raise ValueError(f"progress.lr_scale must be a number in (0, 1], got {progress.lr_scale!r}")
+        if not isinstance(progress.epoch_sums, dict) or not all(
+                isinstance(k, str) and _number(v) for k, v in progress.epoch_sums.items()):
+            raise ValueError("progress.epoch_sums must map loss names to numbers")
+        return progress
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
 
 class Trainer:
     def __init__(self, task: Task, stage_dir: Path, epochs: int, early_stop: bool, dist_info: Distributed,
@@ -166,7 +189,7 @@ class Trainer:
             old, new = changed[-1]
             self.console.print(f"{self.task.stage}: learning rate {old:g} -> {new:g} (the recipe's, with --set)",
                                highlight=False)
-        self.progress = Progression(**state["progress"])
+        self.progress = Progression.restored(state["progress"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
