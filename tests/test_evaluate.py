@@ -325,6 +325,15 @@ def test_an_explicit_unseen_split_with_a_baseline_is_one_line(tmp_path, monkeypa
         assert code == 0 and used[-1] == split, (extra, output, used)
 
 
+def test_a_comparisons_bad_options_are_named(tmp_path):
+    """--max-utterances 0 compared nothing, after loading both models, and blamed the dataset: 'no held-out
+    utterance has a speaker with training clips'; a misspelt --split was 'unknown split', naming no option."""
+    args = ("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d")
+    for count in ("0", "-2"):
+        one_line_error(evaluate_cli(*args, "--max-utterances", count), f"--max-utterances {count}", "at least 1")
+    one_line_error(evaluate_cli(*args, "--split", "vla"), "--split 'vla'", "train, val, unseen")
+
+
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     ds, run = trained / "ds", trained / "run"
     empty = tmp_path / "empty_run"

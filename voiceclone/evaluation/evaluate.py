@@ -79,6 +79,10 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
         if split == "unseen":  # was silently replaced by val, the default's fallback
             raise UserError("--split unseen: the comparison measures each speaker against their training clips, "
                             "and unseen speakers have none; use --split val (the default with --baseline)")
+        if split is not None and split not in SPLITS:  # was "unknown split", naming no option
+            raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        if max_utterances < 1:  # compared none, and blamed the dataset for having no held-out utterance
+            raise UserError(f"--max-utterances {max_utterances}: must be at least 1")
         return compare_models(model if model is not None else run, baseline, data,
                               split=split or "val", max_utterances=max_utterances,
                               out=out, speaker_encoder=speaker_encoder, device=device, console=console)
