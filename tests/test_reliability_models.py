@@ -231,6 +231,24 @@ def test_a_foreign_best_checkpoint_in_a_run_folder_is_one_line(model, tmp_path, 
     one_line_error(runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m.safetensors")]), "best.pt")
 
 
+@pytest.mark.parametrize("stage, change, words", [
+    ("acoustic", {"epoch": torch.tensor(2)}, "'epoch' must be a whole number"),
+    ("vocoder", {"epoch": "x"}, "'epoch' must be a whole number"),
+    ("vocoder", {"meta": {"x": torch.zeros(3)}}, "not JSON serializable")])
+def test_a_best_checkpoint_holding_values_json_cannot_write_is_one_line(model, tmp_path, stage, change, words):
+    """export wrote the epochs and metadata into the bundle's JSON header, and evaluate into its report: a tensor
+    there was a traceback (exit 1), for evaluate after the whole evaluation; a string epoch went into both."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(model["run"], run)
+    best = run / stage / "best.pt"
+    torch.save({**torch.load(best, weights_only=True), **change}, best)
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m.safetensors")])
+    one_line_error(r, f"{stage}/best.pt", words)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 # --- 13. malformed bundle metadata ---------------------------------------------------------------------
 
 

@@ -73,6 +73,10 @@ def check_meta(meta: Any, where: str, acoustic: bool = False) -> dict[str, Any]:
     dataset's speakers onto them)."""
     if not isinstance(meta, dict):
         raise UserError(f"{where}: damaged model metadata (expected a JSON object, got {type(meta).__name__})")
+    try:  # export writes it into the bundle's JSON header and evaluate into its report: a tensor in it was a
+        json.dumps(meta)  # traceback there, after the whole evaluation
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: damaged model metadata ({e})") from None
     speakers = meta.get("speakers", [])
     if not isinstance(speakers, list) or not all(isinstance(x, str) for x in speakers):
         raise UserError(f"{where}: damaged model metadata ('speakers' must be a list of names)")
@@ -140,7 +144,7 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
     acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path), acoustic=True))
     _load_state(acoustic, _module_state(ac, "model", ac_path), str(ac_path))
-    meta = {"acoustic": ac["meta"], "acoustic_epoch": ac["epoch"], "vocoder_epoch": None}
+    meta = {"acoustic": ac["meta"], "acoustic_epoch": _epoch(ac, ac_path), "vocoder_epoch": None}
     vocoder = None
     voc_path = best_path(run, "vocoder")
     if voc_path.is_file():
@@ -152,10 +156,19 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         recipe = recipe_from_dict({**recipe.to_dict(), "vocoder": voc_recipe.to_dict()["vocoder"]})
         vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
         _load_state(vocoder, _module_state(voc, "generator", voc_path), str(voc_path))
-        meta["vocoder"], meta["vocoder_epoch"] = voc["meta"], voc["epoch"]
+        meta["vocoder"], meta["vocoder_epoch"] = voc["meta"], _epoch(voc, voc_path)
     elif need_vocoder:
         raise UserError(f"{run}: no trained vocoder (expected {voc_path}; run `voiceclone train --stage vocoder`)")
     return Model(recipe, acoustic, vocoder, meta, source=str(run))
+
+
+def _epoch(checkpoint: dict[str, Any], path: Path) -> int:
+    """The epoch a best checkpoint was saved at, which export and evaluate record as plain JSON."""
+    epoch = checkpoint["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        shown = repr(epoch) if isinstance(epoch, (int, float, str)) else f"a {type(epoch).__name__}"
+        raise UserError(f"{path}: not a voiceclone checkpoint ('epoch' must be a whole number >= 0, got {shown[:40]})")
+    return epoch
 
 
 def _module_state(checkpoint: dict[str, Any], name: str, path: Path) -> dict[str, torch.Tensor]:
