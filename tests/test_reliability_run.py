@@ -322,6 +322,18 @@ def test_a_resume_checkpoint_whose_counters_are_not_numbers_is_one_line(prepared
     assert (run / "acoustic/best.pt").read_bytes() == best and len(history(run)) == 2
 
 
+def test_a_best_checkpoint_cut_short_is_named_on_resume(prepared_dataset, one_epoch, tmp_path):
+    """A best.pt cut short (a run folder copied in part) was kept while no new epoch beat it, and the resumed run
+    said, exit 0, that its best epoch was in it; export then refused it."""
+    run = copy_run(one_epoch, tmp_path)
+    whole = (run / "acoustic/best.pt").read_bytes()
+    (run / "acoustic/best.pt").write_bytes(whole[:1000])
+    last = (run / "acoustic/last.pt").read_bytes()
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "2", "--resume"), "best.pt", "cut short",
+                   "restore it")
+    assert (run / "acoustic/last.pt").read_bytes() == last and len(history(run)) == 2
+
+
 # --- 15. --epochs ----------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from voiceclone import run as R
 from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data.store import Dataset
 from voiceclone.errors import TrainingFailed, UserError, check_output, stderr_console
-from voiceclone.inference.bundle import Model, check_meta, load_model
+from voiceclone.inference.bundle import BEST_KEYS, Model, check_meta, load_model
 from voiceclone.stages.tasks import make_task
 from voiceclone.stages import finetune as ft
 from voiceclone.threads import CpuSample, ThreadGovernor, allowed_cores, choose_threads, explicit_threads
@@ -333,6 +333,13 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
         wrong = [k for k in RESUME_KEYS if not isinstance(state[k], dict)]
         if wrong:
             raise UserError(f"{last}: not a voiceclone resume checkpoint ({', '.join(wrong)} not a mapping)")
+        if best.is_file():
+            # a best.pt cut short (a run folder copied in part) was kept while no new epoch beat it, and the run
+            # said its best model was in it
+            try:
+                R.load_checkpoint(best, keys=BEST_KEYS)
+            except UserError as e:
+                raise UserError(f"{e}; it holds this run's best model: restore it before resuming") from None
         check_meta(state["meta"], str(last), acoustic=stage == "acoustic")
         base = state["meta"].get("finetuned_from")
         if base and not req.finetuning:
