@@ -306,6 +306,28 @@ def test_a_report_and_a_plot_of_one_path_is_one_line(tmp_path):
                    "--out and --plot", "x.png")
 
 
+def test_a_report_onto_what_is_evaluated_is_one_line(tmp_path):
+    """--out model.safetensors replaced the bundle with the report, and --out RUN/acoustic/history.jsonl the run's
+    history, exit 0. A report or figure written before may be replaced."""
+    run = tmp_path / "run"
+    (run / "acoustic").mkdir(parents=True)
+    (run / "acoustic" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_for("improving")))
+    kept = (run / "acoustic" / "history.jsonl").read_bytes()
+    one_line_error(evaluate_cli("--run", run, "--out", run / "acoustic" / "history.jsonl"), "--out", "would replace",
+                   "--run")
+    one_line_error(evaluate_cli("--run", run, "--plot", run / "acoustic" / "history.png", "--out",
+                                run / "acoustic" / "history.jsonl"), "--out", "would replace")
+    assert (run / "acoustic" / "history.jsonl").read_bytes() == kept
+    bundle = tmp_path / "model.safetensors"
+    bundle.write_bytes(b"weights")
+    one_line_error(evaluate_cli("--model", bundle, "--data", tmp_path / "ds", "--out", bundle), "--out",
+                   "would replace the --model")
+    assert bundle.read_bytes() == b"weights"
+    for _ in range(2):
+        code, output = invoke("--run", run, "--out", run / "report.json", "--plot", run / "curves.png")
+        assert code == 0, output
+
+
 def test_a_plot_with_a_baseline_is_one_line(tmp_path):
     """A comparison draws no curves: --plot was silently not written, exit 0."""
     one_line_error(evaluate_cli("--model", tmp_path / "a", "--baseline", tmp_path / "b", "--data", tmp_path / "d",

@@ -27,6 +27,8 @@ run can be followed while it trains.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -45,9 +47,9 @@ from voiceclone.evaluation.compare import compare_models
 from voiceclone.evaluation.verifier import Verifier
 from voiceclone.threads import torch_threads
 from voiceclone.evaluation.printing import print_report
-from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, UNITS, VALIDATION_UNITS,
-                                          by_speaker, check_audio, cosine, dataset_reference, header, identity, measure,
-                                          summaries, write_report)
+from voiceclone.evaluation.report import (DEFINITIONS, F0_KEYS, MCD_ORDER, PROFILE_CLIPS, REPORT_FORMAT, UNITS,
+                                          VALIDATION_UNITS, by_speaker, check_audio, cosine, dataset_reference, header,
+                                          identity, measure, summaries, write_report)
 from voiceclone.evaluation.watch import model_convergence, plot_report, watch
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.inference.synthesize import Reference, convert
@@ -71,6 +73,11 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
             check_output(path, suffix=suffix)
     if out is not None and plot is not None and Path(out).resolve() == Path(plot).resolve():
         raise UserError(f"--out and --plot are both {out}: the report would overwrite the figure")
+    inputs = (("--model", model), ("--run", run), ("--data", data), ("--baseline", baseline),
+              ("--speaker-encoder", speaker_encoder))
+    for option, path in (("--out", out), ("--plot", plot)):
+        if path is not None:
+            _check_not_an_input(option, Path(path), inputs)
     if baseline is not None:
         if data is None or (model or run) is None:
             raise UserError("--baseline needs --model MODEL and --data DATASET")
@@ -102,6 +109,35 @@ def evaluate(model: Path | str | None = None, data: Path | str | None = None, ru
     return evaluate_model(model if model is not None else run, data, split=split or "unseen", pairs=pairs,
                           max_utterances=max_utterances, out=out, plot=plot, speaker_encoder=speaker_encoder,
                           device=device, seed=seed, judges=judges, asr_model=asr_model, console=console)
+
+
+def _check_not_an_input(option: str, path: Path, inputs) -> None:
+    """The report or figure must not replace what is evaluated: --out model.safetensors replaced the bundle with
+    the report, --out RUN/acoustic/history.jsonl the run's history, exit 0. An earlier report or figure may
+    be replaced."""
+    target = os.path.realpath(path)
+    for name, given in inputs:
+        if given is None:
+            continue
+        source = os.path.realpath(given)
+        inside = os.path.isdir(source) and target.startswith(source.rstrip(os.sep) + os.sep)
+        if target == source or (inside and os.path.isfile(target) and not _earlier_output(Path(target))):
+            raise UserError(f"{option} {path}: would replace {'a file of ' if inside else ''}the {name} {given}; "
+                            f"choose another {option}")
+
+
+def _earlier_output(path: Path) -> bool:
+    """Whether `path` is a report or figure `evaluate` wrote before (which a new one may replace): no model or
+    dataset file is a PNG."""
+    if path.suffix.lower() == ".png":
+        return True
+    if path.suffix != ".json":
+        return False
+    try:
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("format") == REPORT_FORMAT
 
 
 def evaluate_model(model_path: Path | str, data: Path | str, split: str = "unseen", pairs: int = DEFAULT_PAIRS,
