@@ -334,6 +334,18 @@ def test_a_best_checkpoint_cut_short_is_named_on_resume(prepared_dataset, one_ep
     assert (run / "acoustic/last.pt").read_bytes() == last and len(history(run)) == 2
 
 
+
+def test_a_best_checkpoint_gone_is_said_and_the_next_epoch_becomes_the_best(prepared_dataset, one_epoch, tmp_path):
+    """Without best.pt the resumed run said its best epoch was in it, and while no later epoch beat that loss
+    the run had no model: synthesize said "no trained acoustic model"."""
+    run = copy_run(one_epoch, tmp_path)
+    (run / "acoustic/best.pt").unlink()
+    one_line_error(train_cli(prepared_dataset, run, "--epochs", "2", "--resume"), "best.pt", "missing",
+                   "larger --epochs")
+    r = train_cli(prepared_dataset, run, "--epochs", "3", "--resume")
+    assert r.exit_code == 0 and "missing (it held epoch 2)" in " ".join(r.output.split()), r.output
+    assert torch.load(run / "acoustic/best.pt", weights_only=True)["epoch"] == 3
+
 # --- 15. --epochs ----------------------------------------------------------------------------------
 
 

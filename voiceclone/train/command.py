@@ -340,6 +340,14 @@ def _resume_state(req: TrainRequest, dataset: Dataset, stage: str, recipe: Recip
                 R.load_checkpoint(best, keys=BEST_KEYS)
             except UserError as e:
                 raise UserError(f"{e}; it holds this run's best model: restore it before resuming") from None
+        elif isinstance(state["progress"].get("best_epoch"), int) and state["progress"]["best_epoch"] > 0:
+            # gone (deleted, or a copy without it): the run said its best epoch was in it while no later epoch
+            # beat that one's loss, and the run then had no model to synthesize with
+            held = f"{best}: missing (it held epoch {state['progress']['best_epoch']})"
+            if (req.epochs or getattr(recipe, stage).train.epochs) <= state["progress"].get("epoch", 0):
+                raise UserError(f"{held}; restore it, or resume with a larger --epochs so that a new one is saved")
+            req.console.print(f"{held}; the next epoch's model becomes the best", style="yellow", highlight=False)
+            state["progress"] = {**state["progress"], "best_value": math.inf, "best_epoch": 0}
         check_meta(state["meta"], str(last), acoustic=stage == "acoustic")
         base = state["meta"].get("finetuned_from")
         if base and not req.finetuning:
