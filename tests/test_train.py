@@ -145,6 +145,21 @@ def test_resume_mid_epoch_with_augmentation_equals_an_uninterrupted_run(dataset,
         assert a[1][key] == pytest.approx(b[1][key], rel=1e-6, abs=1e-7), key
 
 
+def test_a_run_resumed_mid_epoch_where_that_epoch_now_has_fewer_batches_closes_it(dataset, tmp_path, monkeypatch):
+    # stopped 3 batches of 2 into epoch 1, resumed with batches of 32: the epoch now holds 1, so nothing of it is
+    # left (a dataset prepared again with fewer utterances does the same); it was an UnboundLocalError traceback
+    fired = ctrl_c_after_step(monkeypatch, lambda t: t.progress.step == 3)
+    r = train(dataset, tmp_path / "r", overrides=FAST + ["acoustic.train.batch_size=2"], epochs=2, early_stop=False,
+              console=QUIET)
+    assert fired and r["acoustic"]["interrupted"] and r["acoustic"]["epochs"] == 0
+    r = train(dataset, tmp_path / "r", overrides=FAST + ["acoustic.train.batch_size=32"], epochs=2, resume=True,
+              early_stop=False, console=QUIET)
+    assert not r["acoustic"]["interrupted"] and r["acoustic"]["epochs"] == 2
+    rows = history(tmp_path / "r")
+    assert [(row["epoch"], row["step"]) for row in rows] == [(1, 3), (2, 4)]
+    assert rows[0]["lr"] == pytest.approx(3e-3 * 3 / 10)  # the rate of its last step (warmup of 10)
+
+
 def test_early_stopping_on_a_plateau_restores_the_best(dataset, tmp_path):
     # a learning rate of ~0 makes every epoch the same: a perfect plateau
     overrides = FAST + ["acoustic.train.lr=1e-12", "convergence.patience=2", "convergence.window=2"]

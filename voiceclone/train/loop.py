@@ -301,6 +301,9 @@ class Trainer:
                     # resumed mid-epoch: the stopped run drew that seed at the start of this epoch, before the
                     # state it saved; a second draw would shift every later random number (the augmentation)
                     torch.set_rng_state(rng)
+                # the epoch's rate so far: a resumed position may lie past the end of the epoch as it is counted now
+                # (a larger batch size, a dataset of fewer utterances), which then has no batch left to train
+                lr = self._set_lr()
                 for batch in batches:
                     p.step += 1
                     lr = self._set_lr()
