@@ -213,3 +213,7 @@ def test_a_new_size_on_a_saved_recipe_takes_the_new_preset():
     again = recipe_from_dict(saved, ["acoustic.model.size=base"])
     assert again.acoustic.model == fresh.acoustic.model and again.acoustic.model.hidden > 96
     assert recipe_from_dict(saved).acoustic.model == load_recipe("demo", ["acoustic.model.kernel_size=7"]).acoustic.model
+    # list-valued preset keys too: the saved recipe holds them as JSON lists
+    again = recipe_from_dict(saved, ["vocoder.model.size=base"])
+    assert again.vocoder.model == load_recipe("demo", ["vocoder.model.size=base"]).vocoder.model
+    assert again.vocoder.model.mpd_periods == (2, 3, 5, 7, 11)

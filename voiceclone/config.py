@@ -572,7 +572,9 @@ def _release_preset(data: dict[str, Any], section: list[str], new_size: Any) -> 
     if not presets or not isinstance(node, dict) or node.get("size") not in presets or new_size == node.get("size"):
         return
     for key, value in presets[node["size"]].items():
-        if node.get(key) == value:
+        # compared as JSON, as the recipe was read: a preset's tuple is a list there, and (2, 3, 5) != [2, 3, 5] kept
+        # the tiny vocoder's discriminator periods in a vocoder made base
+        if node.get(key) == json.loads(json.dumps(value)):
             del node[key]
 
 
