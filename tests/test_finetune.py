@@ -15,6 +15,7 @@ from voiceclone.run import load_checkpoint
 from voiceclone.cli import app
 from voiceclone.config import FinetuneConfig, load_recipe
 from voiceclone.data.prepare import prepare
+from voiceclone.errors import UserError
 from voiceclone.synthetic import Speaker, synth_utterance
 from voiceclone.stages import finetune as ft
 from voiceclone.train.command import train
@@ -65,6 +66,12 @@ def test_schedule_and_layer_learning_rates_are_as_configured():
     assert "decoder.blocks.2" not in frozen and "decoder.blocks.1" in frozen
     with pytest.raises(Exception, match="unknown part"):
         ft.check(dataclasses.replace(f, freeze=("encoder",)))
+    # nothing left to train was a RuntimeError traceback at the first step; a base's learned voice still trains
+    nothing = dataclasses.replace(f, freeze=ft.FREEZABLE, learn_speaker=False)
+    with pytest.raises(UserError, match="finetune.freeze.*finetune.learn_speaker.*nothing to train"):
+        ft.check(nothing)
+    ft.check(nothing, learned_voice=True)
+    ft.check(dataclasses.replace(nothing, learn_speaker=True))
 
 
 def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup, tmp_path, monkeypatch):

@@ -33,10 +33,16 @@ def named_blocks(model: AcousticModel) -> list[tuple[str, nn.Module]]:
             ("decoder.out", nn.ModuleList([dec.norm, dec.out]))]
 
 
-def check(ft: FinetuneConfig) -> None:
+def check(ft: FinetuneConfig, trains_acoustic: bool = True, learned_voice: bool = False) -> None:
+    """trains_acoustic: the acoustic model is fine-tuned (not the vocoder alone); learned_voice: the base is a
+    fine-tune already, whose voice vector trains whatever is frozen."""
     for name in ft.freeze:
         if name not in FREEZABLE:
             raise UserError(f"finetune.freeze: unknown part {name!r} (known: {', '.join(FREEZABLE)})")
+    # every parameter frozen: the first step's backward pass was a RuntimeError traceback from torch
+    if trains_acoustic and set(FREEZABLE) <= set(ft.freeze) and not ft.learn_speaker and not learned_voice:
+        raise UserError(f"finetune.freeze names every part ({', '.join(FREEZABLE)}) and finetune.learn_speaker is "
+                        "false: the acoustic model would have nothing to train; unfreeze a part or learn the voice")
 
 
 def layer_lrs(model: AcousticModel, ft: FinetuneConfig) -> dict[str, float]:

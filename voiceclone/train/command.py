@@ -152,7 +152,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
         if diff:
             raise UserError(f"{init_from}: the base model's audio config differs from {dataset.path}'s "
                             f"({'; '.join(diff[:3])}); prepare the voice's data with the base model's recipe")
-        ft.check(base_recipe.finetune)
+        ft.check(base_recipe.finetune, trains_acoustic=stage != "vocoder", learned_voice=base.acoustic.voice is not None)
     else:
         base_recipe = resolve_recipe(dataset, recipe, overrides)
     dist_info, dev = setup_distributed(device)
