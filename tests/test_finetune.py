@@ -192,6 +192,18 @@ def test_bad_finetune_inputs(setup, tmp_path):
     assert r.exit_code == 2 and "--finetune --init-from MODEL" in " ".join(r.output.split()), r.output
 
 
+def test_a_recipe_named_for_a_fine_tune_is_refused(tmp_path):
+    """A fine-tune is built from its base's recipe: --recipe (its [finetune] included) was silently ignored."""
+    from helpers import one_line_error
+
+    (tmp_path / "ft.toml").write_text("[finetune]\nepochs = 1\n")
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "ds"), "--run", str(tmp_path / "run"),
+                                 "--init-from", str(tmp_path / "base"), "--finetune", "--recipe",
+                                 str(tmp_path / "ft.toml")])
+    one_line_error(r, "--recipe", "--set finetune.")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_vocoder_fine_tune_stopped_before_its_first_epoch_keeps_the_adopted_vocoder(setup, tmp_path, monkeypatch):
     from helpers import ctrl_c_after_step
 

@@ -137,6 +137,10 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
     if init_from is not None and not finetune:
         raise UserError("--init-from starts a fine-tune: add --finetune (other training starts from scratch, "
                         "or continues a run with --resume)")
+    if finetune and recipe is not None:
+        # a fine-tune is built from its base's recipe: a named one was silently ignored, its [finetune] too
+        raise UserError(f"--recipe {recipe}: a fine-tune keeps the recipe of its --init-from model; change its "
+                        "settings with --set finetune.KEY=VALUE")
     if tensorboard:
         tboard.require()
     if epochs is not None and epochs < 1:
