@@ -148,6 +148,16 @@ def test_finetuning_stops_early_when_the_held_out_loss_turns_up(setup, tmp_path)
     assert r["best_epoch"] < r["epochs"]
 
 
+def test_a_diverged_fine_tune_names_the_rate_it_trains_at(setup, tmp_path):
+    """A fine-tune trains at finetune.lr: the advice to lower acoustic.train.lr named a setting it ignores."""
+    r = CliRunner().invoke(app, ["train", "--data", str(setup["voice_ds"]), "--run", str(tmp_path / "r"),
+                                 "--init-from", str(setup["base"]), "--finetune", "--epochs", "1", "--set",
+                                 "finetune.lr=1e12", "--set", "finetune.unfreeze_every=0"])
+    shown = " ".join(r.output.split())
+    assert r.exit_code == 3 and "diverged" in shown, r.output
+    assert "--set finetune.lr=..." in shown and "acoustic.train.lr" not in shown, r.output
+
+
 def test_a_fine_tune_resumed_without_its_base_or_a_run_resumed_as_one_is_refused(setup, tmp_path):
     """A fine-tuned vocoder resumed with a plain --resume trained on as a new model: the recipe's learning rate
     and epochs instead of [finetune]'s, and its checkpoints forgot whose fine-tune they were."""

@@ -181,7 +181,7 @@ def train(data: Path, run: Path, stage: str = "acoustic", recipe: str | None = N
             results[s] = _train_stage(request, dataset, s, checked.get(s))
             if results[s]["interrupted"]:
                 break
-            _check_finite(results[s])
+            _check_finite(results[s], request.finetuning)
         if stage == "all" and results["acoustic"]["interrupted"] and "vocoder" not in results:
             console.print(f"The vocoder has not started; resume both with:\n  {request.resume_command('all')}",
                           highlight=False, soft_wrap=True)
@@ -213,11 +213,13 @@ def _train_beside(req: TrainRequest, dataset: Dataset, worker: "_VocoderWorker",
     return []
 
 
-def _check_finite(result: dict[str, Any]) -> None:
+def _check_finite(result: dict[str, Any], finetuning: bool = False) -> None:
     s, epochs = result["stage"], result["epochs"]
+    # a fine-tune trains at finetune.lr: the advice named {s}.train.lr, which it ignores
+    key = "finetune.lr" if finetuning else f"{s}.train.lr"
     if epochs > 0 and not math.isfinite(result["best_value"]):
         raise TrainingFailed(f"{s} diverged: no epoch of {epochs} had a finite validation loss, so there is no "
-                             f"best model; lower the learning rate (--set {s}.train.lr=...) and start a new --run")
+                             f"best model; lower the learning rate (--set {key}=...) and start a new --run")
 
 
 class _VocoderWorker:
