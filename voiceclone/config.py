@@ -412,9 +412,14 @@ def build(cls: type, data: dict[str, Any], where: str = "", source: str = "confi
     try:
         return cls(**kwargs)
     except UserError as e:  # a range check: name the file it came from
-        if str(e).startswith(source):
+        message = str(e)
+        if message.startswith(source):
             raise
-        raise UserError(f"{source}: {e}") from None
+        # TrainConfig's checks say train.KEY, for both stages: the message names the stage's own section
+        part = f"setting {where.rpartition('.')[2]}."
+        if where and message.startswith(part):
+            message = f"setting {where}.{message[len(part):]}"
+        raise UserError(f"{source}: {message}") from None
 
 
 def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
