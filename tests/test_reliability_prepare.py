@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -97,6 +98,46 @@ def test_sigterm_stops_the_pool_workers_and_frees_the_lock(tmp_path):
     assert not survivors
     with open(out / ".prepare-lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: the next prepare may run
+
+
+_KILL_ONE_WORKER = """
+import os, sys
+import voiceclone.data.prepare as P
+from voiceclone.cli import main
+
+original = P.process_file
+
+def process_file(path, *args):
+    if path.endswith("spk001_002.wav"):  # as the out-of-memory killer ends a worker decoding a huge file
+        os.kill(os.getpid(), 9)
+    return original(path, *args)
+
+P.process_file = process_file
+sys.argv = ["voiceclone", "prepare", sys.argv[1], "--out", sys.argv[2], "--workers", "2"]
+main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a forked worker inherits the patched function")
+def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_prepared(synthetic_corpus, tmp_path):
+    # the executor stops the other workers with SIGTERM when one dies, and they had inherited the parent's
+    # stop handler, which only sets a flag: prepare hung for good, a core spinning in the executor's thread
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_ONE_WORKER, str(synthetic_corpus), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        text, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("prepare hung after a worker died")
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    report = json.loads((out / "report.json").read_text())
+    skipped = {Path(r["path"]).name: r for r in report["skipped"]}
+    assert list(skipped) == ["spk001_002.wav"], skipped
+    assert skipped["spk001_002.wav"]["reason"] == "failed" and "died" in skipped["spk001_002.wav"]["detail"]
+    assert report["used"] == report["files"] - 1
 
 
 # --- 14. sane upper bounds ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ processes new or changed files. Splits are an index into the store, drawn from s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -358,41 +360,78 @@ def _run(todo: list[Source], metas: dict[str, FileState], feature_store: Feature
 
 
 def _run_pool(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], progress: Progress) -> None:
-    # fork (Linux): workers start in milliseconds and share the parent's imported modules and warm caches;
-    # torch is safe here because each worker drops to one intra-op thread before it computes anything.
-    # Elsewhere fork is unsafe (macOS system libraries), so workers are spawned.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
     # a KeyboardInterrupt raised by a signal inside submit() can leave the executor's internal locks held, and
     # shutdown then waited forever (a SIGTERM'd prepare hung): a stop is asked for here, as training asks
     # (Ctrl-C, SIGTERM, a hang-up; a second Ctrl-C means now), and raised between the executor's calls
     from voiceclone.train.distributed import StopRequest
 
+    with StopRequest() as stop, contextlib.ExitStack() as display:
+        display.callback(progress.stop)  # started by each pass, after its workers
+        left = _pool_pass(jobs, n_workers, done, progress, stop)
+        while left:
+            # a worker died (the system's out-of-memory killer on a huge file, a crash in a decoder) and took the
+            # pool with it: each file it may have held is tried alone, so only the one that kills its process
+            # again is skipped, and the files never started go on in a new pool
+            suspects, rest = left
+            for job in suspects:
+                if _pool_pass([job], 1, done, progress, stop):
+                    done((_died(job[0], job[1]), None))
+            left = _pool_pass(rest, n_workers, done, progress, stop) if rest else None
+
+
+def _died(path: str, key: str) -> FileState:
+    return FileState(key, path=path, reason="failed",
+                     detail="the process decoding it died (killed by the system: out of memory?)")
+
+
+def _pool_pass(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], progress: Progress,
+               stop: Any) -> tuple[list[tuple], list[tuple]] | None:
+    """Process `jobs` in a pool of `n_workers`: None when all are done, else (the jobs in the pool when a worker
+    died, the jobs not yet submitted)."""
+    # fork (Linux): workers start in milliseconds and share the parent's imported modules and warm caches;
+    # torch is safe here because each worker drops to one intra-op thread before it computes anything.
+    # Elsewhere fork is unsafe (macOS system libraries), so workers are spawned.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context(method), initializer=init_worker)
+    pending: dict = {}
+    submitted = 0
     try:
-        with StopRequest() as stop:
-            pool.submit(int).result()  # start the workers before the progress display starts its thread
-            with progress:
-                pending: set = set()
-                window = 4 * n_workers  # bounded, so the parent never holds the whole corpus's futures
-                for job in jobs:
-                    pending.add(pool.submit(process_file, *job))
-                    pending = _collect(pending, window, done, stop)
-                _collect(pending, 1, done, stop)
+        progress.stop()  # the workers start before the display's thread runs (again)
+        pool.submit(int).result()
+        progress.start()
+        window = 4 * n_workers  # bounded, so the parent never holds the whole corpus's futures
+        for job in jobs:
+            pending[pool.submit(process_file, *job)] = job
+            submitted += 1
+            _collect(pending, window, done, stop)
+        _collect(pending, 1, done, stop)
+    except BrokenProcessPool:
+        if stop.requested:  # a SIGTERM to the whole group ends the workers too: a stop, not a crash
+            raise KeyboardInterrupt from None
+        if not pending:  # the pool broke before any file reached it: no file to blame
+            raise
+        for f in [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]:
+            done(f.result())  # finished before the break
+            del pending[f]
+        return list(pending.values()), jobs[submitted:]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return None
 
 
-def _collect(pending: set, most: int, done: Callable[[tuple], None], stop: Any) -> set:
-    """Hand finished results to `done` until fewer than `most` futures are pending; a stop asked meanwhile is
-    raised here, as KeyboardInterrupt, never inside the executor."""
+def _collect(pending: dict, most: int, done: Callable[[tuple], None], stop: Any) -> None:
+    """Hand finished results to `done` (each taken out of `pending`) until fewer than `most` futures are
+    pending; a stop asked meanwhile is raised here, as KeyboardInterrupt, never inside the executor."""
     while True:
         if stop.requested:
             raise KeyboardInterrupt
         if len(pending) < most:
-            return pending
-        finished, pending = wait(pending, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+            return
+        finished, _ = wait(pending, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
         for f in finished:
-            done(f.result())
+            result = f.result()
+            del pending[f]
+            done(result)
 
 
 def _skip_line(rec: dict | FileState) -> str:

@@ -31,6 +31,11 @@ PIECE_KEYS = ("start", "end", "frames", "seconds", "voiced_frames", "voiced", "f
 def init_worker() -> None:
     torch.set_num_threads(1)  # one process per core: intra-op threads would only fight over the cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    # forked, a worker inherits the parent's stop handler, which only sets a flag: the executor, when another
+    # worker dies, stops the rest with SIGTERM, and waited for them forever (prepare hung, a core spinning)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hang-up is the parent's too
     _die_with_parent()
 
 
