@@ -243,6 +243,28 @@ def test_a_cut_ogg_file_is_truncated_and_a_whole_one_of_any_length_is_not(tmp_pa
     assert len(A.load_audio(tmp_path / "tagged.ogg", 16000)) == len(A.load_audio(whole, 16000))
 
 
+@pytest.mark.parametrize("fmt,name", [("AIFF", "cut.aiff"), ("AIFF", "cut.aif"), ("AU", "cut.au"),
+                                      ("RF64", "cut.wav")])
+def test_a_cut_aiff_au_or_rf64_file_is_truncated(tmp_path, fmt, name):
+    # only a WAV's "data : N (should be M)" was read: an AIFF, AU or RF64 file cut at half read as a whole
+    # shorter one, and prepare kept it, synthesize converted it
+    y, _ = synth_utterance(make_speakers(2)[0], 1.5, 16000, seed=3)
+    whole = tmp_path / ("whole" + Path(name).suffix)
+    sf.write(whole, y, 16000, format=fmt, subtype="PCM_16")
+    data = whole.read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    for read in (lambda p: A.load_audio(p, 16000), _stream_all):
+        with pytest.raises(A.AudioError) as err:
+            read(tmp_path / name)
+        assert err.value.reason == "truncated" and f"{name}: truncated" in str(err.value), str(err.value)
+        assert len(read(whole)) == len(y)
+    if fmt == "AU":  # a streaming writer's "size unknown" is no cut
+        unknown = bytearray(data)
+        unknown[8:12] = (0xFFFFFFFF).to_bytes(4, "big")
+        (tmp_path / "streamed.au").write_bytes(bytes(unknown))
+        assert len(A.load_audio(tmp_path / "streamed.au", 16000)) == len(y)
+
+
 def test_utterances_trim_split_and_normalize():
     sr, prep = 16000, PrepareConfig(max_seconds=4.0, min_seconds=0.5)
     speaker = make_speakers(2)[0]

@@ -189,14 +189,19 @@ def resample(y: np.ndarray, rate: int, target: int) -> np.ndarray:
 def _truncated(log: str, declared: int, read: int) -> bool:
     """Whether libsndfile's log or frame count says the file ends before its header says it should.
 
-    libsndfile quietly shortens a WAV whose data chunk runs past the end of the file ("data : N (should be
-    M)"), so the log is the only witness; streaming writers declare 0 or 0xFFFFFFFF bytes, which is no
-    truncation. An mp3 instead decodes fewer frames than its header declares; an Ogg file declares none
-    (see _check_ogg_end).
+    libsndfile quietly shortens a file whose audio chunk runs past the end of the file, and says so only in
+    its log, each format in its own words: WAV "data : N (should be M)", AIFF " SSND : N (should be M)", AU
+    "  Data Size : N (should be M)"; streaming writers declare 0 or 0xFFFFFFFF bytes, which is no
+    truncation. RF64 keeps the length in its ds64 chunk ("Calculated frame count M does not match value
+    from 'ds64' chunk of N"). An mp3 instead decodes fewer frames than its header declares; an Ogg file
+    declares none (see _check_ogg_end).
     """
-    for m in re.finditer(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE):
+    for m in re.finditer(r"^[ \t]*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE):
         size, actual = int(m[1]), int(m[2])
         if 0 < size < 0xFFFFFFFF and actual < size:
+            return True
+    for m in re.finditer(r"Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)", log):
+        if int(m[1]) < int(m[2]):
             return True
     if "ended unexpectedly" in log:
         return True
