@@ -401,6 +401,20 @@ def test_a_skipped_file_is_named_as_it_is_even_with_square_brackets(model, tmp_p
     assert "[bold]take.wav" in r.output.replace("\n", ""), r.output  # rich wraps at 80 columns
 
 
+def test_a_skipped_file_with_a_line_break_in_its_name_is_named_on_one_line(model, tmp_path):
+    """rich drops a carriage return: 'bad\\rtake.wav' was named 'badtake.wav', another file's name; a newline
+    split the line. They are written as Python writes them, as the one-line errors do."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    (folder / "ok.wav").write_bytes(Path(model["src"]).read_bytes())
+    (folder / "bad\rtake.wav").write_text("not audio")
+    (folder / "two\nlines.wav").write_text("not audio")
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    text = r.output.replace("\n", "")  # rich wraps at 80 columns
+    assert "bad\\rtake.wav" in text and "two\\nlines.wav" in text, r.output
+
+
 def test_an_output_of_a_folder_that_cannot_be_written_is_skipped_and_the_rest_converted(model, tmp_path):
     """An output path taken by a folder (out/a.wav/) or below a file (out/sub as a file) stopped the run at
     that file, exit 2, the sources after it never converted."""

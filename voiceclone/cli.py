@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error, stderr_console
+from voiceclone.errors import KNOWN_ERRNOS, UserError, file_error, one_line, stderr_console
 from voiceclone.evaluation import DEFAULT_MAX_UTTERANCES, DEFAULT_PAIRS
 from voiceclone.inference import BLOCK_MS, LOOKAHEAD_MS, TIMBRE_STRENGTH
 
@@ -40,7 +40,7 @@ class _OneLineUsageErrors(TyperGroup):
                 sys.exit(e.exit_code)
             ctx = getattr(e, "ctx", None)
             where, hint = (f"{ctx.command_path}: ", f" (see {ctx.command_path} --help)") if ctx else ("", "")
-            console.print(f"[bold red]error:[/] {escape(_one_line(where + e.format_message()) + hint)}",
+            console.print(f"[bold red]error:[/] {escape(one_line(where + e.format_message()) + hint)}",
                           highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
@@ -66,15 +66,10 @@ def user_errors(fn):
                 raise
             error = file_error(e)
         # escaped: a file name or an install hint ("voiceclone[onnx]") may hold square brackets
-        console.print(f"[bold red]error:[/] {escape(_one_line(str(error)))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(one_line(str(error)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=error.exit_code)
 
     return wrapper
-
-
-def _one_line(message: str) -> str:
-    """A file name may hold a line break; the error stays one line, the name shown as Python writes it."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _version(value: bool) -> None:

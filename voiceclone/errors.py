@@ -68,6 +68,12 @@ def file_error(e: OSError, path: Path | str | None = None) -> FileWriteError:
     return FileWriteError(f"{where}: {reason}" if where else reason, e.errno)
 
 
+def one_line(message: str) -> str:
+    """A file name may hold a line break; the message stays one line, the name shown as Python writes it (rich
+    drops a carriage return, which named 'a\\rb.wav' as 'ab.wav', another file)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def first_few(names: Sequence[str], most: int = 3) -> str:
     """Up to `most` names for a one-line message, "a, b, c, ..." when there are more."""
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")

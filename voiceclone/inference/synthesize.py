@@ -36,7 +36,8 @@ from voiceclone import audio as A
 from voiceclone.config import AudioConfig
 from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
-from voiceclone.errors import FileWriteError, UserError, check_output, first_few, stderr_console, writing
+from voiceclone.errors import (FileWriteError, UserError, check_output, first_few, one_line, stderr_console,
+                               writing)
 from voiceclone.files import tmp_beside
 from voiceclone.threads import ordered_map, torch_threads
 
@@ -496,7 +497,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                     A.check_file(p)
                 except A.AudioError as e:
                     failed.append(str(e))
-                    console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
+                    console.print(f"[yellow]skipped[/] {escape(one_line(str(e)))}", highlight=False)
         targets = _folder_targets(source, files, out)
         inputs = {f.resolve(): f for f in files}
         for t in targets.values():  # --out inside --source: an output may land on a source file
@@ -520,7 +521,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                         if isinstance(e, FileWriteError) and e.errno not in ONE_OUTPUT_ERRNOS:
                             raise
                         failed.append(str(e))
-                        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
+                        console.print(f"[yellow]skipped[/] {escape(one_line(str(e)))}", highlight=False)
                     bar.advance(task)
             except KeyboardInterrupt:  # Ctrl-C: say what is done (each output is whole: write_wav renames)
                 bar.stop()
