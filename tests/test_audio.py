@@ -42,6 +42,20 @@ def test_f0_follows_the_known_contour(sample_rate):
     assert np.mean(vuv) < 0.05
 
 
+def test_f0_of_samples_far_beyond_full_scale_is_the_f0_of_the_voice():
+    # synthesize's streamed first pass measures the source's register before its loudness is set: a float file's
+    # samples at 1e20 overflowed the power spectrum, every frame was unvoiced and the register was not moved
+    cfg = AudioConfig(sample_rate=16000)
+    y, _ = synth_utterance(make_speakers(2)[0], 2.0, 16000, seed=4)
+    expected = A.f0(y, cfg)
+    assert (expected > 0).mean() > 0.5
+    for scale in (1e3, 1e20, 1e36):
+        with np.errstate(all="raise"):  # no overflow on the way either
+            got = A.f0((y * np.float32(scale / np.abs(y).max())).astype(np.float32), cfg)
+        assert np.array_equal(got > 0, expected > 0), scale
+        assert np.allclose(got, expected, rtol=1e-3), scale
+
+
 @pytest.mark.parametrize("hz", [70.0, 400.0, 950.0])
 def test_f0_covers_bass_to_soprano(hz):
     cfg = AudioConfig(sample_rate=22050)

@@ -121,6 +121,12 @@ def f0_ac(y: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     out = np.zeros(n, dtype=np.float32)
     if n == 0 or not np.any(y):
         return out
+    peak = float(np.abs(y).max())
+    if peak > 1.0:
+        # samples far beyond +-1 (a float file's, read before its loudness is set: synthesize's streamed first
+        # pass) overflow the float32 power spectrum from about 1e17, and the frames came out unvoiced; the
+        # method is blind to scale, so the samples are brought to full scale first
+        y = np.asarray(y, dtype=np.float32) / np.float32(peak)
     factor = max(1, round(sr / max(ANALYSIS_RATE, 7 * cfg.f0_max)))  # an integer ratio resamples fastest
     fs = sr / factor
     # soxr's low quality: its gentler anti-alias filter cannot move a periodicity, and it is twice as fast
