@@ -118,6 +118,12 @@ def test_finetuning_beats_the_base_keeps_frozen_parts_and_learns_the_voice(setup
     assert set(report["better_per_metric"]) == {"mcd_db", "f0_rmse_cents", "speaker_similarity"}
     assert report["metrics"]["fine-tuned"]["mcd_db"]["mean"] < report["metrics"]["base"]["mcd_db"]["mean"]
     assert report["better_per_metric"]["mcd_db"] == "fine-tuned" and "better" in r.output
+    # a model against itself: every measure a tie, and neither better (ties were counted as wins of the base)
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(setup["base"]), "--baseline", str(setup["base"]),
+                                 "--data", str(setup["voice_ds"]), "--out", str(tmp_path / "same.json")])
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert set(same["better_per_metric"].values()) == {"tie"} and same["better"] == "neither", same
+    assert "neither is better" in " ".join(r.output.split()), r.output
     # a fine-tuned model speaks in its own voice without a reference
     source = next((setup["root"] / "corpus").rglob("*.wav"))
     r = CliRunner().invoke(app, ["synthesize", "--model", str(run), "--source", str(source), "--out",

@@ -81,10 +81,12 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
         b, f = summary["base"][key]["mean"], summary["fine-tuned"][key]["mean"]
         if b is None or f is None:
             verdicts[key] = None
+        elif f == b:  # a tie or an unmeasured metric was counted as a win of the base
+            verdicts[key] = "tie"
         else:
             verdicts[key] = "fine-tuned" if (f < b if direction == "lower" else f > b) else "base"
-    wins = sum(v == "fine-tuned" for v in verdicts.values())
-    better = "fine-tuned" if wins * 2 > len(verdicts) else "base"
+    wins = {name: sum(v == name for v in verdicts.values()) for name in ("fine-tuned", "base")}
+    better = max(wins, key=wins.get) if wins["fine-tuned"] != wins["base"] else "neither"
     report = {**header(), "kind": "comparison", "split": split,
               "model": identity(Path(model_path), models["fine-tuned"]),
               "baseline": identity(Path(baseline_path), models["base"]),
@@ -99,8 +101,12 @@ def compare_models(model_path: Path | str, baseline_path: Path | str, data: Path
         table.add_row(f"{key} ({UNITS[key]})", fmt(summary["base"][key]["mean"]),
                       fmt(summary["fine-tuned"][key]["mean"]), verdicts[key] or "-")
     console.print(table)
-    console.print(f"[bold]{better}[/] is better on {max(wins, len(verdicts) - wins)} of {len(verdicts)} measures.",
-                  highlight=False)
+    judged = sum(v is not None for v in verdicts.values())
+    if better == "neither":
+        console.print(f"[bold]neither[/] is better: {wins['base']} measure(s) each, of {judged} measured.",
+                      highlight=False)
+    else:
+        console.print(f"[bold]{better}[/] is better on {wins[better]} of {judged} measures.", highlight=False)
     if out is not None:
         report["out"] = str(write_report(report, out))
     return report
