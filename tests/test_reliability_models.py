@@ -231,6 +231,19 @@ def test_a_foreign_best_checkpoint_in_a_run_folder_is_one_line(model, tmp_path, 
     one_line_error(runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m.safetensors")]), "best.pt")
 
 
+def test_a_best_checkpoint_whose_recipe_lost_its_audio_settings_is_named(model, tmp_path):
+    """It loaded the default audio settings (22050 Hz), and the vocoder was blamed: "trained with another audio
+    config"."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(model["run"], run)
+    best = run / "acoustic" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    torch.save({**state, "recipe": {k: v for k, v in state["recipe"].items() if k != "audio"}}, best)
+    one_line_error(synth(model, run, tmp_path / "o.wav"), "acoustic/best.pt", "no audio.sample_rate")
+
+
 @pytest.mark.parametrize("stage, change, words", [
     ("acoustic", {"epoch": torch.tensor(2)}, "'epoch' must be a whole number"),
     ("vocoder", {"epoch": "x"}, "'epoch' must be a whole number"),

@@ -551,6 +551,11 @@ def recipe_from_dict(data: dict[str, Any], overrides: Sequence[str] = (), source
     """Read back a recipe saved as JSON (beside a dataset, a checkpoint or inside a bundle). Retired keys of
     older versions are dropped, so their datasets, runs and bundles still load; a recipe file may not use them."""
     data = merge_overrides(data, ())
+    audio = data.get("audio") if isinstance(data, dict) else None
+    if not isinstance(audio, dict) or "sample_rate" not in audio:
+        # every saved recipe spells out its audio settings: without them a damaged one loaded the defaults (22050 Hz)
+        # and a 16 kHz model's checkpoint was blamed on the other stage, "trained with another audio config"
+        raise UserError(f"{source}: damaged configuration (no audio.sample_rate in its recipe)")
     for *path, key in RETIRED:
         node = data
         for k in path:
