@@ -206,6 +206,29 @@ def test_non_finite_losses_are_skipped_then_the_last_good_state_is_reloaded(data
     assert all(math.isfinite(r["train_loss"]) for r in rows)
 
 
+def test_skipped_batches_do_not_lower_the_epoch_train_loss(dataset, tmp_path, monkeypatch):
+    """An epoch's train_loss is the mean over the batches trained: skipped ones were divided in as zeros, so
+    an epoch with half its batches skipped logged half its loss, a fall that read as progress (or, beside a
+    rising validation loss, as overfitting)."""
+    original = AcousticTask.losses
+    trained_mel: list[float] = []
+
+    def poisoned(self, group, batch, step):
+        out = original(self, group, batch, step)
+        if step in (9, 10, 11):  # three batches of epoch 2 (steps 8-14) skipped, too few for a reload
+            out["mel"] = out["mel"] * float("nan")
+        elif 8 <= step <= 14:
+            trained_mel.append(float(out["mel"].detach()))
+        return out
+
+    monkeypatch.setattr(AcousticTask, "losses", poisoned)
+    train(dataset, tmp_path / "run", overrides=FAST, epochs=2, early_stop=False, console=QUIET)
+    rows = history(tmp_path / "run")
+    assert rows[1]["nonfinite_skipped"] == 3 and len(trained_mel) == 4
+    assert rows[1]["train_loss"] == pytest.approx(sum(trained_mel) / 4)
+    assert rows[1]["train_mel"] == pytest.approx(sum(trained_mel) / 4)
+
+
 def test_an_epoch_of_only_non_finite_losses_is_diverged_and_stops(dataset, tmp_path, monkeypatch):
     original = AcousticTask.losses
 

@@ -61,6 +61,7 @@ class Progression:
     # the unfinished epoch's loss sums and samples: a run stopped mid-epoch logs the whole epoch's mean
     epoch_sums: dict[str, float] = field(default_factory=dict)
     epoch_seen: int = 0
+    epoch_trained: int = 0  # the batches in epoch_sums: skipped ones are in batch_in_epoch but add no loss
 
     @classmethod
     def restored(cls, saved: dict[str, Any]) -> "Progression":
@@ -294,7 +295,9 @@ class Trainer:
                 task.on_epoch_start(epoch)
                 self.sampler.set_epoch(epoch, skip=p.batch_in_epoch)
                 started = time.time()
-                sums, seen = (dict(p.epoch_sums), p.epoch_seen) if p.batch_in_epoch else ({}, 0)
+                # a checkpoint from before epoch_trained was kept counted the skipped batches in, as it divided
+                sums, seen, trained = ((dict(p.epoch_sums), p.epoch_seen, p.epoch_trained or p.batch_in_epoch)
+                                       if p.batch_in_epoch else ({}, 0, 0))
                 rng = torch.get_rng_state() if p.batch_in_epoch else None
                 batches = iter(self.loader)  # draws its workers' base seed from torch's generator
                 if rng is not None:
@@ -313,21 +316,22 @@ class Trainer:
                         consecutive_bad = self._on_nonfinite(consecutive_bad + 1)
                     else:
                         consecutive_bad = 0
+                        trained += 1
                         if self.ema is not None:
                             self.ema.update(self._averaged())
                         seen += len(batch["mel"]) * self.dist.world
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
-                    display.update(p, self.history, sums.get(task.monitor, 0) / max(1, p.batch_in_epoch))
+                    display.update(p, self.history, sums.get(task.monitor, 0) / max(1, trained))
                     if stop.requested:
                         break
                 if stop.requested and p.batch_in_epoch < self.steps_per_epoch:
-                    p.epoch_sums, p.epoch_seen = sums, seen
+                    p.epoch_sums, p.epoch_seen, p.epoch_trained = sums, seen, trained
                     self._save_last()
                     self._barrier()
                     result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
-                assessment = self._end_epoch(epoch, sums, seen, started, lr, monitor_key, display)
+                assessment = self._end_epoch(epoch, sums, trained, seen, started, lr, monitor_key, display)
                 if stop.requested:
                     result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
                     break
@@ -346,16 +350,16 @@ class Trainer:
         result["epochs"] = p.epoch
         return result
 
-    def _end_epoch(self, epoch: int, sums: dict[str, float], seen: int, started: float, lr: float,
+    def _end_epoch(self, epoch: int, sums: dict[str, float], trained: int, seen: int, started: float, lr: float,
                    monitor_key: str, display: Display) -> convergence.Assessment:
         """Close a finished epoch: validate, assess convergence, lower the learning rate on a plateau, record
         the history row, save `best` when the monitored loss improved, then `last`; returns the assessment
-        (fit decides on an early stop from it)."""
+        (fit decides on an early stop from it). The training losses are means over the `trained` batches
+        whose losses are in `sums`: a skipped batch counted as a zero loss lowered them."""
         p = self.progress
-        n_batches = max(1, p.batch_in_epoch)
         with self._validation_weights():
-            row = self._epoch_row(epoch, sums, n_batches, seen, time.time() - started, lr)
-        p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen = epoch, 0, {}, 0
+            row = self._epoch_row(epoch, sums, max(1, trained), seen, time.time() - started, lr)
+        p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen, p.epoch_trained = epoch, 0, {}, 0, 0
         assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
         row["status"] = assessment.status
         self.history.append(row)
