@@ -103,6 +103,18 @@ def test_u_shaped_validation_with_falling_training_loss_is_overfitting():
     assert a.evidence["gap_now"] > a.evidence["gap_at_best"]
 
 
+@pytest.mark.parametrize("stage", ["acoustic", "vocoder"])
+def test_overfitting_advice_names_a_setting_the_stage_has(stage):
+    """It advised dropout, which no model here has, and augmentation, which the vocoder has none of."""
+    from voiceclone.config import load_recipe
+
+    e = np.arange(1, 17)
+    a = assess(history(0.5 + 0.002 * (e - 12.0) ** 2, 0.8 / e), CFG, stage=stage)
+    assert a.status == "overfitting"
+    assert "dropout" not in a.recommendation and f"--set {stage}.train.weight_decay" in a.recommendation
+    assert getattr(load_recipe("demo", [f"{stage}.train.weight_decay=0.05"]), stage).train.weight_decay == 0.05
+
+
 def test_rising_validation_with_flat_training_is_not_overfitting():
     unseen = [1.0, 0.7, 0.6, 0.55, 0.56, 0.58, 0.6, 0.62]
     a = assess(history(unseen, [0.5] * len(unseen)), CFG)

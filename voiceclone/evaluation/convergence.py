@@ -128,9 +128,17 @@ def lr_scale(drops: int, cfg: ConvergenceConfig) -> float:
     return cfg.lr_drop_factor ** max(0, int(drops))
 
 
+def _regularizers(stage: str | None) -> str:
+    """The regularization a stage's recipe offers: no model here has dropout, and only the acoustic model has
+    content augmentation."""
+    decay = f"a higher weight decay: --set {stage or '<stage>'}.train.weight_decay=..."
+    return decay + (", or augmentation: --set acoustic.augment=true" if stage in ("acoustic", None) else "")
+
+
 def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor: str = "unseen_loss",
-           train_key: str = "train_loss") -> Assessment:
-    """Classify a training history; see the module docstring for the exact rules and thresholds."""
+           train_key: str = "train_loss", stage: str | None = None) -> Assessment:
+    """Classify a training history; see the module docstring for the exact rules and thresholds. `stage`
+    (acoustic, vocoder) names the settings the advice gives."""
     rows = _ordered(history)
     key = _choose_monitor(rows, monitor, train_key)
     w, d, patience = cfg.window, cfg.min_delta, cfg.patience
@@ -198,7 +206,7 @@ def assess(history: Sequence[Mapping[str, Any]], cfg: ConvergenceConfig, monitor
         return verdict("overfitting", f"stop and {use_best}: {key} rose {_pct(m.change)} over the last {w} epochs, "
                                       f"beyond its noise bound {_pct(m.bound, sign=False)}, while {train_key} fell "
                                       f"{_pct(m.train_change)}; {gap_text}; more data or regularization "
-                                      f"(dropout, weight decay, augmentation)")
+                                      f"({_regularizers(stage)})")
 
     plateau = (f"no improvement of the smoothed {key} beyond {_pct(m.threshold, sign=False)} (the larger of "
                f"min_delta {_pct(d, sign=False)} and {Z:g} standard errors of the noise) for {m.since} epochs")

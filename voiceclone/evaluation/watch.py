@@ -55,7 +55,8 @@ def run_convergence(run: Path) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for stage, rows in histories.items():
         cfg = R.stage_convergence(_stage_folder(run, stage))
-        a = assess(rows, cfg, monitor="unseen_loss")
+        named = stage if stage in R.STAGES else None  # a stage folder given itself is keyed by its own name
+        a = assess(rows, cfg, monitor="unseen_loss", stage=named)
         assessments[stage] = a
         numbered = [epoch_of(row, k) for k, row in enumerate(rows, 1)]
         # where early stopping fires (or would have, with it off): the first epoch the detector says stop

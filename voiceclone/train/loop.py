@@ -345,7 +345,8 @@ class Trainer:
                     break
         if self.scalars is not None:
             self.scalars.close()
-        result["assessment"] = convergence.assess(self.history, self.recipe.convergence, monitor=monitor_key)
+        result["assessment"] = convergence.assess(self.history, self.recipe.convergence, monitor=monitor_key,
+                                                   stage=task.stage)
         result["best_epoch"], result["best_value"] = p.best_epoch, p.best_value
         result["epochs"] = p.epoch
         return result
@@ -360,7 +361,8 @@ class Trainer:
         with self._validation_weights():
             row = self._epoch_row(epoch, sums, max(1, trained), seen, time.time() - started, lr)
         p.epoch, p.batch_in_epoch, p.epoch_sums, p.epoch_seen, p.epoch_trained = epoch, 0, {}, 0, 0
-        assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key)
+        assessment = convergence.assess(self.history + [row], self.recipe.convergence, monitor=monitor_key,
+                                        stage=self.task.stage)
         row["status"] = assessment.status
         self.history.append(row)
         dropped = convergence.reduces_lr(assessment)  # reduce-on-plateau: next epochs at a lower rate
