@@ -413,3 +413,24 @@ def test_a_history_without_lr_drops_is_not_offered_a_drop():
     unseen = [1.0, 0.8, 0.6] + [0.5] * 10
     a = assess(history(unseen, [0.4] * len(unseen)), CFG)
     assert a.status == "converged" and should_stop(a) and "lr_drops" not in a.evidence
+
+
+def test_the_verdict_and_its_evidence_do_not_depend_on_the_losss_scale():
+    """Every measure is relative: a curve of 1e-14 was measured against the level's floor of 1e-12 (a fall of
+    9% over the window read as 0.03%, "within the noise"), and one above 1e154 was an OverflowError."""
+    e = np.arange(1, 41)
+    unseen, train = 0.97**e, 0.9 * 0.97**e
+    ref = assess(history(unseen, train), CFG)
+    assert ref.evidence["change_over_window"] < -0.08 and "slowing" not in ref.evidence
+    for scale in (1e-14, 1e-300, 1e200):
+        a = assess(history(scale * unseen, scale * train), CFG)
+        assert a.status == ref.status and a.evidence.get("slowing") == ref.evidence.get("slowing"), scale
+        for k in ("change_over_window", "noise", "trend_gain", "train_change_over_window"):
+            assert a.evidence[k] == pytest.approx(ref.evidence[k], rel=1e-6, abs=1e-12), (scale, k)
+        assert a.evidence["gap_now"] == pytest.approx(scale * ref.evidence["gap_now"])
+    # one epoch far above the others, long ago, leaves the verdict on the recent ones as it was
+    spiked = history(unseen, train)
+    spiked[5]["unseen_loss"] = spiked[5]["train_loss"] = 1e300
+    a = assess(spiked, CFG)
+    assert a.status == ref.status
+    assert a.evidence["change_over_window"] == pytest.approx(ref.evidence["change_over_window"])

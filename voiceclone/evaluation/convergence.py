@@ -302,7 +302,11 @@ class _Measures:
 
 def _measure(curve: _Curve, best_i: int, cfg: ConvergenceConfig) -> _Measures:
     """The measures of a curve with at least window + 1 points; best_i indexes its lowest value."""
-    w, epochs, values, train = cfg.window, curve.epochs, curve.values, curve.train
+    w, epochs = cfg.window, curve.epochs
+    # every measure is relative, so each curve is measured in units of its recent size (a power of two, exact):
+    # below 1e-12 the level's floor (against division by zero) shrank every change to nothing, and losses
+    # above 1e154 overflowed
+    values, train = _normalized(curve.values, w + 1), _normalized(curve.train, w + 1)
     x = np.asarray(epochs[-(w + 1):], dtype=np.float64)
     y = np.asarray(values[-(w + 1):], dtype=np.float64)
     ty = np.asarray(train[-(w + 1):], dtype=np.float64)
@@ -313,7 +317,7 @@ def _measure(curve: _Curve, best_i: int, cfg: ConvergenceConfig) -> _Measures:
         train_change = _relative_change(x, ty)
         tail = np.asarray(train[-(NOISE_SPAN * w + 1):])
         train_bound = _noise_bound(x, _relative_noise(tail[np.isfinite(tail)], float(np.mean(ty))))
-    best_value = values[best_i]
+    best_value = float(values[best_i])
     # the noise-aware plateau measures
     threshold = max(cfg.min_delta, Z * noise * math.sqrt(2.0 / w))
     ref_i = _last_significant_improvement(_trailing_mean(values, w), threshold)
@@ -326,9 +330,7 @@ def _measure(curve: _Curve, best_i: int, cfg: ConvergenceConfig) -> _Measures:
     return _Measures(
         change=_relative_change(x, y), noise=noise, bound=_noise_bound(x, noise),
         train_change=train_change, train_bound=train_bound,
-        gap_now=values[-1] - train[-1] if math.isfinite(train[-1]) else None,
-        gap_best=best_value - train[best_i] if math.isfinite(train[best_i]) else None,
-        gap_start=float(y[0] - ty[0]) if train_ok else None,
+        gap_now=_gap(curve, -1), gap_best=_gap(curve, best_i), gap_start=_gap(curve, -(w + 1)) if train_ok else None,
         ratio_to_best=values[-1] / best_value if best_value > 0 else None,
         threshold=threshold,
         since=epochs[-1] - max(epochs[ref_i], restart if restart is not None else epochs[0]),
@@ -338,6 +340,20 @@ def _measure(curve: _Curve, best_i: int, cfg: ConvergenceConfig) -> _Measures:
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers (pure).
+
+
+def _normalized(values: list[float], recent: int) -> np.ndarray:
+    """`values` times the power of two that brings the largest finite magnitude of the last `recent` into
+    [0.5, 1); exact."""
+    y = np.asarray(values, dtype=np.float64)
+    last = y[-recent:]
+    top = float(np.max(np.abs(last[np.isfinite(last)]), initial=0.0))
+    return np.ldexp(y, -math.frexp(top)[1]) if top > 0 else y
+
+
+def _gap(curve: _Curve, i: int) -> float | None:
+    """Validation minus training at index i, in the loss's units; None where training is not finite."""
+    return curve.values[i] - curve.train[i] if math.isfinite(curve.train[i]) else None
 
 
 def _ordered(history: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
@@ -411,7 +427,8 @@ def _trend_stretch(epochs: list[int], values: list[float], sigma: float, shortes
         # robust spread of the residuals (a spike is noise, not a misfit); a median-based variance has
         # 1 / 0.37 times the variance of a mean square, hence the wider tolerance
         spread = 1.4826 * float(np.median(np.abs(r - np.median(r)))) * math.sqrt(k / (k - 2))
-        if spread**2 <= max(sigma, 1e-12) ** 2 * (1.0 + CHI_SIGMAS * math.sqrt(2.0 / (0.37 * (k - 2)))):
+        # standard deviations, not variances: the square of an old loss far above the recent ones overflowed
+        if spread <= max(sigma, 1e-12) * math.sqrt(1.0 + CHI_SIGMAS * math.sqrt(2.0 / (0.37 * (k - 2)))):
             return x, y
     return x_all[-shortest:], y_all[-shortest:]
 
