@@ -51,6 +51,14 @@ def test_corruption_before_the_last_line_is_an_error(tmp_path):
         read_history(path)
 
 
+def test_a_number_no_float_holds_is_named_with_its_line(tmp_path):
+    # JSON reads a hand-edited 1 with 400 zeros as an int: evaluate ended in "OverflowError: int too large"
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1, "unseen_loss": 0.5}\n{"epoch": 2, "unseen_loss": 1' + "0" * 400 + '}\n')
+    with pytest.raises(UserError, match="history.jsonl:2: unseen_loss"):
+        read_history(path)
+
+
 def test_missing_history_names_the_file(tmp_path):
     with pytest.raises(UserError, match="nope.jsonl"):
         read_history(tmp_path / "nope.jsonl")

@@ -232,6 +232,9 @@ def read_history(path: Path | str) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{lineno}: not a JSON history row") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: a history row must be a JSON object, got {type(row).__name__}")
+        huge = [k for k, v in row.items() if isinstance(v, int) and not -2**1023 < v < 2**1023]
+        if huge:  # a hand-edited 1 with 400 zeros reads as an int no float holds: an OverflowError in evaluate
+            raise UserError(f"{path}:{lineno}: {huge[0]} is a number beyond any loss a run can log")
         rows.append({k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
     return rows
 
