@@ -460,6 +460,22 @@ def test_a_broken_link_in_a_source_folder_is_said_and_the_rest_converted(model, 
                    "no audio files in this folder (1 named like audio, none a readable file: gone.wav)")
 
 
+def test_a_linked_subfolder_of_a_source_folder_is_converted(model, tmp_path):
+    """Its files were passed over without a word (Path.rglob does not follow links), where prepare reads them;
+    a link back up the tree is not walked again."""
+    folder, elsewhere = tmp_path / "sources", tmp_path / "usb" / "day2"
+    (folder / "day1").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    (folder / "day1" / "a.wav").write_bytes(Path(model["src"]).read_bytes())
+    (elsewhere / "b.wav").write_bytes(Path(model["src"]).read_bytes())
+    (folder / "day2").symlink_to(elsewhere)
+    (folder / "day1" / "up").symlink_to(folder)
+    r = synth(model, model["bundle"], tmp_path / "out", "--source", str(folder))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.wav")) == \
+        ["day1/a.wav", "day2/b.wav"]
+
+
 def test_a_long_source_cut_short_is_refused_as_the_short_one_is(model, tmp_path):
     """Sources over 30 s are read block by block, and that path skipped the truncation check: a WAV with
     30% of its data gone was converted into a shorter output, exit 0, where a short one is refused."""

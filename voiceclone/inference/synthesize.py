@@ -482,7 +482,7 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                 shown = text if len(text) <= 40 else text[:40] + "..."
                 raise UserError(f"--text {shown!r}: espeak-ng made no speech of it ({e.reason})") from None
     elif source.is_dir():
-        named = sorted(p for p in source.rglob("*") if A.is_audio_file(p) and not p.is_dir())
+        named = sorted(p for p in _walk(source) if A.is_audio_file(p) and not p.is_dir())
         files = [p for p in named if p.is_file()]
         if not files:
             shown = first_few([n.name for n in named])
@@ -536,6 +536,18 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         results.append(synthesize_file(model, ref, source, out, **kwargs))
     _print_summary(console, results)
     return results
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every path below `folder`, linked subfolders followed as prepare follows them (Path.rglob passes them
+    over, and their files were left unconverted without a word); a link to a folder walked already is not
+    followed: to the folder itself or above it, it would walk the same files again without end."""
+    walked: set[str] = set()
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        walked.add(os.path.realpath(here))
+        dirs[:] = [d for d in dirs if not (os.path.islink(os.path.join(here, d))
+                                           and os.path.realpath(os.path.join(here, d)) in walked)]
+        yield from (Path(here) / name for name in (*dirs, *files))
 
 
 def _folder_targets(source: Path, files: list[Path], out: Path) -> dict[Path, Path]:
