@@ -474,6 +474,17 @@ def test_a_linked_subfolder_of_a_source_folder_is_converted(model, tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.wav")) == \
         ["day1/a.wav", "day2/b.wav"]
+def test_a_reference_named_twice_counts_once(model, tmp_path):
+    """0.6 s named twice passed the 1 s minimum as "1.2 s of speech in all", and weighed double in the average."""
+    speech, sr = sf.read(model["ref"], dtype="float32")
+    short = tmp_path / "short.wav"
+    sf.write(short, speech[: int(0.6 * sr)], sr)
+    twice = ("--reference", str(short), "--reference", str(tmp_path / "." / "short.wav"))
+    one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", *twice), "short.wav", "0.60 s of speech")
+    r = synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(model["ref"]), "--reference",
+              str(model["ref"]))
+    assert r.exit_code == 0, r.output
+    assert "given more than once as a --reference; used once" in " ".join(r.output.split()), r.output
 
 
 def test_a_long_source_cut_short_is_refused_as_the_short_one_is(model, tmp_path):

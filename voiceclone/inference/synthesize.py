@@ -114,6 +114,15 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
                          _stored_envelope(meta.get("voice_envelope"), model.recipe.audio.n_mels))
     cfg, prep = model.recipe.audio, model.recipe.prepare
     clips, notes = [], []  # notes: what reading the references says (a long one was cut)
+    # one clip named twice (a.wav and ./a.wav) is not twice the speech: 0.6 s passed the minimum as 1.2 s "in
+    # all", and weighed double in the average
+    unique: dict[str, Path] = {}
+    for p in paths:
+        first = unique.setdefault(os.path.realpath(p), p)
+        if first is not p:
+            also = "" if str(first) == str(p) else f" (as {first})"
+            notes.append(f"{p}: given more than once as a --reference{also}; used once")
+    paths = list(unique.values())
     for p in paths:
         y = A.clean(_read_reference(Path(p), cfg.sample_rate, notes), prep, p)
         clips.append((p, y, A.features(y, cfg)))
