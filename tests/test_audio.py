@@ -189,6 +189,19 @@ def test_load_audio_reads_every_format_to_mono_at_the_target_rate(tmp_path, name
         assert float(np.abs(x).max()) == pytest.approx(0.75 * float(np.abs(y).max()), rel=0.05)
 
 
+def test_stereo_whose_channels_cancel_is_not_called_silent(tmp_path):
+    """One channel the other inverted mixes to mono as zeros: a loud file was refused as "silent"."""
+    y, _ = synth_utterance(make_speakers(2)[1], 1.5, 16000, seed=2)
+    path = tmp_path / "inverted.wav"
+    sf.write(path, np.stack([y, -y], axis=1), 16000, subtype="FLOAT")
+    for read in (lambda: A.load_audio(path, 16000), lambda: list(A.stream_audio(path, 16000, block_seconds=0.5))):
+        with pytest.raises(A.AudioError) as e:
+            read()
+        assert e.value.reason == "channels cancel" and "inverted" in str(e.value)
+    sf.write(path, np.zeros((16000, 2), np.float32), 16000)  # silent in both channels: silent, as before
+    assert not np.any(A.load_audio(path, 16000)) and not np.any(np.concatenate(list(A.stream_audio(path, 16000))))
+
+
 def write_bad_files(folder: Path) -> dict[str, str]:
     """One file for every way a file can be bad; returns file name -> the reason it must be skipped for."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -143,10 +143,19 @@ def load_audio(path: Path | str, sample_rate: int) -> np.ndarray:
         raise AudioError(path, "truncated", f"{len(y)} of {declared} frames" if declared > len(y) else "")
     if y.size == 0:
         raise AudioError(path, "no samples")
-    y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
-    if not np.isfinite(y).all():
+    mono = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
+    if not np.isfinite(mono).all():
         raise AudioError(path, "non-finite samples")
-    return resample(y, sr, sample_rate)
+    if y.shape[1] > 1:
+        _check_mix(path, float(np.abs(y).max()), float(np.abs(mono).max()))
+    return resample(mono, sr, sample_rate)
+
+
+def _check_mix(path: Path, channels_peak: float, mixed_peak: float) -> None:
+    """Channels that are one signal and its inverse mix to mono as silence: a loud file was refused as silent."""
+    if mixed_peak < SILENCE_PEAK <= channels_peak:
+        raise AudioError(path, "channels cancel", "silent mixed to mono: one channel is the other inverted; "
+                                                  "invert it or keep one channel")
 
 
 def check_file(path: Path) -> None:
@@ -331,16 +340,22 @@ def stream_audio(path: Path | str, sample_rate: int, block_seconds: float = 20.0
         rs = (soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
               if f.samplerate != sample_rate else None)
         size = max(1, int(block_seconds * f.samplerate))
-        read = 0
+        read, channels_peak, mixed_peak = 0, 0.0, 0.0
         while True:
             with decoding(path):  # damage past the header shows only here (libsndfile: "internal error")
-                x = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+                frames = f.read(size, dtype="float32", always_2d=True)
+            x = frames.mean(axis=1)
             read += len(x)
             last = len(x) < size
             if not np.isfinite(x).all():
                 raise AudioError(path, "non-finite samples")
             if last and _truncated("", declared, read):  # a compressed stream that ends early: known only now
                 raise AudioError(path, "truncated", f"{read} of {declared} frames")
+            if frames.shape[1] > 1 and len(x):
+                channels_peak = max(channels_peak, float(np.abs(frames).max()))
+                mixed_peak = max(mixed_peak, float(np.abs(x).max()))
+            if last and frames.shape[1] > 1:
+                _check_mix(path, channels_peak, mixed_peak)
             y = rs.resample_chunk(x, last=last) if rs is not None else x
             if len(y):
                 yield np.ascontiguousarray(y, dtype=np.float32)
