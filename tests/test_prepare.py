@@ -439,6 +439,46 @@ def test_previous_dataset_survives_an_interrupted_update(tmp_path, monkeypatch):
     assert Dataset.open(out).fingerprint == before  # still the complete previous dataset
 
 
+def test_an_update_stopped_while_committing_keeps_its_recipe_and_splits(tmp_path, monkeypatch):
+    """The commit removes config.json first: an update stopped there (Ctrl-C, SIGTERM, SIGKILL) was finished
+    by the next run with the demo's recipe (every feature rebuilt at other settings) and splits drawn afresh,
+    which moved the speaker held out as unseen into train."""
+    from voiceclone.data.store import FeatureStore
+
+    every = small_corpus(tmp_path / "all", speakers=11, utterances=2)
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    # among these three no hash is under unseen_fraction, so the top-up holds out spk004; spk010, added
+    # later, has a lower hash than spk004 and would be the one a fresh draw holds out
+    for name in ("spk001", "spk002", "spk004"):
+        shutil.move(every / name, corpus / name)
+    out = tmp_path / "ds"
+    run(corpus, out, load_recipe("demo", ["prepare.trim_top_db=30"]))
+    assert {s for s, i in Dataset.open(out).speakers.items() if i["split"] == "unseen"} == {"spk004"}
+    for name in ("spk008", "spk010"):
+        shutil.move(every / name, corpus / name)
+    expected = tmp_path / "expected"
+    shutil.copytree(out, expected)
+    run(corpus, expected, P.recipe_for(expected, None))
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FeatureStore, "seal", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, out, P.recipe_for(out, None))
+    assert not (out / "config.json").exists()
+    monkeypatch.undo()
+    recipe = P.recipe_for(out, None)
+    assert recipe.prepare.trim_top_db == 30
+    _, text = run(corpus, out, recipe)
+    assert "drawn afresh" not in text and "settings changed" not in text
+    ds = Dataset.open(out)
+    assert {s for s, i in ds.speakers.items() if i["split"] == "unseen"} == {"spk004"}
+    assert splits_by_id(out) == splits_by_id(expected) and ds.fingerprint == Dataset.open(expected).fingerprint
+    assert not any(out.glob(".prepare-commit*"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Inputs: formats, manifests, bad files.
 

@@ -52,6 +52,7 @@ from voiceclone.files import flocked, fsync_dir, stored_config
 from voiceclone.threads import allowed_cores, check_count
 
 STORE_DIR, LOCK_FILE, TMP_PREFIX = ".prepare-store", ".prepare-lock", ".prepare-tmp-"
+COMMIT_FILE = ".prepare-commit.json"  # what a commit under way makes: its recipe, split settings and splits
 COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
 NO_USABLE = "no usable audio"
 STOP_POLL = 0.2  # seconds between looks for a stop asked (Ctrl-C, SIGTERM) while the workers compute
@@ -63,10 +64,12 @@ def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ())
     dataset at 16 kHz); else the demo's. `overrides` (--set) apply on top of either."""
     if name is None:
         # no dataset there, or a damaged one (which prepare rebuilds): the demo's
-        stored = (stored_config(Path(out), store.FORMAT) or {}).get("recipe")
+        config = stored_config(Path(out), store.FORMAT)
+        source = Path(out) / (store.CONFIG if config is not None else COMMIT_FILE)
+        stored = (config or _interrupted_commit(Path(out)) or {}).get("recipe")
         if isinstance(stored, dict):
             try:
-                return recipe_from_dict(stored, overrides, source=str(Path(out) / store.CONFIG))
+                return recipe_from_dict(stored, overrides, source=str(source))
             except UserError as e:
                 if overrides:  # the bad value may be the user's own, which the message names
                     raise
@@ -191,10 +194,13 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
             raise UserError(f"{NO_USABLE}: all {len(sources) + len(pre_skipped)} files were skipped ("
                             + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")")
         # splits stay pinned across feature rebuilds: only the split settings themselves redraw them
-        same_split_cfg = existing is not None and existing.config.get("split_settings") == job.splits_cfg
-        if existing is not None and not same_split_cfg:
+        last = ({"split_settings": existing.config.get("split_settings"),
+                 "splits": {r["id"]: r["split"] for r in existing.manifest}} if existing is not None
+                else _interrupted_commit(out))
+        same_split_cfg = last is not None and last["split_settings"] == job.splits_cfg
+        if last is not None and not same_split_cfg:
             console.print("split settings changed since the last run: splits drawn afresh", style="yellow")
-        pinned = {r["id"]: r["split"] for r in existing.manifest} if same_split_cfg else None
+        pinned = last["splits"] if same_split_cfg else None
         utt_ids = _utterance_ids(usable)
         by_speaker: dict[str, list[str]] = defaultdict(list)
         for (s, _), ids in zip(usable, utt_ids):
@@ -227,6 +233,21 @@ def _check_out(out: Path) -> None:
         ours = (out / LOCK_FILE).exists() or (out / STORE_DIR).exists() or stored_config(out, store.FORMAT) is not None
         if not ours:
             raise UserError(f"{out}: exists and is not a voiceclone dataset; choose a new or empty folder for --out")
+
+
+def _interrupted_commit(out: Path) -> dict[str, Any] | None:
+    """What a commit stopped before its config.json landed was making ({"recipe", "split_settings", "splits"}),
+    when `out` is in that state. The commit removes config.json first, so without this the next run knew
+    neither the recipe (it fell back to the demo's and rebuilt every feature) nor the splits (drawn afresh: a
+    speaker held out as unseen could move into train)."""
+    if (out / store.CONFIG).exists():
+        return None  # a complete dataset's own config says it all; a leftover of its commit is stale
+    data = store.read_json(out / COMMIT_FILE)
+    if (not isinstance(data, dict) or data.get("format") != store.FORMAT or not isinstance(data.get("recipe"), dict)
+            or not isinstance(data.get("split_settings"), dict) or not isinstance(data.get("splits"), dict)
+            or not all(v in SPLITS for v in data["splits"].values())):
+        return None
+    return data
 
 
 def _open_previous(out: Path, fhash: str, cfg: Recipe, console: Console) -> tuple[Dataset | None, bool]:
@@ -494,6 +515,10 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
               "splits": {name: {"utterances": len(v), "frames": sum(b - a for a, b in v)} for name, v in spans.items()},
               "recipe": recipe}
     store.write_json(tmp / store.CONFIG, config)
+    # the commit removes config.json first: a run stopped inside it finishes this dataset, not one with the
+    # demo's recipe and splits drawn afresh
+    store.write_json(out / COMMIT_FILE, {"format": store.FORMAT, "recipe": recipe, "split_settings": job.splits_cfg,
+                                         "splits": split_of})
     _commit(tmp, out, feature_store)
     return fingerprint
 
@@ -560,5 +585,6 @@ def _commit(tmp: Path, out: Path, feature_store: FeatureStore) -> None:
         else:
             os.replace(src, dst)
     os.replace(tmp / store.CONFIG, out / store.CONFIG)
+    (out / COMMIT_FILE).unlink(missing_ok=True)
     fsync_dir(out)
     shutil.rmtree(tmp, ignore_errors=True)
