@@ -160,6 +160,22 @@ def test_a_run_resumed_mid_epoch_where_that_epoch_now_has_fewer_batches_closes_i
     assert rows[0]["lr"] == pytest.approx(3e-3 * 3 / 10)  # the rate of its last step (warmup of 10)
 
 
+def test_a_run_resumed_mid_epoch_with_another_batch_size_goes_on_from_the_same_item(dataset, tmp_path,
+                                                                                      monkeypatch):
+    # 3 batches of 2 (6 items) were taken as 3 batches of 4 (12): the items 6-11 of that epoch never trained
+    fired = ctrl_c_after_step(monkeypatch, lambda t: t.progress.step == 3)
+    train(dataset, tmp_path / "r", overrides=FAST + ["acoustic.train.batch_size=2"], epochs=2, early_stop=False,
+          console=QUIET)
+    assert fired
+    console = Console(record=True, width=200)
+    r = train(dataset, tmp_path / "r", overrides=FAST + ["acoustic.train.batch_size=4"], epochs=2, resume=True,
+              early_stop=False, console=console)
+    assert r["acoustic"]["epochs"] == 2 and "had 6 items in batches of 2" in console.export_text()
+    rows = history(tmp_path / "r")
+    per_epoch = rows[1]["step"] - rows[0]["step"]
+    assert rows[0]["step"] == 3 + per_epoch - 2  # 6 items: 2 batches of 4 counted done (rounded up), not 3
+
+
 def test_early_stopping_on_a_plateau_restores_the_best(dataset, tmp_path):
     # a learning rate of ~0 makes every epoch the same: a perfect plateau
     overrides = FAST + ["acoustic.train.lr=1e-12", "convergence.patience=2", "convergence.window=2"]

@@ -191,6 +191,7 @@ class Trainer:
             self.console.print(f"{self.task.stage}: learning rate {old:g} -> {new:g} (the recipe's, with --set)",
                                highlight=False)
         self.progress = Progression.restored(state["progress"])
+        self._recount_stopped_epoch(state["recipe"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -207,6 +208,23 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"], self.device)
             else:
                 self.ema = WeightAverage(self._averaged(), self.cfg.ema)
+
+    def _recount_stopped_epoch(self, saved_recipe: Any) -> None:
+        """A stopped epoch's place is counted in batches of the size it trained with. Resumed with another
+        --set ...batch_size, those counts skipped items the run never saw (a larger batch) or trained some
+        twice (a smaller one): the place is counted again in the new batches, rounded up so that no item
+        trains twice in the epoch."""
+        p = self.progress
+        stage = saved_recipe.get(self.task.stage) if isinstance(saved_recipe, dict) else None
+        saved = stage.get("train", {}).get("batch_size") if isinstance(stage, dict) else None
+        if not p.batch_in_epoch or type(saved) is not int or saved < 1 or saved == self.cfg.batch_size:
+            return
+        items = p.batch_in_epoch * saved
+        p.batch_in_epoch = -(-items // self.cfg.batch_size)
+        if self.dist.main:
+            self.console.print(f"{self.task.stage}: the stopped epoch had {items} items in batches of {saved}; it "
+                               f"goes on in batches of {self.cfg.batch_size} after {p.batch_in_epoch * self.cfg.batch_size}",
+                               highlight=False)
 
     def _save_last(self) -> None:
         if not self.dist.main:
