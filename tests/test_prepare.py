@@ -521,6 +521,23 @@ def test_broken_and_looping_links_in_a_corpus(tmp_path):
     assert all(r["id"].split("/")[0] == r["speaker"] for r in ds.manifest)
 
 
+def test_a_linked_file_or_folder_given_as_an_input_is_named_by_the_link(tmp_path):
+    """git-annex and DataLad keep each file as a link into a folder of its own: given as single files, each was
+    filed under its target's folder, one speaker per file; a linked speaker folder took its target's name."""
+    corpus = small_corpus(tmp_path / "c", speakers=2, utterances=2)
+    store = tmp_path / "annex"
+    for f in sorted(corpus.rglob("*.wav")):
+        target = store / f.stem / f.name  # one folder per file, as git-annex's objects
+        target.parent.mkdir(parents=True)
+        shutil.move(f, target)
+        os.symlink(target, f)
+    os.symlink(corpus / "spk000", tmp_path / "alice")
+    run(sorted(corpus.rglob("*.wav")), tmp_path / "ds")
+    assert sorted(Dataset.open(tmp_path / "ds").speakers) == ["spk000", "spk001"]
+    run(tmp_path / "alice", tmp_path / "ds2")
+    assert list(Dataset.open(tmp_path / "ds2").speakers) == ["alice"]
+
+
 def test_file_names_that_are_not_utf8(tmp_path):
     # names from an old Latin-1 archive: Python sees their stray bytes as lone surrogates, which libsndfile's
     # path encoding refused ("corrupt") and report.json and manifest.jsonl could not hold (a traceback at the end)

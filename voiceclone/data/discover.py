@@ -61,7 +61,7 @@ def discover(inputs: Sequence[Path | str], exclude: Path | None = None) -> tuple
         elif p.suffix.lower() in MANIFEST_DELIMITERS:
             _read_manifest(p, found, skipped)
         elif A.is_audio_file(p):
-            found.append(_source(p, p.resolve().parent.name, p.name))
+            found.append(_source(p, _as_named(p).parent.name, p.name))
         else:
             raise UserError(f"{p}: not a folder, a .csv/.tsv manifest or an audio file")
     by_path: dict[str, Source] = {}
@@ -101,6 +101,13 @@ def _spelling_note(path: str, other: str) -> str:
     return " (the same name in another Unicode spelling)" if differ else ""
 
 
+def _as_named(path: Path) -> Path:
+    """`path` made absolute ("." and ".." gone) without following links: a folder is named as the user named
+    it. Resolved, a file that is a link (git-annex and DataLad keep every file as one, into a folder per
+    file) was filed under its target's folder, one speaker per file, and a linked folder under its target."""
+    return Path(os.path.abspath(path))
+
+
 def _source(path: Path, speaker: str, rel: str) -> Source:
     # every way in (folder, manifest row, single file) passes here: the one place names are made one spelling;
     # the path stays as the file system spells it, or it would not open
@@ -111,7 +118,7 @@ def _source(path: Path, speaker: str, rel: str) -> Source:
 
 def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: Counter,
                  excluded: Path | None) -> int:
-    root_name = root.resolve().name
+    root_name = _as_named(root).name
     n = 0
     for folder, dirs, files in os.walk(root, followlinks=True):
         here = Path(folder)
