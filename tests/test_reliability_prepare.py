@@ -138,6 +138,11 @@ def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_prepared(synthetic
     assert list(skipped) == ["spk001_002.wav"], skipped
     assert skipped["spk001_002.wav"]["reason"] == "failed" and "died" in skipped["spk001_002.wav"]["detail"]
     assert report["used"] == report["files"] - 1
+    # the death said nothing of the file: run again (memory freed, fewer workers), it was 'up to date' without it
+    r = runner.invoke(app, ["prepare", str(synthetic_corpus), "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 0 and "up to date" not in r.output, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == [] and report["used"] == report["files"] and report["processed"] == 1
 
 
 # --- 14. sane upper bounds ---------------------------------------------------------------------------

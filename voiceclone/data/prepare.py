@@ -56,6 +56,7 @@ COMMIT_FILE = ".prepare-commit.json"  # what a commit under way makes: its recip
 COMPACT_WASTE = 0.5  # rewrite the store when more than this share of its frames belongs to no utterance
 NO_USABLE = "no usable audio"
 STOP_POLL = 0.2  # seconds between looks for a stop asked (Ctrl-C, SIGTERM) while the workers compute
+DIED = "the process decoding it died (killed by the system: out of memory?)"  # a skip that says nothing of the file
 
 
 def recipe_for(out: Path | str, name: str | None, overrides: Sequence[str] = ()) -> Recipe:
@@ -304,7 +305,9 @@ def _reusable(sources: list[Source], feature_store: FeatureStore, committed: int
         key = s.key(fhash)
         i = index.get(key)
         meta = FileState.from_json(feature_store.entries[i]) if i is not None else None
-        if meta is not None and meta.version == FEATURES_VERSION:
+        # a file whose process died is tried again: the cause (memory, other workers) may be gone, and the
+        # file, unchanged, was otherwise left out for good
+        if meta is not None and meta.version == FEATURES_VERSION and meta.detail != DIED:
             metas[key] = meta
             origin["previous" if i < committed else "cache"] += 1
     return metas, origin
@@ -401,8 +404,7 @@ def _run_pool(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], 
 
 
 def _died(path: str, key: str) -> FileState:
-    return FileState(key, path=path, reason="failed",
-                     detail="the process decoding it died (killed by the system: out of memory?)")
+    return FileState(key, path=path, reason="failed", detail=DIED)
 
 
 def _pool_pass(jobs: list[tuple], n_workers: int, done: Callable[[tuple], None], progress: Progress,
@@ -511,7 +513,10 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
     config = {"format": store.FORMAT, "version": store.FORMAT_VERSION, "voiceclone": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fingerprint": fingerprint,
               "features_hash": job.fhash, "features_version": FEATURES_VERSION,
-              "split_settings": job.splits_cfg, "inputs_digest": job.digest, "store": {"frames": feature_store.frames},
+              # a dataset missing a file whose process died is never up to date: the next run tries that file
+              "split_settings": job.splits_cfg,
+              "inputs_digest": None if any(r["detail"] == DIED for r in report["skipped"]) else job.digest,
+              "store": {"frames": feature_store.frames},
               "splits": {name: {"utterances": len(v), "frames": sum(b - a for a, b in v)} for name, v in spans.items()},
               "recipe": recipe}
     store.write_json(tmp / store.CONFIG, config)
