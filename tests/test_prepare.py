@@ -217,6 +217,28 @@ def test_split_stability_when_files_are_added(tmp_path):
     assert unseen and not unseen & {r["speaker"] for r in ds.manifest if r["split"] != "unseen"}
 
 
+def test_a_held_out_speaker_whose_files_all_changed_name_stays_held_out(tmp_path):
+    """Its files converted to FLAC (new ids, none in the previous manifest), the held-out speaker was taken for
+    a new one, and a speaker added beside it with a lower hash took its place: it moved into train."""
+    every = small_corpus(tmp_path / "all", speakers=11, utterances=2)
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    # among these three no hash is under unseen_fraction, so the top-up holds out spk004; spk010's hash is lower
+    for name in ("spk001", "spk002", "spk004"):
+        shutil.move(every / name, corpus / name)
+    run(corpus, tmp_path / "ds")
+    assert Dataset.open(tmp_path / "ds").speakers["spk004"]["split"] == "unseen"
+    for f in sorted((corpus / "spk004").glob("*.wav")):
+        y, sr = sf.read(f)
+        sf.write(f.with_suffix(".flac"), y, sr)
+        f.unlink()
+    shutil.move(every / "spk010", corpus / "spk010")
+    run(corpus, tmp_path / "ds")
+    ds = Dataset.open(tmp_path / "ds")
+    assert ds.speakers["spk004"]["split"] == "unseen" and ds.speakers["spk001"]["split"] == "train"
+    assert {r["split"] for r in ds.manifest if r["speaker"] == "spk004"} == {"unseen"}
+
+
 def test_single_speaker_dataset(synthetic_corpus, tmp_path):
     """A folder of one voice's files (fine-tuning): its name is the speaker; val holds held-out utterances."""
     summary, _ = run(synthetic_corpus / "spk002", tmp_path / "ds")

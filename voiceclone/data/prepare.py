@@ -196,17 +196,20 @@ def _prepare_locked(job: _Job) -> dict[str, Any]:
                             + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")")
         # splits stay pinned across feature rebuilds: only the split settings themselves redraw them
         last = ({"split_settings": existing.config.get("split_settings"),
-                 "splits": {r["id"]: r["split"] for r in existing.manifest}} if existing is not None
+                 "splits": {r["id"]: r["split"] for r in existing.manifest},
+                 "speakers": {k: v["split"] for k, v in existing.speakers.items()}} if existing is not None
                 else _interrupted_commit(out))
         same_split_cfg = last is not None and last["split_settings"] == job.splits_cfg
         if last is not None and not same_split_cfg:
             console.print("split settings changed since the last run: splits drawn afresh", style="yellow")
         pinned = last["splits"] if same_split_cfg else None
+        # by name too: a held-out speaker whose files all got new ids (renamed, re-encoded) stays held out
+        pinned_speakers = last.get("speakers") if same_split_cfg else None
         utt_ids = _utterance_ids(usable)
         by_speaker: dict[str, list[str]] = defaultdict(list)
         for (s, _), ids in zip(usable, utt_ids):
             by_speaker[s.speaker].extend(ids)
-        split_of = assign_splits(dict(by_speaker), cfg.prepare, pinned)
+        split_of = assign_splits(dict(by_speaker), cfg.prepare, pinned, pinned_speakers)
         report = _report(sources, pre_skipped, skipped, job.ignored, usable, origin)
         try:
             fingerprint = _assemble(job, usable, utt_ids, split_of, feature_store, report)
@@ -248,6 +251,8 @@ def _interrupted_commit(out: Path) -> dict[str, Any] | None:
             or not isinstance(data.get("split_settings"), dict) or not isinstance(data.get("splits"), dict)
             or not all(v in SPLITS for v in data["splits"].values())):
         return None
+    if not isinstance(data.get("speakers"), dict):  # by name, as speakers.json has them; a journal without: by ids
+        data["speakers"] = None
     return data
 
 
@@ -522,8 +527,9 @@ def _assemble(job: _Job, usable: list[tuple[Source, FileState]], utt_ids: list[l
     store.write_json(tmp / store.CONFIG, config)
     # the commit removes config.json first: a run stopped inside it finishes this dataset, not one with the
     # demo's recipe and splits drawn afresh
+    sides = {s.speaker: "unseen" if split_of[ids[0]] == "unseen" else "train" for (s, _), ids in zip(usable, utt_ids)}
     store.write_json(out / COMMIT_FILE, {"format": store.FORMAT, "recipe": recipe, "split_settings": job.splits_cfg,
-                                         "splits": split_of})
+                                         "splits": split_of, "speakers": sides})
     _commit(tmp, out, feature_store)
     return fingerprint
 

@@ -24,8 +24,8 @@ def _unit(salt: str, *parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig,
-                  previous: dict[str, str] | None = None) -> dict[str, str]:
+def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig, previous: dict[str, str] | None = None,
+                  speakers_before: dict[str, str] | None = None) -> dict[str, str]:
     """utterances: speaker -> utterance ids. Returns utterance id -> 'train' | 'val' | 'unseen'.
 
     Speakers: the named prep.unseen_speakers if any; otherwise, among three or more speakers (and a
@@ -38,14 +38,19 @@ def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig,
     The two top-ups depend on what else exists, so `previous` (utterance id -> split, from the dataset
     being updated, with the same split settings) pins every utterance it holds, and top-ups choose only
     among new utterances and new speakers. Adding files to a dataset thus never moves an old utterance.
+    `speakers_before` (speaker -> 'train' | 'unseen', as speakers.json has it) pins each old speaker's side
+    by its name, so one whose files were all renamed or re-encoded (new ids) is no new speaker.
     """
     previous = previous or {}
+    speakers_before = speakers_before or {}
     salt = prep.split_salt
     speakers = sorted(utterances)
     old_speaker_split = {}
     for spk in speakers:
         kinds = {previous[u] for u in utterances[spk] if u in previous}
-        if kinds:
+        if spk in speakers_before:
+            old_speaker_split[spk] = "unseen" if speakers_before[spk] == "unseen" else "seen"
+        elif kinds:
             old_speaker_split[spk] = "unseen" if "unseen" in kinds else "seen"
     if prep.unseen_speakers:
         unknown = sorted(set(prep.unseen_speakers) - set(speakers))
