@@ -134,7 +134,7 @@ def test_unseen_speakers_never_reach_train(prepared_dataset):
         assert sum(r["speaker"] == spk and r["split"] == "val" for r in ds.manifest) >= 1
 
 
-def test_named_unseen_speakers(prepared_dataset, tmp_path):
+def test_named_unseen_speakers(prepared_dataset, tmp_path, monkeypatch):
     out = tmp_path / "ds"
     shutil.copytree(prepared_dataset, out)
     summary, text = run(Path(Dataset.open(out).manifest[0]["source"]).parent.parent, out,
@@ -145,8 +145,12 @@ def test_named_unseen_speakers(prepared_dataset, tmp_path):
     assert ds.recipe.prepare.unseen_speakers == ("spk001", "spk004")
     assert summary["splits"]["unseen"]["speakers"] == 2
     assert "train split holds" not in text
+    # a mistyped name is refused before any file is decoded, not once all are
+    monkeypatch.setattr(P, "process_file", lambda *a: pytest.fail("decoded a file before the name was checked"))
     with pytest.raises(UserError, match="spk999"):
-        run(Path(ds.manifest[0]["source"]).parent.parent, out, unseen_speakers=["spk999"])
+        run(Path(ds.manifest[0]["source"]).parent.parent, tmp_path / "new", unseen_speakers=["spk999"])
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
     # every voice named unseen: the dataset is written (it can be evaluated on), with word that it cannot train
     summary, text = run(Path(ds.manifest[0]["source"]).parent.parent, out, unseen_speakers=sorted(ds.speakers))
     assert summary["splits"]["train"]["speakers"] == 0

@@ -43,7 +43,7 @@ from voiceclone.config import Recipe, differences, load_recipe, recipe_from_dict
 from voiceclone.data import store
 from voiceclone.data.store import FEATURES, SPLITS, Dataset, FeatureStore
 from voiceclone.data.discover import Source, discover, skip_record, speaker_name
-from voiceclone.data.splits import assign_splits, split_settings
+from voiceclone.data.splits import assign_splits, check_unseen_speakers, split_settings
 from voiceclone.data.summary import print_summary, summary_of, warn_single_utterance_speakers, warn_untrainable
 from voiceclone.data.worker import FEATURES_VERSION, PREPARE_KEYS, FileState, features_hash, init_worker, process_file
 from voiceclone.errors import (DISK_FULL, FileWriteError, UserError, check_output, file_error, stderr_console,
@@ -97,6 +97,9 @@ def prepare(inputs: Sequence[Path | str], out: Path | str, cfg: Recipe, workers:
     cfg = dataclasses.replace(cfg, prepare=dataclasses.replace(cfg.prepare, unseen_speakers=named))
     _check_out(out)
     sources, pre_skipped, ignored = discover(inputs, exclude=out)
+    # a mistyped name was refused only once every file had been decoded, hours into a large corpus; a speaker
+    # found here whose files all turn out unusable is still refused then, by assign_splits
+    check_unseen_speakers(named, sorted({s.speaker for s in sources}))
     if strict and pre_skipped:
         raise UserError(_skip_line(pre_skipped[0]))
     fhash, splits_cfg = features_hash(cfg), split_settings(cfg.prepare)

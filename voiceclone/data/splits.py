@@ -7,7 +7,7 @@ with the splits of the dataset it updates, so adding files never moves an old ut
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Sequence
 
 from voiceclone.config import PrepareConfig
 from voiceclone.errors import UserError, first_few
@@ -53,10 +53,7 @@ def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig, previou
         elif kinds:
             old_speaker_split[spk] = "unseen" if "unseen" in kinds else "seen"
     if prep.unseen_speakers:
-        unknown = sorted(set(prep.unseen_speakers) - set(speakers))
-        if unknown:
-            shown = first_few(speakers, 8)
-            raise UserError(f"unseen speaker(s) not in the inputs: {', '.join(unknown)} (speakers: {shown})")
+        check_unseen_speakers(prep.unseen_speakers, speakers)
         unseen = set(prep.unseen_speakers)
     else:
         # a speaker once held out stays held out: moving it into train would leak it into the model
@@ -85,6 +82,14 @@ def assign_splits(utterances: dict[str, list[str]], prep: PrepareConfig, previou
             val.update(free[: want - len(val)])
         out.update((u, "val" if u in val else "train") for u in ids)
     return out
+
+
+def check_unseen_speakers(named: Sequence[str], speakers: Sequence[str]) -> None:
+    """Refuse held-out speakers that are not among `speakers` (sorted)."""
+    unknown = sorted(set(named) - set(speakers))
+    if unknown:
+        shown = first_few(speakers, 8)
+        raise UserError(f"unseen speaker(s) not in the inputs: {', '.join(unknown)} (speakers: {shown})")
 
 
 def split_settings(prep: PrepareConfig) -> dict[str, Any]:
