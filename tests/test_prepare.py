@@ -547,6 +547,18 @@ def test_broken_and_looping_links_in_a_corpus(tmp_path):
     assert all(r["id"].split("/")[0] == r["speaker"] for r in ds.manifest)
 
 
+def test_two_folders_linked_to_each_other_are_walked_once(tmp_path):
+    # spk000/sub -> spk001 and spk001/sub -> spk000 were walked about 40 levels deep: 123 "two speakers" skip
+    # records, and spk001 merged into spk000
+    corpus = small_corpus(tmp_path / "c", speakers=3, utterances=2)
+    os.symlink("../spk001", corpus / "spk000" / "sub")
+    os.symlink("../spk000", corpus / "spk001" / "sub")
+    run(corpus, tmp_path / "ds")
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert len(report["skipped"]) <= 2, report["skipped"]  # spk001's two files, met under spk000 and spk001
+    assert max(len(Path(r["path"]).parts) for r in report["skipped"]) <= len((corpus / "spk000" / "sub").parts) + 1
+
+
 def test_a_linked_file_or_folder_given_as_an_input_is_named_by_the_link(tmp_path):
     """git-annex and DataLad keep each file as a link into a folder of its own: given as single files, each was
     filed under its target's folder, one speaker per file; a linked speaker folder took its target's name."""

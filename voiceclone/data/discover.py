@@ -120,11 +120,16 @@ def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: 
                  excluded: Path | None) -> int:
     root_name = _as_named(root).name
     n = 0
+    walked: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         here = Path(folder)
-        # hidden folders hold tool state (.git, a dataset's cache), never recordings
+        walked.add(os.path.realpath(here))
+        # hidden folders hold tool state (.git, a dataset's cache), never recordings; a link to a folder walked
+        # already is not followed again: two folders linked to each other were walked about 40 levels deep,
+        # and one speaker's files were filed under the other
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
-                         and not _loops(here, d))
+                         and not _loops(here, d)
+                         and not (os.path.islink(here / d) and os.path.realpath(here / d) in walked))
         for name in sorted(files):
             path = here / name
             if name.startswith("."):
