@@ -403,6 +403,17 @@ def test_a_source_shorter_than_one_frame_is_one_line_and_skipped_in_a_folder(mod
     assert not (tmp_path / "s.wav").exists()
 
 
+def test_a_reference_shorter_than_one_frame_beside_a_good_one_is_one_line(model, tmp_path):
+    """The good reference made up the 1 s minimum, and the 100-sample clip alone in the pool of short clips was
+    a RuntimeError traceback from the speaker encoder's convolution (exit 1)."""
+    speech, _ = sf.read(model["src"], dtype="float32")
+    sf.write(tmp_path / "blip.wav", speech[np.argmax(np.abs(speech)) :][:100], 16000)
+    for extra in ((), ("--stream",)):
+        one_line_error(synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(model["ref"]),
+                             "--reference", str(tmp_path / "blip.wav"), *extra), "blip.wav", "too short")
+    assert not (tmp_path / "o.wav").exists()
+
+
 def test_a_skipped_file_is_named_as_it_is_even_with_square_brackets(model, tmp_path):
     """The skipped lines went through rich markup: '[bold]take.wav' was named 'take.wav', another file."""
     folder = tmp_path / "sources"

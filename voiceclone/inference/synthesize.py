@@ -125,6 +125,9 @@ def embed_references(model: Model, paths: Sequence[Path]) -> Reference:
     paths = list(unique.values())
     for p in paths:
         y = A.clean(_read_reference(Path(p), cfg.sample_rate, notes), prep, p)
+        # a clip without one whole frame adds nothing to the pool of short clips, and an empty pool stopped the
+        # speaker encoder's convolutions with a traceback once the other references made up the minimum
+        check_long_enough(y, cfg, p)
         clips.append((p, y, A.features(y, cfg)))
     # Several references are one voice: the minimum applies to their speech together, so eight spoken digits
     # of 0.4 s each make a usable reference. Clips too short to embed alone are pooled into one.
