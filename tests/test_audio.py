@@ -320,6 +320,19 @@ def test_loudness_is_normalized_to_the_target():
         assert 20 * np.log10(np.sqrt(np.mean(active**2))) == pytest.approx(-23.0, abs=0.5)
 
 
+def test_one_wild_sample_neither_trims_nor_quietens_the_speech():
+    sr, prep = 16000, PrepareConfig()
+    y, _ = synth_utterance(make_speakers(2)[0], 4.0, sr, seed=7)
+    plain = A.clean(y, prep)
+    for wild in (1e30, 50.0):
+        z = y.copy()
+        z[len(z) // 2] = wild
+        out = A.clean(z, prep)
+        assert len(out) == len(plain)
+        assert np.sqrt(np.mean(out**2)) == pytest.approx(np.sqrt(np.mean(plain**2)), rel=0.01)
+        assert [(a, b) for a, b, _ in A.utterances(z, prep, sr)] == [(a, b) for a, b, _ in A.utterances(y, prep, sr)]
+
+
 def test_trim_bounds_finds_the_signal():
     sr = 16000
     y, _ = synth_utterance(make_speakers(2)[0], 1.0, sr, seed=6)

@@ -345,20 +345,36 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     Unlike `clean`, silence at the ends is kept: an hour-long recording is converted in its own timing.
     """
     cfg, prep = model.recipe.audio, model.recipe.prepare
-    rms, f0s, peak, seconds = [], [], 0.0, 0.0
+    rms, peaks, f0s, peak, seconds = [], [], [], 0.0, 0.0
     for block in A.stream_audio(source, cfg.sample_rate):
         rms.append(A.frame_rms(block, A.LOUDNESS_FRAME))
+        peaks.append(_frame_peaks(block, A.LOUDNESS_FRAME))
         peak = max(peak, float(np.abs(block).max()))
         f0s.append(A.f0(block, cfg)[::4])  # every 4th frame is plenty for a median
         seconds += len(block) / cfg.sample_rate
+    rms_all, peaks_all = np.concatenate(rms), np.concatenate(peaks)
+    ceiling = A.outlier_ceiling(rms_all)
+    declick = peak > ceiling
+    if declick:  # as A.declick does to a file read whole: the frames holding outliers leave the level measure
+        keep = peaks_all <= ceiling
+        rms_all, peak = rms_all[keep], float(peaks_all[keep].max(initial=0.0))
     if peak < A.SILENCE_PEAK:
         raise A.AudioError(source, "silent")
-    gain = A.loudness_gain(np.concatenate(rms), peak, prep)
+    gain = A.loudness_gain(rms_all, peak, prep)
     ratio, info = _pitch(A.voiced_median(np.concatenate(f0s) if f0s else np.zeros(0)), ref, transpose, keep_pitch)
-    windows = _stream_windows(A.stream_audio(source, cfg.sample_rate), gain, cfg.sample_rate, chunk_seconds,
-                              _context(cfg))
+    blocks = A.stream_audio(source, cfg.sample_rate)
+    if declick:
+        blocks = (np.clip(b, -peak, peak) for b in blocks)
+    windows = _stream_windows(blocks, gain, cfg.sample_rate, chunk_seconds, _context(cfg))
     return _render(model, windows, ref, ratio, strength=strength, workers=workers), {
         **info, "seconds": seconds, "streamed": True, "timbre": strength}
+
+
+def _frame_peaks(y: np.ndarray, win: int) -> np.ndarray:
+    """Peak of the frames A.frame_rms measures: [T] -> [max(1, T // win)]."""
+    n = max(1, len(y) // win)
+    frames = y[: n * win].reshape(n, win) if len(y) >= win else y[None, :]
+    return np.abs(frames).max(axis=1, initial=0.0)
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:
