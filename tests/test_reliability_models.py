@@ -308,6 +308,23 @@ def test_a_damaged_fine_tuned_voice_register_is_one_line(model, tmp_path, f0):
     assert not (tmp_path / "o.wav").exists()
 
 
+@pytest.mark.parametrize("env", [[1e30] * 80, [0.0] * 79, ["x"] * 80, "abc"])
+def test_a_damaged_fine_tuned_voice_envelope_is_one_line(model, tmp_path, env):
+    """A huge voice_envelope was added to the output mel (full-scale noise, exit 0) and copied into the ONNX
+    config; one of the wrong length was silently dropped."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(model["bundle"]))
+    tensors["acoustic.voice"] = torch.zeros(json.loads(header["recipe"])["acoustic"]["model"]["speaker_dim"])
+    meta = json.loads(header["meta"])
+    meta["acoustic"].update(learned_voice=True, voice_f0_median=150.0, voice_envelope=env)
+    bad = rewrite_bundle(model["bundle"], tmp_path / "voice.safetensors", tensors, {"meta": json.dumps(meta)})
+    r = runner.invoke(app, ["synthesize", "--model", str(bad), "--source", str(model["src"]),
+                            "--out", str(tmp_path / "o.wav")])
+    one_line_error(r, "voice.safetensors", "voice_envelope")
+    assert not (tmp_path / "o.wav").exists()
+
+
 @pytest.mark.parametrize("edit", ["no acoustic entry", "no speakers", "empty speakers"])
 def test_a_bundle_that_names_no_training_speakers_is_one_line(model, tmp_path, edit):
     """With the classifier cut to one row, the tensors fit a model of no speakers: evaluate was a KeyError

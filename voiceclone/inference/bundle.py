@@ -36,6 +36,9 @@ FORMAT = "voiceclone-bundle"
 FORMAT_VERSION = 1
 MAX_SPEAKERS = 100_000  # training speakers a model may name (its classifier has one row each)
 MAX_VOICE_F0 = 8000.0  # Hz: above any recipe's f0 range, so a median measured in it always fits
+# log-mel units: every log-mel lies between log(LOG_FLOOR) = -11.5 and a few above 0, so no envelope with its
+# level removed comes near; synthesis adds it to the output mel, where 1e30 was full-scale noise
+MAX_VOICE_ENVELOPE = 30.0
 
 
 @dataclass
@@ -67,10 +70,10 @@ class Model:
         return self
 
 
-def check_meta(meta: Any, where: str, acoustic: bool = False) -> dict[str, Any]:
+def check_meta(meta: Any, where: str, acoustic: bool = False, n_mels: int | None = None) -> dict[str, Any]:
     """A model's stored metadata, checked before anything is sized by it. acoustic: an acoustic model's, which
     names the speakers it was trained on (its classifier has a row each; evaluate and fine-tuning map the
-    dataset's speakers onto them)."""
+    dataset's speakers onto them). n_mels: the recipe's, which a fine-tuned voice's envelope must have."""
     if not isinstance(meta, dict):
         raise UserError(f"{where}: damaged model metadata (expected a JSON object, got {type(meta).__name__})")
     try:  # export writes it into the bundle's JSON header and evaluate into its report: a tensor in it was a
@@ -89,6 +92,12 @@ def check_meta(meta: Any, where: str, acoustic: bool = False) -> dict[str, Any]:
     if f0 is not None and (isinstance(f0, bool) or not isinstance(f0, (int, float)) or not 0 < f0 <= MAX_VOICE_F0):
         raise UserError(f"{where}: damaged model metadata ('voice_f0_median' must be a number of Hz in "
                         f"(0, {MAX_VOICE_F0:g}], got {f0!r})")
+    env = meta.get("voice_envelope")  # None: the voice was too unvoiced to measure one
+    if env is not None and not (isinstance(env, list) and (n_mels is None or len(env) == n_mels) and all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and abs(v) <= MAX_VOICE_ENVELOPE for v in env)):
+        size = "" if n_mels is None else f"{n_mels} "
+        raise UserError(f"{where}: damaged model metadata ('voice_envelope' must be a list of {size}numbers within "
+                        f"±{MAX_VOICE_ENVELOPE:g})")
     return meta
 
 
@@ -142,7 +151,7 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
     ac = load_checkpoint(ac_path, keys=BEST_KEYS)
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
-    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path), acoustic=True))
+    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path), acoustic=True, n_mels=recipe.audio.n_mels))
     _load_state(acoustic, _module_state(ac, "model", ac_path), str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": _epoch(ac, ac_path), "vocoder_epoch": None}
     vocoder = None
@@ -223,7 +232,7 @@ def _bundle_metadata(header: dict[str, str], path: Path) -> tuple[Recipe, dict[s
                         "hand?); the networks work only at those")
     if "acoustic" not in meta:
         raise UserError(f"{path}: damaged bundle metadata (no 'acoustic' entry in 'meta')")
-    check_meta(meta["acoustic"], f"{path} (acoustic metadata)", acoustic=True)
+    check_meta(meta["acoustic"], f"{path} (acoustic metadata)", acoustic=True, n_mels=recipe.audio.n_mels)
     if "vocoder" in meta:
         check_meta(meta["vocoder"], f"{path} (vocoder metadata)")
     return recipe, meta

@@ -169,8 +169,8 @@ def load_voice(model_path: Path, references: Sequence[Path], device: str | None,
 
 
 def _stored_envelope(values, n_mels: int) -> np.ndarray | None:
-    """A fine-tuned voice's envelope from the model's metadata; None if absent or not n_mels finite numbers
-    (an older model, or damaged metadata: the model's own timbre is then used)."""
+    """A fine-tuned voice's envelope from the model's metadata (checked when loaded: bundle.check_meta); None if
+    absent (an older model, or a voice too unvoiced to measure: the model's own timbre is then used)."""
     try:
         env = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError):
