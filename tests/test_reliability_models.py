@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from voiceclone.cli import app
+from voiceclone.synthetic import make_speakers, synth_utterance
 from helpers import one_line_error, set_options, small_filesystem
 
 runner = CliRunner()
@@ -371,6 +372,22 @@ def test_a_reference_that_is_a_folder_is_called_a_folder(model, tmp_path):
     r = synth(model, model["bundle"], tmp_path / "o.wav", "--reference", str(tmp_path))
     one_line_error(r, str(tmp_path), "folder")
     assert "missing" not in r.output
+
+
+def test_a_long_reference_that_starts_with_room_tone_is_read_where_the_voice_is(tmp_path):
+    """The first 30 s from its "first sound" (above -80 dBFS) were used: after 70 s of room tone at -60 dBFS,
+    the voice was taken from the noise alone."""
+    from voiceclone.inference.synthesize import _read_reference
+
+    sr, rng = 16000, np.random.default_rng(0)
+    speech = np.concatenate([synth_utterance(make_speakers(2)[0], 2.0, sr, seed=k)[0] for k in range(20)])
+    tone = (0.001 * rng.standard_normal(70 * sr)).astype(np.float32)
+    sf.write(tmp_path / "long.wav", np.concatenate([tone, 0.3 * speech / np.abs(speech).max()]), sr)
+    notes: list[str] = []
+    y = _read_reference(tmp_path / "long.wav", sr, notes)
+    assert len(y) == 30 * sr and np.sqrt(np.mean(y**2)) > 10 * 0.001, np.sqrt(np.mean(y**2))
+    start = float(notes[0].split("(from ")[1].split(" s)")[0])
+    assert 70 <= start <= 80, notes  # within the 40 s of speech
 
 
 def test_a_long_reference_is_not_read_whole(model, tmp_path):

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -48,7 +48,8 @@ FADE_SECONDS = 0.02
 MIN_PARALLEL_SECONDS = 4.0  # shorter pieces spend more on their context than parallel workers win
 SPLIT_SLACK_SECONDS = 1.5  # how far a cut may move from its place to find a pause
 STREAM_SECONDS = 30.0  # longer sources are read block by block (two passes) instead of whole
-REFERENCE_SECONDS = 30.0  # audio read of a long reference, from its first sound: 3-10 s of speech suffice
+REFERENCE_SECONDS = 30.0  # audio read of a long reference, where it sounds most: 3-10 s of speech suffice
+REFERENCE_BLOCK_SECONDS = 5.0  # a long reference is read, and its window chosen, in blocks of this length
 MAX_TRANSPOSE = 48.0  # semitones: four octaves, more than any voice spans
 MAX_CHUNK_SECONDS = 3600.0
 OUTPUT_RATES = (8000, 192000)  # --sample-rate: the range of the recipes' own audio.sample_rate
@@ -179,21 +180,31 @@ def _stored_envelope(values, n_mels: int) -> np.ndarray | None:
 
 
 def _read_reference(path: Path, sample_rate: int, warnings: list[str]) -> np.ndarray:
-    """A reference's samples; of a long file only REFERENCE_SECONDS from its first sound, read block by
-    block, so an hour-long (or silent) recording costs the memory of a few seconds."""
+    """A reference's samples; of a long file the REFERENCE_SECONDS with the most sound, read block by block,
+    so an hour-long (or silent) recording costs the memory of a minute.
+
+    The most sound, not the first: "first sound" meant anything above -80 dBFS, so a recording that starts with
+    a minute of room tone gave its voice from the noise alone."""
     if _duration(path) <= 2 * REFERENCE_SECONDS:
         return A.load_audio(path, sample_rate)
-    kept: list[np.ndarray] = []
-    n, limit = 0, int(REFERENCE_SECONDS * sample_rate)
-    for block in A.stream_audio(path, sample_rate, block_seconds=5.0):
-        if not kept and float(np.abs(block).max(initial=0.0)) < A.SILENCE_PEAK:
-            continue  # leading silence: nothing to keep
-        kept.append(block[: limit - n])
-        n += len(kept[-1])
-        if n >= limit:
-            warnings.append(f"{path}: long reference; the {REFERENCE_SECONDS:.0f} s from its first sound were used")
-            break
-    return np.concatenate(kept) if kept else np.zeros(0, np.float32)
+    want = math.ceil(REFERENCE_SECONDS / REFERENCE_BLOCK_SECONDS)
+    window: deque[tuple[np.ndarray, float]] = deque()
+    best: list[np.ndarray] = []
+    best_sound, first, best_first = -1.0, 0, 0
+    for block in A.stream_audio(path, sample_rate, block_seconds=REFERENCE_BLOCK_SECONDS):
+        # the sum of the frames' RMS: the voice's frames outweigh room tone by far, and a click counts one frame
+        window.append((block, float(A.frame_rms(block, A.LOUDNESS_FRAME).sum())))
+        if len(window) > want:
+            window.popleft()
+            first += 1
+        sound = sum(s for _, s in window)
+        if len(window) == want and sound > best_sound:
+            best, best_sound, best_first = [b for b, _ in window], sound, first
+    y = np.concatenate(best)[: int(REFERENCE_SECONDS * sample_rate)] if best else np.zeros(0, np.float32)
+    if float(np.abs(y).max(initial=0.0)) >= A.SILENCE_PEAK:
+        warnings.append(f"{path}: long reference; the {REFERENCE_SECONDS:.0f} s with the most sound (from "
+                        f"{best_first * REFERENCE_BLOCK_SECONDS:.0f} s) were used")
+    return y
 
 
 Window = tuple[np.ndarray, int, int]  # (audio with context, start and end of the piece to keep within it)
