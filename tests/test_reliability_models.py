@@ -78,6 +78,29 @@ def test_bundles_with_non_finite_or_integer_weights_are_refused(model, tmp_path)
     assert not (tmp_path / "o.wav").exists()
 
 
+@pytest.mark.parametrize("where", ["acoustic.", "vocoder.", "voice"])
+def test_bundles_with_absurd_finite_weights_are_refused_not_rendered_as_noise(model, tmp_path, where):
+    """Weights of 1e30 are finite, so they loaded; the NaN they made was clipped and written as full-scale
+    noise, exit 0."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    tensors, meta, extra = load_file(str(model["bundle"])), json.loads(header["meta"]), []
+    if where == "voice":  # a fine-tuned model's own voice, used without a --reference
+        tensors["acoustic.voice"] = torch.full((json.loads(header["recipe"])["acoustic"]["model"]["speaker_dim"],),
+                                               1e30)
+        meta["acoustic"].update(learned_voice=True)
+    else:
+        for k, t in tensors.items():
+            if k.startswith(where) and t.is_floating_point() and t.dim() > 1:
+                tensors[k] = torch.full_like(t, 1e30)
+        extra = ["--reference", str(model["ref"])]
+    bad = rewrite_bundle(model["bundle"], tmp_path / "big.safetensors", tensors, {"meta": json.dumps(meta)})
+    r = runner.invoke(app, ["synthesize", "--model", str(bad), "--source", str(model["src"]),
+                            "--out", str(tmp_path / "o.wav"), *extra])
+    one_line_error(r, "big.safetensors", "not finite")
+    assert not (tmp_path / "o.wav").exists()
+
+
 # --- 11. fine-tuning the acoustic model alone ----------------------------------------------------------
 
 

@@ -61,7 +61,13 @@ class Model:
         to the mel above the bands that resolve harmonics (inference/melfit.py)."""
         if self.vocoder is None:
             raise ValueError("this model has no vocoder")
-        return melfit.fit_to_mel(self.vocoder(mel, f0_hz, source_offset), mel, self.recipe.audio)
+        wav = melfit.fit_to_mel(self.vocoder(mel, f0_hz, source_offset), mel, self.recipe.audio)
+        # finite weights of 1e30 (or such a learned voice) pass the load's checks and overflow here; NaN clipped
+        # and written as PCM was full-scale noise, exit 0
+        if not bool(torch.isfinite(wav).all()):
+            raise UserError(f"{self.source}: the model's output is not finite (NaN or infinity): its weights hold "
+                            "absurd values")
+        return wav
 
     def to(self, device: torch.device | str) -> "Model":
         self.acoustic.to(device)
