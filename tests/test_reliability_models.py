@@ -316,9 +316,9 @@ def test_a_format_version_of_superscript_digits_is_named_as_such(model, tmp_path
     one_line_error(synth(model, bad, tmp_path / "o.wav"), "format_version")
 
 
-@pytest.mark.parametrize("f0", ["abc", [1, 2], -100.0, 0, 1e30])
+@pytest.mark.parametrize("f0", ["abc", [1, 2], -100.0, 0, 1e30, 1e-9])
 def test_a_damaged_fine_tuned_voice_register_is_one_line(model, tmp_path, f0):
-    """A hand-edited voice_f0_median was a TypeError traceback (a string) or a NaN or +1109 st shift."""
+    """A hand-edited voice_f0_median was a TypeError traceback (a string) or a NaN, +1109 st or -451 st shift."""
     with safe_open(str(model["bundle"]), "pt") as f:
         header = f.metadata()
     tensors = load_file(str(model["bundle"]))

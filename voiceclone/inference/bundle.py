@@ -35,7 +35,9 @@ from voiceclone.run import best_path, load_checkpoint
 FORMAT = "voiceclone-bundle"
 FORMAT_VERSION = 1
 MAX_SPEAKERS = 100_000  # training speakers a model may name (its classifier has one row each)
-MAX_VOICE_F0 = 8000.0  # Hz: above any recipe's f0 range, so a median measured in it always fits
+# Hz: around any recipe's f0 range (audio.f0_min is at least 20), so a median measured in it always fits; 1e-9
+# was a -451 semitone shift, rendered unvoiced with exit 0
+MIN_VOICE_F0, MAX_VOICE_F0 = 20.0, 8000.0
 # log-mel units: every log-mel lies between log(LOG_FLOOR) = -11.5 and a few above 0, so no envelope with its
 # level removed comes near; synthesis adds it to the output mel, where 1e30 was full-scale noise
 MAX_VOICE_ENVELOPE = 30.0
@@ -95,9 +97,10 @@ def check_meta(meta: Any, where: str, acoustic: bool = False, n_mels: int | None
     if len(speakers) > MAX_SPEAKERS:
         raise UserError(f"{where}: names {len(speakers)} training speakers; at most {MAX_SPEAKERS} are supported")
     f0 = meta.get("voice_f0_median")  # a fine-tuned voice's register: synthesis divides by it
-    if f0 is not None and (isinstance(f0, bool) or not isinstance(f0, (int, float)) or not 0 < f0 <= MAX_VOICE_F0):
+    if f0 is not None and (isinstance(f0, bool) or not isinstance(f0, (int, float))
+                           or not MIN_VOICE_F0 <= f0 <= MAX_VOICE_F0):
         raise UserError(f"{where}: damaged model metadata ('voice_f0_median' must be a number of Hz in "
-                        f"(0, {MAX_VOICE_F0:g}], got {f0!r})")
+                        f"[{MIN_VOICE_F0:g}, {MAX_VOICE_F0:g}], got {f0!r})")
     env = meta.get("voice_envelope")  # None: the voice was too unvoiced to measure one
     if env is not None and not (isinstance(env, list) and (n_mels is None or len(env) == n_mels) and all(
             not isinstance(v, bool) and isinstance(v, (int, float)) and abs(v) <= MAX_VOICE_ENVELOPE for v in env)):
