@@ -125,6 +125,21 @@ def test_a_fine_tuned_acoustic_model_uses_its_bases_vocoder(model, tmp_path):
     assert vocoder and all(torch.equal(base[k], tuned[k]) for k in vocoder)
 
 
+def test_fine_tuning_a_base_whose_loss_is_nan_before_training_blames_the_base(model, tmp_path):
+    """A learned voice of 1e30 is finite, so the base loaded; the fine-tune diverged at once and its advice
+    was to lower the learning rate."""
+    with safe_open(str(model["bundle"]), "pt") as f:
+        header = f.metadata()
+    tensors, meta = load_file(str(model["bundle"])), json.loads(header["meta"])
+    tensors["acoustic.voice"] = torch.full((json.loads(header["recipe"])["acoustic"]["model"]["speaker_dim"],), 1e30)
+    meta["acoustic"].update(learned_voice=True)
+    bad = rewrite_bundle(model["bundle"], tmp_path / "big.safetensors", tensors, {"meta": json.dumps(meta)})
+    r = runner.invoke(app, ["train", "--data", str(model["data"]), "--run", str(tmp_path / "ft"), "--init-from",
+                            str(bad), "--finetune", "--epochs", "1", *set_options(FAST)])
+    one_line_error(r, "big.safetensors", "before any fine-tuning")
+    assert "learning rate" not in r.output
+
+
 # --- 12. outputs that cannot be written --------------------------------------------------------------
 
 

@@ -481,6 +481,11 @@ def _train_stage(req: TrainRequest, dataset: Dataset, stage: str, checked: Check
     if req.finetuning and state is None and trainer.val_data["val"] is not None:
         task.on_epoch_start(1)
         baseline = trainer.validate("val")
+        if not math.isfinite(baseline[task.monitor]):
+            # finite weights of 1e30 (or such a learned voice) load; training from them only diverged, and the
+            # advice was to lower the learning rate
+            raise UserError(f"{req.base.source}: the base model's held-out {stage} loss is {baseline[task.monitor]} "
+                            "before any fine-tuning: its weights hold absurd values")
     result = trainer.fit()
     if baseline is not None:
         result["baseline_val_loss"] = baseline[task.monitor]
