@@ -225,3 +225,30 @@ def test_an_export_that_fails_leaves_no_config_json_even_over_an_earlier_one(exp
 
     with pytest.raises(ValueError, match="did not finish"):
         onnx_convert.OnnxVoice(folder)
+
+
+@pytest.mark.parametrize("where", ["vocoder.", "voice"])
+def test_a_model_whose_graphs_give_nan_is_not_exported(tiny_run, tmp_path, where):
+    """Weights of 1e30 are finite, so the model loaded; the vocoder's NaN passed the parity check as 'max
+    |difference| nan', and a learned voice of 1e30 was copied into config.json, exit 0."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    bundle = tmp_path / "m.safetensors"
+    assert runner.invoke(app, ["export", str(tiny_run["run"]), "--out", str(bundle)]).exit_code == 0
+    with safe_open(str(bundle), "pt") as f:
+        header = f.metadata()
+    tensors, meta = load_file(str(bundle)), json.loads(header["meta"])
+    if where == "voice":
+        tensors["acoustic.voice"] = torch.full((json.loads(header["recipe"])["acoustic"]["model"]["speaker_dim"],),
+                                               1e30)
+        meta["acoustic"]["learned_voice"] = True
+    else:
+        for k, t in tensors.items():
+            if k.startswith(where) and t.dim() > 1:
+                tensors[k] = torch.full_like(t, 1e30)
+    save_file(tensors, str(tmp_path / "big.safetensors"), metadata={**header, "meta": json.dumps(meta)})
+    r = runner.invoke(app, ["export", str(tmp_path / "big.safetensors"), "--onnx", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "big.safetensors" in r.output and "non-finite" in r.output, r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "o" / "config.json").exists()

@@ -143,6 +143,7 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     check_output(out, folder=True)
     _check_folder(out)
     model = load_model(model_path, need_vocoder=True)
+    _check_finite(model)
     out.mkdir(parents=True, exist_ok=True)
     # config.json is written last and only once the graphs agree with torch: a folder that has it holds one
     # whole export, and an interrupted or failed export (even over an earlier one) leaves a folder without it
@@ -161,13 +162,31 @@ def export_onnx(model_path: Path | str, out: Path | str, check: bool = True) -> 
     files.append(out / "mel_basis.npy")
     write_atomic(files[-1], basis.getbuffer())
     parity = check_parity(model, out) if check and _have_onnxruntime() else {}
-    bad = {k: v for k, v in parity.items() if v > TOLERANCE}
+    bad = {k: v for k, v in parity.items() if not v <= TOLERANCE}  # NaN too
     if bad:
         raise UserError(f"{out}: onnxruntime disagrees with torch beyond {TOLERANCE:g} on {bad}")
     files.append(out / "config.json")
     write_atomic(files[-1], json.dumps(_config(model), indent=2).encode())
     fsync_dir(out)
     return {"files": [str(f) for f in files], "parity": parity}
+
+
+def _check_finite(model: Model) -> None:
+    """Every graph's output on its example inputs, and the decoder's with a fine-tuned model's own voice, must be
+    finite: weights of 1e30 pass the load's checks, and their NaN was exported with a parity 'max |difference|
+    nan' counted as agreement."""
+    graphs = _graphs(model)
+    runs = [(name, module, inputs) for name, (module, inputs, _, _) in graphs.items()]
+    if model.acoustic.voice is not None:
+        module, inputs, _, _ = graphs["decoder"]
+        runs.append(("decoder (with the model's own voice)", module,
+                     {**inputs, "speaker": model.acoustic.voice.detach().reshape(1, -1)}))
+    for name, module, inputs in runs:
+        with torch.inference_mode():
+            got = module.eval()(*inputs.values())
+        if not all(bool(torch.isfinite(t).all()) for t in (got if isinstance(got, tuple) else (got,))):
+            raise UserError(f"{model.source}: the {name} gives non-finite values (NaN or infinity): its weights "
+                            "hold absurd values")
 
 
 def _check_folder(out: Path) -> None:
