@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -478,6 +479,36 @@ def test_two_process_ddp_run_with_gloo(dataset, tmp_path):
     assert rows[0]["step"] == (len(single.split("train")) // 2) // 8  # each rank takes half of every epoch
     assert rows[0]["step"] < steps_single
     assert all(math.isfinite(row["unseen_loss"]) for row in rows)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_a_stop_sent_to_one_ddp_rank_stops_every_rank_saved(dataset, tmp_path):
+    """A signal reaches torchrun's ranks one by one: the rank that stopped alone used to exit while the other
+    waited in the next step's gradient exchange, which ended in a gloo traceback and an unsaved epoch."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["torchrun", "--nproc_per_node=2", "--master_port=29519", "-m", "voiceclone", "train", "--data",
+           str(dataset), "--run-dir", str(run), "--epochs", "500", "--no-early-stop", "--device", "cpu",
+           *sum((["--set", o] for o in FAST), [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    ranks: list[str] = []
+    try:
+        deadline = time.time() + 120
+        while not (run / "acoustic/history.jsonl").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        os.kill(int(max(ranks, key=int)), signal.SIGTERM)  # the rank started last: rank 1
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        for pid in [proc.pid, *map(int, ranks)]:  # torchrun starts each rank in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+    assert "Stopped " in out and "Resume with" in out, out[-3000:]
+    assert "Connection closed by peer" not in out and "[rank0]: Traceback" not in out, out[-3000:]
+    saved = load_checkpoint(run / "acoustic/last.pt")["progress"]
+    assert saved["epoch"] == len(history(run)) and saved["step"] >= 1
 
 
 def test_stage_all_on_a_cpu_trains_the_vocoder_beside_the_acoustic_model_and_the_same_vocoder(dataset, tmp_path):

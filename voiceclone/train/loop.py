@@ -341,16 +341,16 @@ class Trainer:
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
                     display.update(p, self.history, sums.get(task.monitor, 0) / max(1, trained))
-                    if stop.requested:
+                    if self._agreed(stop):
                         break
-                if stop.requested and p.batch_in_epoch < self.steps_per_epoch:
+                if self._agreed(stop) and p.batch_in_epoch < self.steps_per_epoch:
                     p.epoch_sums, p.epoch_seen, p.epoch_trained = sums, seen, trained
                     self._save_last()
                     self._barrier()
                     result["interrupted"] = self._announce_stop(display, f"in epoch {epoch} after step {p.step}")
                     break
                 assessment = self._end_epoch(epoch, sums, trained, seen, started, lr, monitor_key, display)
-                if stop.requested:
+                if self._agreed(stop):
                     result["interrupted"] = self._announce_stop(display, f"after epoch {epoch}")
                     break
                 if self.early_stop and convergence.should_stop(assessment):
@@ -419,6 +419,17 @@ class Trainer:
         best = self.dir / R.BEST_FILE
         if best.is_file():
             self._restore({"modules": R.load_checkpoint(best, self.device)["modules"]})
+
+    def _agreed(self, stop: StopRequest) -> bool:
+        """Whether any rank was asked to stop. A signal reaches the ranks one by one (a stop sent to one of
+        them, torchrun passing a Ctrl-C on): a rank that stopped alone left the others in the next step's
+        gradient exchange, which failed with a gloo traceback once it exited, their epoch unsaved."""
+        if self.dist.world == 1:
+            return stop.requested
+        # not written into `stop`: this rank's own signal, when it comes, must not count as a second Ctrl-C
+        flag = torch.tensor([float(stop.requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _barrier(self) -> None:
         if self.dist.world > 1:
