@@ -645,6 +645,29 @@ def test_a_worker_killed_from_outside_is_said_at_once_and_named_with_its_resume_
         worker.result()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals to hang up here")
+def test_a_hang_up_of_the_whole_group_leaves_no_traceback_from_the_resource_tracker(tmp_path):
+    """A closed terminal hangs up the command's whole process group, multiprocessing's resource tracker too:
+    it was killed, relaunched as the queue's lock was freed, and the new one printed KeyError tracebacks."""
+    script = tmp_path / "beside.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from rich.console import Console\n"
+        "from voiceclone.train.beside import Beside\n"
+        "if __name__ == '__main__':\n"
+        "    worker = Beside('vocoder', print, (), 1, Console(quiet=True))\n"
+        "    worker.result()  # ended: the hang-up reaches this group alone\n"
+        "    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # this process stands for the training that saves\n"
+        "    os.killpg(0, signal.SIGHUP)\n"
+        "    time.sleep(0.5)\n"
+        "    worker.close()\n"
+        "    del worker\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "died unexpectedly" not in r.stderr, r.stderr
+
+
 def test_a_script_without_the_main_guard_is_told_to_add_it(dataset, tmp_path):
     # the spawned vocoder process re-imports the calling script, which called train() again: that call used
     # to meet the run lock, and the parent said only, at the end, that the worker ended without a result

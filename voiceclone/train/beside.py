@@ -91,6 +91,24 @@ def _worker(target: Callable[..., Any], args: tuple, threads: int, width: int, q
         queue.put(None)
 
 
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker, which a spawned process needs, started now with hang-ups ignored.
+    It lives in this process's group and ignores only SIGINT and SIGTERM: the hang-up of a closed terminal
+    killed it, the stopping training relaunched it, and the new one printed a KeyError traceback for every
+    queue lock freed on the way out (into the log that output was sent to)."""
+    from multiprocessing import resource_tracker
+
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = signal.signal(hangup, signal.SIG_IGN)  # an ignored signal stays ignored across exec
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(hangup, previous if previous is not None else signal.SIG_DFL)
+
+
 class Beside:
     """`target(*args, console)` running in a spawned process with `threads` intra-op threads; as a context
     manager, a worker still running at the end of the block is stopped and waited for.
@@ -105,6 +123,7 @@ class Beside:
                  resume: str = "") -> None:
         self.name, self.console, self.threads, self.resume = name, console, threads, resume
         context = multiprocessing.get_context("spawn")
+        _start_resource_tracker()  # before the queue, whose lock is the first thing it tracks
         self.queue = context.Queue()
         self.outcome: tuple[str, Any] | None = None
         self.process = context.Process(target=_worker, name=f"voiceclone-{name}",
