@@ -567,6 +567,32 @@ def test_stage_all_beside_a_busy_neighbour_starts_the_vocoder_once_two_cores_are
         torch.set_num_threads(threads)
 
 
+def test_the_vocoder_beside_is_resumed_on_the_threads_it_trained_on(dataset, tmp_path, monkeypatch):
+    """`--stage all --threads 2` trains the vocoder on 1 of them: the resume command its stop printed said
+    `--threads 2`, and the vocoder resumed alone on two threads drifted from the uninterrupted run."""
+    import voiceclone.train.command as C
+
+    made = {}
+
+    class Recorded:
+        def __init__(self, name, target, args, threads, console, resume=""):
+            made.update(args=args, threads=threads, resume=resume)
+
+    monkeypatch.setattr(C, "Beside", Recorded)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    req = C.TrainRequest(dataset, tmp_path / "run", load_recipe("demo"), None, (), 3, False, False, False,
+                         torch.device("cpu"), C.Distributed(), QUIET, threads=2, threads_arg=2)
+    threads = torch.get_num_threads()
+    try:
+        C._VocoderWorker(req, (req.recipe, None)).start(2)
+    finally:
+        torch.set_num_threads(threads)
+    assert made["threads"] == 1
+    for command in (made["resume"], made["args"][0].resume_command("vocoder")):
+        assert command.endswith("--threads 1") and "--stage vocoder" in command, command
+    assert req.resume_command("all").endswith("--threads 2")  # both resumed together: the vocoder beside again
+
+
 @pytest.mark.parametrize("stage", ["acoustic", "vocoder"])
 def test_segments_mostly_of_padding_are_refused_before_training(dataset, tmp_path, stage):
     """vocoder.train.segment_frames = 8192 was within the recipe's bounds and had the process killed for want

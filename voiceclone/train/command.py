@@ -266,10 +266,13 @@ class _VocoderWorker:
                                "threads)", highlight=False)
         # chosen by the worker's own governor unless the user fixed the count: it takes the second core when
         # the acoustic model ends first
-        worker_req = dataclasses.replace(self.req, console=None, lent=None,
-                                         threads=n if explicit_threads(self.req.threads) else 0)
+        fixed = bool(explicit_threads(self.req.threads))
+        # its resume commands name the worker's own count: the vocoder resumed alone with the whole --threads
+        # summed its floats otherwise, and went on from the stop as another model
+        worker_req = dataclasses.replace(self.req, console=None, lent=None, threads=n if fixed else 0,
+                                         threads_arg=n if fixed else self.req.threads_arg)
         self.beside = Beside("vocoder", _train_vocoder_worker, (worker_req,), n, self.req.console,
-                             resume=self.req.resume_command("vocoder"))
+                             resume=worker_req.resume_command("vocoder"))
 
     def lent(self) -> int:
         """Threads the worker holds now (asked after every acoustic epoch); a worker not yet started starts
