@@ -403,6 +403,28 @@ def test_a_bundle_asking_for_absurd_sizes_is_refused_before_allocating(model, tm
     one_line_error(synth(model, bad, tmp_path / "o.wav"), "huge.safetensors", "hidden")
 
 
+def test_a_bundle_whose_sizes_multiply_to_an_absurd_model_is_refused_before_allocating(model, tmp_path):
+    """Every size within its own bound, together 13 billion parameters: a 3 MB file made the loader allocate
+    52 GB (here, under a 6 GB limit, a MemoryError traceback) before any tensor was compared."""
+    import resource
+    import subprocess
+    import sys
+
+    with safe_open(str(model["bundle"]), "pt") as f:
+        recipe = json.loads(f.metadata()["recipe"])
+    recipe["acoustic"]["model"].update(hidden=4096, encoder_layers=64, decoder_layers=64, speaker_layers=64,
+                                       kernel_size=63)
+    bad = rewrite_bundle(model["bundle"], tmp_path / "bomb.safetensors", meta={"recipe": json.dumps(recipe)})
+    limit = 6 * 2**30
+    r = subprocess.run([sys.executable, "-m", "voiceclone", "synthesize", "--model", str(bad), "--source",
+                        str(model["src"]), "--reference", str(model["ref"]), "--out", str(tmp_path / "o.wav")],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "bomb.safetensors" in r.stderr and "do not match" in r.stderr, r.stderr
+    assert not (tmp_path / "o.wav").exists()
+
+
 # --- 15. references ----------------------------------------------------------------------------------
 
 

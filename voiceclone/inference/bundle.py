@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -117,6 +117,27 @@ def build_acoustic(recipe: Recipe, meta: dict[str, Any]) -> AcousticModel:
     return model
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def _build(make: Callable[[], M], state: dict[str, torch.Tensor], where: str, prefix: str = "") -> M:
+    """make(), once the tensors' names and shapes are known to fit it. Each size is bounded alone but not their
+    product: a bundle of a few MB whose recipe asked for hidden 4096 and 64 layers of each kind allocated 52 GB
+    before a tensor was compared. Built first on the meta device, which allocates nothing, the network can be
+    no larger than the tensors the file holds."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in make().state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k]]
+    if missing or unexpected or wrong:
+        what = (f"no tensor {prefix}{missing[0]}" if missing else f"unexpected tensor {prefix}{unexpected[0]}"
+                if unexpected else f"{prefix}{wrong[0]} has shape {list(state[wrong[0]].shape)}, expected "
+                f"{list(expected[wrong[0]])}")
+        raise UserError(f"{where}: tensors do not match the configuration ({what})")
+    return make()
+
+
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
     """Load tensors that must match the module's types exactly and be finite: load_state_dict alone would
     cast int8 to float (a silent model) and take NaN (full-scale noise)."""
@@ -160,8 +181,10 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         raise UserError(f"{run}: no trained acoustic model (expected {ac_path}; run `voiceclone train` first)")
     ac = load_checkpoint(ac_path, keys=BEST_KEYS)
     recipe = recipe_from_dict(ac["recipe"], source=str(ac_path))
-    acoustic = build_acoustic(recipe, check_meta(ac["meta"], str(ac_path), acoustic=True, n_mels=recipe.audio.n_mels))
-    _load_state(acoustic, _module_state(ac, "model", ac_path), str(ac_path))
+    ac_meta = check_meta(ac["meta"], str(ac_path), acoustic=True, n_mels=recipe.audio.n_mels)
+    ac_state = _module_state(ac, "model", ac_path)
+    acoustic = _build(lambda: build_acoustic(recipe, ac_meta), ac_state, str(ac_path))
+    _load_state(acoustic, ac_state, str(ac_path))
     meta = {"acoustic": ac["meta"], "acoustic_epoch": _epoch(ac, ac_path), "vocoder_epoch": None}
     vocoder = None
     voc_path = best_path(run, "vocoder")
@@ -172,8 +195,9 @@ def _from_run(run: Path, need_vocoder: bool) -> Model:
         if voc_recipe.audio != recipe.audio:
             raise UserError(f"{voc_path}: the vocoder was trained with another audio config than the acoustic model")
         recipe = recipe_from_dict({**recipe.to_dict(), "vocoder": voc_recipe.to_dict()["vocoder"]})
-        vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-        _load_state(vocoder, _module_state(voc, "generator", voc_path), str(voc_path))
+        voc_state = _module_state(voc, "generator", voc_path)
+        vocoder = _build(lambda: Vocoder(recipe.vocoder.model, recipe.audio), voc_state, str(voc_path))
+        _load_state(vocoder, voc_state, str(voc_path))
         meta["vocoder"], meta["vocoder_epoch"] = voc["meta"], _epoch(voc, voc_path)
     elif need_vocoder:
         raise UserError(f"{run}: no trained vocoder (expected {voc_path}; run `voiceclone train --stage vocoder`)")
@@ -205,12 +229,14 @@ def _from_bundle(path: Path, need_vocoder: bool) -> Model:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a voiceclone model bundle (safetensors: {str(e)[:120]})") from None
-    acoustic = build_acoustic(recipe, meta.get("acoustic", {}))
-    _load_state(acoustic, _prefixed(tensors, "acoustic."), str(path), "acoustic.")
+    ac_state = _prefixed(tensors, "acoustic.")
+    acoustic = _build(lambda: build_acoustic(recipe, meta.get("acoustic", {})), ac_state, str(path), "acoustic.")
+    _load_state(acoustic, ac_state, str(path), "acoustic.")
     vocoder = None
     if any(k.startswith("vocoder.") for k in tensors):
-        vocoder = Vocoder(recipe.vocoder.model, recipe.audio)
-        _load_state(vocoder, _prefixed(tensors, "vocoder."), str(path), "vocoder.")
+        voc_state = _prefixed(tensors, "vocoder.")
+        vocoder = _build(lambda: Vocoder(recipe.vocoder.model, recipe.audio), voc_state, str(path), "vocoder.")
+        _load_state(vocoder, voc_state, str(path), "vocoder.")
     elif need_vocoder:
         raise UserError(f"{path}: the bundle has no vocoder")
     return Model(recipe, acoustic, vocoder, meta, source=str(path))
