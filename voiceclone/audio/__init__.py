@@ -10,7 +10,7 @@ the submodules say where each lives.
 
 from voiceclone.audio.featurize import Features, features
 from voiceclone.audio.io import (AUDIO_EXTENSIONS, LOUDNESS_FRAME, SILENCE_PEAK, AudioError, check_file, clean,
-                                 declick, frame_rms, from_int16, is_audio_file, load_audio, loudness_gain,
+                                 declick, frame_peaks, frame_rms, from_int16, is_audio_file, load_audio, loudness_gain,
                                  normalize_loudness, outlier_ceiling, quiet_decoder, resample, sf_path, split_at_quiet,
                                  split_evenly, stream_audio, to_int16, trim_bounds, utterances)
 from voiceclone.audio.mel import LOG_FLOOR, log_mel, mel_of_spectrogram, spectrogram
@@ -18,8 +18,8 @@ from voiceclone.audio.pitch import f0, f0_ac, f0_praat, semitones_to_ratio, voic
 from voiceclone.melscale import mel_band_edges, mel_filterbank
 
 __all__ = ["AUDIO_EXTENSIONS", "LOG_FLOOR", "LOUDNESS_FRAME", "SILENCE_PEAK", "AudioError", "Features", "check_file",
-           "clean", "declick", "f0", "f0_ac", "f0_praat", "features", "frame_rms", "from_int16", "is_audio_file",
-           "load_audio", "log_mel", "loudness_gain", "mel_band_edges", "mel_filterbank", "mel_of_spectrogram",
-           "normalize_loudness", "outlier_ceiling", "quiet_decoder", "resample", "semitones_to_ratio", "sf_path",
-           "spectrogram", "split_at_quiet", "split_evenly", "stream_audio", "to_int16", "trim_bounds", "utterances",
-           "voiced_median"]
+           "clean", "declick", "f0", "f0_ac", "f0_praat", "features", "frame_peaks", "frame_rms", "from_int16",
+           "is_audio_file", "load_audio", "log_mel", "loudness_gain", "mel_band_edges", "mel_filterbank",
+           "mel_of_spectrogram", "normalize_loudness", "outlier_ceiling", "quiet_decoder", "resample",
+           "semitones_to_ratio", "sf_path", "spectrogram", "split_at_quiet", "split_evenly", "stream_audio",
+           "to_int16", "trim_bounds", "utterances", "voiced_median"]

@@ -471,8 +471,17 @@ def split_evenly(y: np.ndarray, sample_rate: int, pieces: int, slack_seconds: fl
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def _frames(y: np.ndarray, win: int) -> np.ndarray:
+    """Consecutive `win`-sample frames of y [T] -> [max(1, T // win), win] (a shorter y: one frame of it)."""
+    n = max(1, len(y) // win)
+    return y[: n * win].reshape(n, win) if len(y) >= win else y[None, :]
+
+
 def frame_rms(y: np.ndarray, win: int) -> np.ndarray:
     """RMS of consecutive `win`-sample frames of y [T] -> [max(1, T // win)] float64 (a shorter y: one frame)."""
-    n = max(1, len(y) // win)
-    frames = y[: n * win].reshape(n, win) if len(y) >= win else y[None, :]
-    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    return np.sqrt(np.mean(_frames(y, win).astype(np.float64) ** 2, axis=1))
+
+
+def frame_peaks(y: np.ndarray, win: int) -> np.ndarray:
+    """Peak magnitude of the frames frame_rms measures: [T] -> [max(1, T // win)]."""
+    return np.abs(_frames(y, win)).max(axis=1, initial=0.0)

@@ -359,7 +359,7 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     rms, peaks, f0s, peak, seconds = [], [], [], 0.0, 0.0
     for block in A.stream_audio(source, cfg.sample_rate):
         rms.append(A.frame_rms(block, A.LOUDNESS_FRAME))
-        peaks.append(_frame_peaks(block, A.LOUDNESS_FRAME))
+        peaks.append(A.frame_peaks(block, A.LOUDNESS_FRAME))
         peak = max(peak, float(np.abs(block).max()))
         f0s.append(A.f0(block, cfg)[::4])  # every 4th frame is plenty for a median
         seconds += len(block) / cfg.sample_rate
@@ -379,13 +379,6 @@ def convert_stream(model: Model, source: Path, ref: Reference, transpose: float 
     windows = _stream_windows(blocks, gain, cfg.sample_rate, chunk_seconds, _context(cfg))
     return _render(model, windows, ref, ratio, strength=strength, workers=workers), {
         **info, "seconds": seconds, "streamed": True, "timbre": strength}
-
-
-def _frame_peaks(y: np.ndarray, win: int) -> np.ndarray:
-    """Peak of the frames A.frame_rms measures: [T] -> [max(1, T // win)]."""
-    n = max(1, len(y) // win)
-    frames = y[: n * win].reshape(n, win) if len(y) >= win else y[None, :]
-    return np.abs(frames).max(axis=1, initial=0.0)
 
 
 def _text_to_wav(text: str, folder: Path) -> Path:
