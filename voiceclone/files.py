@@ -30,6 +30,18 @@ def tmp_beside(path: Path, suffix: str = TMP_SUFFIX) -> Path:
     return path.with_name(f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:32]}{suffix}")
 
 
+def walk_following_links(root: Path | str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(root, followlinks=True), as prepare and synthesize read folders, except that a link to a folder
+    walked already is not followed: to the folder itself, above it, or to a folder that links back, it walked
+    the same files again about 40 levels deep. The caller may prune `dirs` in place, as with os.walk."""
+    walked: set[str] = set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        walked.add(os.path.realpath(here))
+        yield here, dirs, files
+        dirs[:] = [d for d in dirs if not (os.path.islink(os.path.join(here, d))
+                                           and os.path.realpath(os.path.join(here, d)) in walked)]
+
+
 def stored_config(folder: Path, fmt: str) -> dict | None:
     """`folder`/config.json when it is one voiceclone wrote in format `fmt` (which tells such a folder from a
     user's); None when there is none, it is unreadable, or it is another program's."""

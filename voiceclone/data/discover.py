@@ -16,6 +16,7 @@ from typing import Sequence
 
 from voiceclone import audio as A
 from voiceclone.errors import UserError
+from voiceclone.files import walk_following_links
 
 MANIFEST_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
@@ -120,16 +121,11 @@ def _scan_folder(root: Path, found: list[Source], skipped: list[dict], ignored: 
                  excluded: Path | None) -> int:
     root_name = _as_named(root).name
     n = 0
-    walked: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in walk_following_links(root):
         here = Path(folder)
-        walked.add(os.path.realpath(here))
-        # hidden folders hold tool state (.git, a dataset's cache), never recordings; a link to a folder walked
-        # already is not followed again: two folders linked to each other were walked about 40 levels deep,
-        # and one speaker's files were filed under the other
+        # hidden folders hold tool state (.git, a dataset's cache), never recordings
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
-                         and not _loops(here, d)
-                         and not (os.path.islink(here / d) and os.path.realpath(here / d) in walked))
+                         and not _loops(here, d))
         for name in sorted(files):
             path = here / name
             if name.startswith("."):

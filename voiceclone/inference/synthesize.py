@@ -38,7 +38,7 @@ from voiceclone.inference import timbre
 from voiceclone.inference.bundle import Model, load_model
 from voiceclone.errors import (FileWriteError, UserError, check_output, first_few, one_line, stderr_console,
                                writing)
-from voiceclone.files import tmp_beside
+from voiceclone.files import tmp_beside, walk_following_links
 from voiceclone.threads import ordered_map, torch_threads
 
 MIN_REFERENCE_SECONDS = 1.0
@@ -514,7 +514,9 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
                 shown = text if len(text) <= 40 else text[:40] + "..."
                 raise UserError(f"--text {shown!r}: espeak-ng made no speech of it ({e.reason})") from None
     elif source.is_dir():
-        named = sorted(p for p in _walk(source) if A.is_audio_file(p) and not p.is_dir())
+        # linked subfolders are followed, as prepare follows them (Path.rglob passed them over without a word)
+        named = sorted(p for here, _, files in walk_following_links(source) for p in (Path(here) / n for n in files)
+                       if A.is_audio_file(p))
         files = [p for p in named if p.is_file()]
         if not files:
             shown = first_few([n.name for n in named])
@@ -568,18 +570,6 @@ def synthesize(model_path: Path, references: Sequence[Path], out: Path, source: 
         results.append(synthesize_file(model, ref, source, out, **kwargs))
     _print_summary(console, results)
     return results
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every path below `folder`, linked subfolders followed as prepare follows them (Path.rglob passes them
-    over, and their files were left unconverted without a word); a link to a folder walked already is not
-    followed: to the folder itself or above it, it would walk the same files again without end."""
-    walked: set[str] = set()
-    for here, dirs, files in os.walk(folder, followlinks=True):
-        walked.add(os.path.realpath(here))
-        dirs[:] = [d for d in dirs if not (os.path.islink(os.path.join(here, d))
-                                           and os.path.realpath(os.path.join(here, d)) in walked)]
-        yield from (Path(here) / name for name in (*dirs, *files))
 
 
 def _folder_targets(source: Path, files: list[Path], out: Path) -> dict[Path, Path]:
